@@ -1,0 +1,1 @@
+"""Discrete Darcy-flow operators as backend kernels (forward kernels; adjoints beside them)."""

@@ -1,0 +1,100 @@
+"""Steady Darcy flow on a staggered grid: the APT iteration as one fused kernel.
+
+Discretisation (cell-centred Pf, K, Qf; face fluxes q), for each axis a with spacing d_a::
+
+    q_a[face] = -Kf * (Pf[right] - Pf[left]) / d_a,   Kf = (K[left] + K[right]) / 2
+    div(q)[cell] - Qf[cell] = sum_a (q_a[upper face] - q_a[lower face]) / d_a - Qf[cell] = 0
+
+with q . n = 0 on the walls of the box. Array layout: every local array has the padded shape
+of the cell block (one ghost layer); ``q_a`` at padded index ``j`` along ``a`` is the face
+between cells ``j - 1`` and ``j`` (index 0 unused), so one flat index serves every array.
+
+Accelerated pseudo-transient (APT) iteration (Räss et al. 2022), one step::
+
+    q  <- q - (q + Kf grad Pf) * damp                     damp = 1 / (1 + theta)
+    Pf <- Pf - (div q - Qf) * beta / Kmax_loc              Kmax_loc: max of K over the cell
+                                                           and its face neighbours
+
+The step is fused into one kernel over cells that reads the old ``(Pf, q)`` and writes new
+``(Pf, q)`` buffers (ping-pong): each cell recomputes the new fluxes on all of its faces and
+stores its lower faces (and its upper faces where it is the last owned cell). A face on a
+subdomain boundary is computed from ghost values by both neighbouring ranks with the same
+function, so fields are bitwise identical for any decomposition; one halo exchange of Pf
+per step suffices.
+"""
+from __future__ import annotations
+
+import re
+
+from ..backend.kernel import Kernel
+
+# Wall bits: a set bit marks a physical (no-flux) boundary on that side of the local block.
+WALL_BITS = {(0, 0): 1, (0, 1): 2, (1, 0): 4, (1, 1): 8, (2, 0): 16, (2, 1): 32}
+
+_PREAMBLE = r"""
+/* New flux on one face from old values: q - (q + Kf * (P_r - P_l) / d) * damp. */
+HPCINV_INLINE real apt_face_flux(real q, real K_l, real K_r, real P_l, real P_r,
+                                 real inv_d, real damp)
+{
+    const real Kf = (real)0.5 * (K_l + K_r);
+    return q - (q + Kf * (P_r - P_l) * inv_d) * damp;
+}
+"""
+
+# Per axis: the new fluxes on the lower and upper face, the store, the divergence and Kmax.
+_AXIS = r"""
+    {
+        const ptrdiff_t s = @S@;
+        const real q_lo = (@I@ == 1 && (wall & @LO@)) ? (real)0
+            : apt_face_flux(@Q@[idx], K[idx - s], Kc, Pf[idx - s], Pc, @INV@, damp);
+        const real q_hi = (@I@ == @N@ && (wall & @HI@)) ? (real)0
+            : apt_face_flux(@Q@[idx + s], Kc, K[idx + s], Pc, Pf[idx + s], @INV@, damp);
+        @QNEW@[idx] = q_lo;
+        if (@I@ == @N@) @QNEW@[idx + s] = q_hi;
+        div += (q_hi - q_lo) * @INV@;
+        Kmax = fmax(Kmax, fmax(K[idx - s], K[idx + s]));
+    }
+"""
+
+
+def _axis_text(axis: int) -> str:
+    xyz = "xyz"[axis]
+    subs = {"S": f"s{xyz}", "I": f"i{xyz}", "N": f"n{xyz}l", "Q": f"q{xyz}",
+            "QNEW": f"q{xyz}_new", "INV": f"inv_d{xyz}",
+            "LO": str(WALL_BITS[(axis, 0)]), "HI": str(WALL_BITS[(axis, 1)])}
+    return re.sub(r"@(\w+)@", lambda m: subs[m.group(1)], _AXIS)
+
+
+_STEP_BODY = (r"""
+    const real Kc = K[idx], Pc = Pf[idx];
+    real Kmax = Kc, div = (real)0;
+""" + _axis_text(0) + _axis_text(1) + "#if NDIM == 3\n" + _axis_text(2) + "#endif\n" + r"""
+    const real RPf = div - Qf[idx];
+#ifdef STORE_RESIDUAL
+    R[idx] = RPf;
+#endif
+    Pf_new[idx] = Pc - RPf * (beta / Kmax);
+""")
+
+
+def apt_step_kernel(ndim: int, store_residual: bool = False) -> Kernel:
+    """The fused forward APT step over a box of owned cells.
+
+    Arrays (padded local shape): ``Pf, qx, qy[, qz]`` (old), ``Pf_new, qx_new, qy_new[, qz_new]``
+    (new), ``K``, ``Qf``, ``R`` (residual ``div q - Qf``, written only by the
+    ``store_residual`` variant). Scalars: ``inv_dx, inv_dy[, inv_dz]`` (1/m), ``damp``,
+    ``beta``. Ints: ``nxl, nyl[, nzl]`` (last owned padded index per axis), ``wall`` (bits of
+    :data:`WALL_BITS`).
+    """
+    ax = "xyz"[:ndim]
+    arrays = (("Pf",) + tuple(f"q{a}" for a in ax) + ("Pf_new",) + tuple(f"q{a}_new" for a in ax)
+              + ("K", "Qf", "R"))
+    k = Kernel(f"darcy_apt_step_{ndim}d", arrays,
+               tuple(f"inv_d{a}" for a in ax) + ("damp", "beta"), _STEP_BODY,
+               ints=tuple(f"n{a}l" for a in ax) + ("wall",), preamble=_PREAMBLE)
+    return k.variant("res", STORE_RESIDUAL="1") if store_residual else k
+
+
+def all_kernels(ndim: int):
+    """Every kernel of this module for ``ndim`` (the nvcc compile test iterates over these)."""
+    return [apt_step_kernel(ndim, False), apt_step_kernel(ndim, True)]

@@ -1,0 +1,141 @@
+"""Built-in problems: permeability K and source Qf on a distributed grid.
+
+``geothermal2d`` is the JuliaCon 2023 workshop setup (Räss & Utkin): a low-permeability
+barrier between an injection and an extraction well. ``geothermal3d`` extends it in z.
+Fields are evaluated from global cell-centre coordinates on each rank's own block, so no rank
+ever holds a global array.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from mpi4py import MPI
+
+from .errors import ConfigError
+from .grid import Grid
+
+GEOTHERMAL_EXTENT_2D = ((-1.0, 1.0), (0.0, 1.0))
+GEOTHERMAL_EXTENT_3D = ((-1.0, 1.0), (0.0, 1.0), (0.0, 1.0))
+DEFAULT_SHAPES = {"geothermal2d": (255, 127), "geothermal3d": (127, 63, 63)}
+
+
+@dataclass
+class Well:
+    """A source: global cell indices it occupies and its total rate (volume/time)."""
+    position: tuple[float, ...]
+    rate: float
+    cells: list[tuple[int, ...]] = field(default_factory=list)
+
+
+@dataclass
+class Problem:
+    """A steady Darcy problem on a distributed grid.
+
+    Attributes:
+        name: problem name.
+        grid: the :class:`~hpcinv.grid.Grid`.
+        K: permeability (over viscosity), padded local array, shape ``grid.decomp.padded_shape``;
+           owned cells set, ghosts filled by the solver.
+        Qf: source term (1/time), padded local array of the same shape, ghosts zero.
+        wells: the wells, for output and figures.
+    """
+    name: str
+    grid: Grid
+    K: np.ndarray
+    Qf: np.ndarray
+    wells: list[Well] = field(default_factory=list)
+
+    def validate(self):
+        """Collective check that K is finite and positive on every rank."""
+        own = self.grid.decomp.owned()
+        k = self.K[own]
+        bad = int(k.size and not (np.all(np.isfinite(k)) and np.all(k > 0)))
+        kmin = float(np.nanmin(k)) if k.size and not np.all(np.isnan(k)) else float("nan")
+        nbad = self.grid.comm.allreduce(bad, op=MPI.SUM)
+        if nbad:
+            nan = self.grid.comm.allreduce(int(np.isnan(k).any()), op=MPI.SUM)
+            what = "NaN" if nan else f"min {self.grid.comm.allreduce(kmin, op=MPI.MIN):g}"
+            raise ConfigError(f"permeability K must be finite and > 0 everywhere ({what} found)")
+
+
+def _first_centre_above(centres: np.ndarray, x: float) -> int:
+    """Index of the cell whose centre lies in ``(x, x + d]``: the first centre above ``x``."""
+    i = int(np.searchsorted(centres, x, side="right"))
+    if i >= len(centres):
+        raise ConfigError(f"well position {x} lies outside the grid")
+    return i
+
+
+def _geothermal(grid: Grid, k_background: float, k_barrier: float, name: str) -> Problem:
+    d = grid.decomp
+    coords = grid.mesh()
+    barrier = (coords[0] > -0.04) & (coords[0] <= 0.04) & (coords[1] > 0.3) & (coords[1] <= 0.8)
+    if grid.ndim == 3:
+        barrier = barrier & (coords[2] > 0.2) & (coords[2] <= 0.8)
+    K = np.full(d.padded_shape, float(k_background))
+    K[barrier] = float(k_barrier)
+    Qf = np.zeros(d.padded_shape)
+    wells = []
+    xc, yc = grid.global_centres(0), grid.global_centres(1)
+    for (xw, yw), rate in (((-0.6, 0.45), 1.0), ((0.6, 0.45), -1.0)):
+        ix, iy = _first_centre_above(xc, xw), _first_centre_above(yc, yw)
+        if grid.ndim == 2:
+            cells = [(ix, iy)]
+            value = rate / (grid.spacing[0] * grid.spacing[1])
+            position = (xw, yw)
+        else:
+            zc = grid.global_centres(2)
+            cells = [(ix, iy, iz) for iz in np.nonzero((zc > 0.2) & (zc <= 0.8))[0]]
+            if not cells:
+                raise ConfigError("geothermal3d: no cell centre in 0.2 < z <= 0.8; refine nz")
+            value = rate / (np.prod(grid.spacing) * len(cells))
+            position = (xw, yw, 0.5)
+        for c in cells:
+            loc = d.global_to_local(c)
+            if loc is not None:
+                Qf[loc] = value
+        wells.append(Well(position, rate, [tuple(int(v) for v in c) for c in cells]))
+    _zero_ghosts(K, d)
+    return Problem(name, grid, K, Qf, wells)
+
+
+def _zero_ghosts(a: np.ndarray, decomp):
+    own = np.zeros(a.shape, dtype=bool)
+    own[decomp.owned()] = True
+    a[~own] = 0.0
+
+
+def geothermal2d(shape=None, comm=None, dims=None, k_background=1.0, k_barrier=1e-6) -> Problem:
+    """The workshop's 2D problem on x in [-1, 1], y in [0, 1] (default 255 x 127 cells).
+
+    K = ``k_background``, except ``k_barrier`` on cells with centre -0.04 < x <= 0.04 and
+    0.3 < y <= 0.8. Injection well +1/(dx dy) in the cell whose centre lies in
+    (-0.6, -0.6 + dx] x (0.45, 0.45 + dy], extraction -1/(dx dy) likewise at (0.6, 0.45).
+    """
+    grid = Grid(shape or DEFAULT_SHAPES["geothermal2d"], GEOTHERMAL_EXTENT_2D, comm, dims)
+    if grid.ndim != 2:
+        raise ConfigError("geothermal2d needs a 2D grid (nx, ny)")
+    return _geothermal(grid, k_background, k_barrier, "geothermal2d")
+
+
+def geothermal3d(shape=None, comm=None, dims=None, k_background=1.0, k_barrier=1e-6) -> Problem:
+    """The 2D problem extended in z in [0, 1]: the barrier spans 0.2 < z <= 0.8 and each well is
+    the column of cells with centre 0.2 < z <= 0.8 at the 2D well position, total rate +-1."""
+    grid = Grid(shape or DEFAULT_SHAPES["geothermal3d"], GEOTHERMAL_EXTENT_3D, comm, dims)
+    if grid.ndim != 3:
+        raise ConfigError("geothermal3d needs a 3D grid (nx, ny, nz)")
+    return _geothermal(grid, k_background, k_barrier, "geothermal3d")
+
+
+PROBLEMS = {"geothermal2d": geothermal2d, "geothermal3d": geothermal3d}
+
+
+def build(name: str, shape=None, comm=None, dims=None, **kwargs) -> Problem:
+    """A built-in problem by name."""
+    if name not in PROBLEMS:
+        import difflib
+        close = difflib.get_close_matches(name, PROBLEMS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown problem {name!r}{hint}; built-in: {', '.join(PROBLEMS)}")
+    return PROBLEMS[name](shape, comm=comm, dims=dims, **kwargs)
