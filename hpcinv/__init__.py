@@ -1,0 +1,10 @@
+"""hpcinv: adjoint-based inversion of permeability on GPU supercomputers.
+
+Distributed accelerated pseudo-transient (APT) solvers for steady Darcy flow on staggered
+Cartesian grids, with one kernel source for GPUs (CuPy) and CPUs (C++/OpenMP).
+"""
+from .errors import HpcinvError
+from .grid import Grid
+
+__all__ = ["Grid", "HpcinvError"]
+__version__ = "0.1.0"

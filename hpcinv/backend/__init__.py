@@ -114,9 +114,7 @@ class HostBackend(Backend):
         return fut
 
     def describe(self):
-        import platform
-        return {"backend": "host", "device": platform.processor() or platform.machine(),
-                "threads": self.threads}
+        return {"backend": "host", "device": cpu_model(), "threads": self.threads}
 
 
 class CupyBackend(Backend):
@@ -168,6 +166,19 @@ class CupyBackend(Backend):
         name = props["name"]
         return {"backend": "cupy", "device": name.decode() if isinstance(name, bytes) else name,
                 "device_id": self.device_id, "cupy": cp.__version__}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else the machine type."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cupy_available() -> bool:

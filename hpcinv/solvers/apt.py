@@ -105,7 +105,7 @@ def pt_iterate(step, comm, params: PTParams, scale: float, what: str = "forward"
         progress: optional ``progress(iteration, residual, elapsed)`` called at every check.
     """
     history = []
-    best = math.inf
+    best = 1.0      # a zero initial state has scaled residual 1: growth far above it diverges
     t0 = time.perf_counter()
     err = math.inf
     it = 0

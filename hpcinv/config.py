@@ -1,0 +1,202 @@
+"""Typed run configuration, loaded from TOML, validated with one-line errors.
+
+Sections and keys (all optional; see ``docs/configuration.md``)::
+
+    [problem]   name = "geothermal2d" | "geothermal3d", k_background = 1.0, k_barrier = 1e-6
+    [grid]      nx, ny[, nz]  (cells; default: the problem's own size)
+    [solver]    cfl, re, tol = 1e-8, maxiter, ncheck = 100, dtype = "float64" | "float32"
+    [parallel]  backend = "auto" | "host" | "cupy", dims = [0, 0], overlap = true,
+                cuda_aware = "auto" | true | false, threads = 0 (0: cores / ranks per node)
+    [output]    dir = "runs/forward"
+
+Unknown sections or keys are errors naming the closest valid one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+
+@dataclass
+class ProblemConfig:
+    name: str = "geothermal2d"
+    k_background: float = 1.0
+    k_barrier: float = 1e-6
+
+
+@dataclass
+class GridConfig:
+    nx: int | None = None
+    ny: int | None = None
+    nz: int | None = None
+
+    def shape(self, default):
+        """The grid shape: given sizes override the problem's ``default`` shape."""
+        given = (self.nx, self.ny, self.nz)
+        if self.nz is not None and len(default) == 2:
+            raise ConfigError("grid.nz given for a 2D problem")
+        return tuple(g if g is not None else d for g, d in zip(given, default))
+
+
+@dataclass
+class SolverConfig:
+    cfl: float | None = None
+    re: float = 2 * math.pi
+    tol: float = 1e-8
+    maxiter: int | None = None
+    ncheck: int = 100
+    dtype: str = "float64"
+
+
+@dataclass
+class ParallelConfig:
+    backend: str = "auto"
+    dims: list | None = None
+    overlap: bool = True
+    cuda_aware: object = "auto"
+    threads: int = 0
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/forward"
+
+
+@dataclass
+class Config:
+    problem: ProblemConfig = field(default_factory=ProblemConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> "Config":
+        """Check value ranges and combinations; raises :class:`ConfigError`."""
+        from .backend import BACKENDS
+        from .problems import PROBLEMS
+        if self.problem.name not in PROBLEMS:
+            raise ConfigError(f"problem.name: unknown problem {self.problem.name!r}"
+                              f"{_hint(self.problem.name, PROBLEMS)}; built-in: "
+                              f"{', '.join(PROBLEMS)}")
+        for key in ("k_background", "k_barrier"):
+            v = getattr(self.problem, key)
+            if not (v > 0 and math.isfinite(v)):
+                raise ConfigError(f"problem.{key} must be a finite permeability > 0, got {v}")
+        if self.solver.dtype not in ("float64", "float32"):
+            raise ConfigError(f"solver.dtype must be 'float64' or 'float32', "
+                              f"got {self.solver.dtype!r}")
+        self.pt_params().validate()
+        if self.parallel.backend not in BACKENDS:
+            raise ConfigError(f"parallel.backend: unknown backend {self.parallel.backend!r}"
+                              f"{_hint(self.parallel.backend, BACKENDS)}; choose one of "
+                              f"{', '.join(BACKENDS)}")
+        if self.parallel.cuda_aware not in ("auto", True, False):
+            raise ConfigError(f"parallel.cuda_aware must be \"auto\", true or false, "
+                              f"got {self.parallel.cuda_aware!r}")
+        if self.parallel.threads < 0:
+            raise ConfigError(f"parallel.threads must be >= 0, got {self.parallel.threads}")
+        if self.parallel.dims is not None and (
+                not isinstance(self.parallel.dims, list)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                           for d in self.parallel.dims)):
+            raise ConfigError(f"parallel.dims must be a list of integers >= 0 (0: automatic), "
+                              f"got {self.parallel.dims!r}")
+        return self
+
+    def pt_params(self):
+        from .solvers import PTParams
+        s = self.solver
+        return PTParams(cfl=s.cfl, re=s.re, tol=s.tol, maxiter=s.maxiter, ncheck=s.ncheck)
+
+    def to_dict(self) -> dict:
+        return {f.name: {k: v for k, v in dataclasses.asdict(getattr(self, f.name)).items()
+                         if v is not None} for f in fields(self)}
+
+
+def _hint(name, valid) -> str:
+    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_type(where: str, value, annotation: str):
+    """Check a TOML value against a dataclass field annotation (as a string)."""
+    ok = True
+    if annotation.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif annotation == "str":
+        ok = isinstance(value, str)
+    elif annotation == "bool":
+        ok = isinstance(value, bool)
+    elif annotation.startswith("list"):
+        ok = isinstance(value, list)
+    if not ok:
+        kind = annotation.split(" ")[0]
+        raise ConfigError(f"{where} must be of type {kind}, got {value!r}")
+    return value
+
+
+def from_dict(data: dict, source: str = "config") -> Config:
+    """Build and validate a :class:`Config` from nested dicts (parsed TOML)."""
+    cfg = Config()
+    sections = {f.name: f for f in fields(Config)}
+    for sname, sval in data.items():
+        if sname not in sections:
+            raise ConfigError(f"{source}: unknown section [{sname}]{_hint(sname, sections)}")
+        if not isinstance(sval, dict):
+            raise ConfigError(f"{source}: [{sname}] must be a table of keys")
+        sec = getattr(cfg, sname)
+        keys = {f.name: f for f in fields(sec)}
+        for key, value in sval.items():
+            if key not in keys:
+                raise ConfigError(f"{source}: unknown key {sname}.{key}"
+                                  f"{_hint(key, keys)}")
+            setattr(sec, key, _check_type(f"{sname}.{key}", value, str(keys[key].type)))
+    return cfg.validate()
+
+
+def load(path) -> Config:
+    """Load and validate a TOML config file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return from_dict(data, str(path))
+
+
+def dumps(cfg: Config) -> str:
+    """The config as TOML text (the resolved config written next to the results)."""
+    lines = []
+    for sname, sec in cfg.to_dict().items():
+        lines.append(f"[{sname}]")
+        for k, v in sec.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "nan")
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return str(v)
