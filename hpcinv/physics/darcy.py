@@ -44,31 +44,40 @@ HPCINV_INLINE real apt_face_flux(real q, real K_l, real K_r, real P_l, real P_r,
 # Per axis: the new fluxes on the lower and upper face, the store, the divergence and Kmax.
 _AXIS = r"""
     {
-        const ptrdiff_t s = @S@;
-        const real q_lo = (@I@ == 1 && (wall & @LO@)) ? (real)0
-            : apt_face_flux(@Q@[idx], K[idx - s], Kc, Pf[idx - s], Pc, @INV@, damp);
-        const real q_hi = (@I@ == @N@ && (wall & @HI@)) ? (real)0
-            : apt_face_flux(@Q@[idx + s], Kc, K[idx + s], Pc, Pf[idx + s], @INV@, damp);
-        @QNEW@[idx] = q_lo;
-        if (@I@ == @N@) @QNEW@[idx + s] = q_hi;
-        div += (q_hi - q_lo) * @INV@;
+        const ptrdiff_t s = @s#@;
+        const real q_lo = (@i#@ == 1 && (wall & @LO@)) ? (real)0
+            : apt_face_flux(@q#@[idx], K[idx - s], Kc, Pf[idx - s], Pc, @inv_d#@, damp);
+        const real q_hi = (@i#@ == @n#l@ && (wall & @HI@)) ? (real)0
+            : apt_face_flux(@q#@[idx + s], Kc, K[idx + s], Pc, Pf[idx + s], @inv_d#@, damp);
+        @q#_new@[idx] = q_lo;
+        if (@i#@ == @n#l@) @q#_new@[idx + s] = q_hi;
+        div += (q_hi - q_lo) * @inv_d#@;
         Kmax = fmax(Kmax, fmax(K[idx - s], K[idx + s]));
     }
 """
 
 
-def _axis_text(axis: int) -> str:
-    xyz = "xyz"[axis]
-    subs = {"S": f"s{xyz}", "I": f"i{xyz}", "N": f"n{xyz}l", "Q": f"q{xyz}",
-            "QNEW": f"q{xyz}_new", "INV": f"inv_d{xyz}",
-            "LO": str(WALL_BITS[(axis, 0)]), "HI": str(WALL_BITS[(axis, 1)])}
-    return re.sub(r"@(\w+)@", lambda m: subs[m.group(1)], _AXIS)
+def axis_text(template: str, axis: int) -> str:
+    """Instantiate a per-axis kernel fragment: in ``@name@`` placeholders ``#`` becomes the
+    axis letter (``@q#@`` -> ``qx``); ``@LO@``/``@HI@`` become the axis's wall bits."""
+    def sub(m):
+        word = m.group(1)
+        if word in ("LO", "HI"):
+            return str(WALL_BITS[(axis, 0 if word == "LO" else 1)])
+        return word.replace("#", "xyz"[axis])
+    return re.sub(r"@([\w#]+)@", sub, template)
+
+
+def all_axes(template: str) -> str:
+    """The fragment for x and y, and for z under ``#if NDIM == 3`` (one text for 2D and 3D)."""
+    return (axis_text(template, 0) + axis_text(template, 1) + "#if NDIM == 3\n"
+            + axis_text(template, 2) + "#endif\n")
 
 
 _STEP_BODY = (r"""
     const real Kc = K[idx], Pc = Pf[idx];
     real Kmax = Kc, div = (real)0;
-""" + _axis_text(0) + _axis_text(1) + "#if NDIM == 3\n" + _axis_text(2) + "#endif\n" + r"""
+""" + all_axes(_AXIS) + r"""
     const real RPf = div - Qf[idx];
 #ifdef STORE_RESIDUAL
     R[idx] = RPf;

@@ -1,0 +1,130 @@
+"""Residuals of the discrete Darcy system and their hand-derived transposes, side by side.
+
+Unknowns ``u = (q, Pf)``, parameter ``K`` (cell centres). With ``Kf = (K_l + K_r)/2`` on the
+face between cells ``l`` and ``r`` along axis ``a`` (spacing ``d_a``)::
+
+    Rq_a[f] = q_a[f] + Kf[f] (Pf[r] - Pf[l]) / d_a      active faces; 0 on no-flux walls
+    RPf[c]  = sum_a (q_a[hi(c)] - q_a[lo(c)]) / d_a - Qf[c]   (q = 0 on wall faces)
+
+Transposes (accumulated, ``+=``), for a face cotangent ``Rq_bar`` and a cell cotangent
+``RPf_bar``; every sum runs over the active faces of cell ``c`` only::
+
+    Pf_bar[c] += sum_{f = lo(c)} Kf Rq_bar[f] / d_a - sum_{f = hi(c)} Kf Rq_bar[f] / d_a
+    q_bar[f]  += Rq_bar[f]
+    K_bar[c]  += sum_{f in faces(c)} (Pf[r] - Pf[l]) Rq_bar[f] / (2 d_a)
+    q_bar[f]  += (RPf_bar[l] - RPf_bar[r]) / d_a
+
+All kernels loop over owned cells and *gather* from the faces of their cell, so no two cells
+write one location: a cell writes its lower faces, and its upper faces where it is the last
+owned cell along that axis. Values on subdomain-boundary faces are computed by both ranks from
+ghost values (the face cotangents are stored on both sides), so the cell-gather form needs no
+reverse (accumulating) halo exchange. The no-flux wall masks are their own transposes.
+"""
+from __future__ import annotations
+
+from ..backend.kernel import Kernel
+from .darcy import all_axes
+
+_FACE_ACTIVE = r"""
+        const bool lo_on = !(@i#@ == 1 && (wall & @LO@));
+        const bool hi_on = !(@i#@ == @n#l@ && (wall & @HI@));
+"""
+
+# --- flux residual Rq = q + Kf grad Pf, and its transposes -----------------------------------
+_FLUX_RESIDUAL = r"""
+    {
+        const ptrdiff_t s = @s#@;""" + _FACE_ACTIVE + r"""
+        const real r_lo = lo_on ? @q#@[idx] + (real)0.5 * (K[idx - s] + K[idx])
+                                  * (Pf[idx] - Pf[idx - s]) * @inv_d#@ : (real)0;
+        @Rq#@[idx] = r_lo;
+        if (@i#@ == @n#l@)
+            @Rq#@[idx + s] = hi_on ? @q#@[idx + s] + (real)0.5 * (K[idx] + K[idx + s])
+                                     * (Pf[idx + s] - Pf[idx]) * @inv_d#@ : (real)0;
+    }
+"""
+
+_FLUX_RESIDUAL_ADJOINT = r"""
+    {
+        const ptrdiff_t s = @s#@;""" + _FACE_ACTIVE + r"""
+        const real b_lo = lo_on ? @Rq#_bar@[idx] : (real)0;
+        const real b_hi = hi_on ? @Rq#_bar@[idx + s] : (real)0;
+        const real Kf_lo = (real)0.5 * (K[idx - s] + K[idx]);
+        const real Kf_hi = (real)0.5 * (K[idx] + K[idx + s]);
+        P_acc += (Kf_lo * b_lo - Kf_hi * b_hi) * @inv_d#@;
+        K_acc += ((real)0.5 * (Pf[idx] - Pf[idx - s]) * b_lo
+                  + (real)0.5 * (Pf[idx + s] - Pf[idx]) * b_hi) * @inv_d#@;
+        @q#_bar@[idx] += b_lo;
+        if (@i#@ == @n#l@) @q#_bar@[idx + s] += b_hi;
+    }
+"""
+
+# --- pressure residual RPf = div q - Qf, and its transpose ------------------------------------
+_PRESSURE_RESIDUAL = r"""
+    {
+        const ptrdiff_t s = @s#@;""" + _FACE_ACTIVE + r"""
+        div += ((hi_on ? @q#@[idx + s] : (real)0) - (lo_on ? @q#@[idx] : (real)0)) * @inv_d#@;
+    }
+"""
+
+_PRESSURE_RESIDUAL_ADJOINT = r"""
+    {
+        const ptrdiff_t s = @s#@;""" + _FACE_ACTIVE + r"""
+        if (lo_on) @q#_bar@[idx] += (RPf_bar[idx - s] - RPf_bar[idx]) * @inv_d#@;
+        if (@i#@ == @n#l@ && hi_on) @q#_bar@[idx + s] += (RPf_bar[idx] - RPf_bar[idx + s]) * @inv_d#@;
+    }
+"""
+
+
+def _names(ndim, fmt):
+    return tuple(fmt.replace("#", a) for a in "xyz"[:ndim])
+
+
+def _geometry(ndim):
+    return _names(ndim, "inv_d#"), _names(ndim, "n#l") + ("wall",)
+
+
+def flux_residual_kernel(ndim: int) -> Kernel:
+    """``Rq = q + Kf grad Pf`` on the active faces of a box of cells (0 on walls).
+
+    Arrays: ``Pf, K`` (cells), ``q*`` and ``Rq*`` (faces). Scalars ``inv_d*`` (1/m); ints
+    ``n*l`` (last owned padded index), ``wall`` (wall bits, see ``darcy.WALL_BITS``).
+    """
+    scal, ints = _geometry(ndim)
+    return Kernel(f"darcy_flux_residual_{ndim}d",
+                  ("Pf", "K") + _names(ndim, "q#") + _names(ndim, "Rq#"), scal,
+                  all_axes(_FLUX_RESIDUAL), ints=ints)
+
+
+def flux_residual_adjoint_kernel(ndim: int) -> Kernel:
+    """Transposes of ``Rq`` w.r.t. ``Pf``, ``q`` and ``K``: accumulates ``Pf_bar``, ``q*_bar``
+    and ``K_bar`` from ``Rq*_bar`` (linearised at ``Pf``, ``K``)."""
+    scal, ints = _geometry(ndim)
+    body = ("    real P_acc = (real)0, K_acc = (real)0;\n" + all_axes(_FLUX_RESIDUAL_ADJOINT)
+            + "    Pf_bar[idx] += P_acc;\n    K_bar[idx] += K_acc;\n")
+    return Kernel(f"darcy_flux_residual_adjoint_{ndim}d",
+                  ("Pf", "K", "Pf_bar", "K_bar") + _names(ndim, "Rq#_bar") + _names(ndim, "q#_bar"),
+                  scal, body, ints=ints)
+
+
+def pressure_residual_kernel(ndim: int) -> Kernel:
+    """``RPf = div q - Qf`` on a box of cells. Arrays: ``q*`` (faces), ``Qf``, ``RPf`` (cells)."""
+    scal, ints = _geometry(ndim)
+    body = ("    real div = (real)0;\n" + all_axes(_PRESSURE_RESIDUAL)
+            + "    RPf[idx] = div - Qf[idx];\n")
+    return Kernel(f"darcy_pressure_residual_{ndim}d", _names(ndim, "q#") + ("Qf", "RPf"), scal,
+                  body, ints=ints)
+
+
+def pressure_residual_adjoint_kernel(ndim: int) -> Kernel:
+    """Transpose of ``RPf`` w.r.t. ``q``: accumulates ``q*_bar`` from ``RPf_bar`` (whose ghost
+    layer must be current: one halo exchange before the launch)."""
+    scal, ints = _geometry(ndim)
+    return Kernel(f"darcy_pressure_residual_adjoint_{ndim}d",
+                  ("RPf_bar",) + _names(ndim, "q#_bar"), scal,
+                  all_axes(_PRESSURE_RESIDUAL_ADJOINT), ints=ints)
+
+
+def all_kernels(ndim: int):
+    """Every kernel of this module (the nvcc compile test iterates over these)."""
+    return [flux_residual_kernel(ndim), flux_residual_adjoint_kernel(ndim),
+            pressure_residual_kernel(ndim), pressure_residual_adjoint_kernel(ndim)]
