@@ -1,0 +1,181 @@
+"""Every physics kernel, compiled for sm_90 by nvcc exactly as CuPy would hand it to NVRTC.
+
+No GPU is needed: :func:`hpcinv.backend.nvcc_check.cuda_source` asks the installed CuPy to
+generate the ElementwiseKernel's translation unit (the real ``cupy.ElementwiseKernel``
+constructor and CuPy's own code generator and headers), and nvcc compiles it to a cubin with
+CuPy's options. Kernels are discovered from every ``hpcinv.physics`` module that defines
+``all_kernels(ndim)``, so new (e.g. adjoint) kernels are covered without touching this file.
+All variants (ndim 2/3, float64/float32, CuPy's 32-/64-bit indexing) compile in parallel.
+
+The host test checks that the host backend wraps the very same body text, and that its
+translation unit passes the host compiler's front end.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import hpcinv.physics
+from hpcinv.backend import nvcc_check
+from hpcinv.backend.cuda import elementwise_parts
+from hpcinv.backend.host import DEFAULT_FLAGS, find_compiler, host_source
+from hpcinv.backend.kernel import Kernel
+
+NDIMS = (2, 3)
+DTYPES = ("float64", "float32")
+
+
+def _physics_kernels():
+    """[(module name, ndim, kernel)] for every physics module with ``all_kernels``."""
+    found = []
+    for info in pkgutil.iter_modules(hpcinv.physics.__path__, hpcinv.physics.__name__ + "."):
+        mod = importlib.import_module(info.name)
+        if callable(getattr(mod, "all_kernels", None)):
+            for ndim in NDIMS:
+                found += [(info.name, ndim, k) for k in mod.all_kernels(ndim)]
+    return found
+
+
+KERNELS = _physics_kernels()
+CASES = [(m, nd, k, dt) for m, nd, k in KERNELS for dt in DTYPES]
+IDS = [f"{k.name}-{dt}" for _, _, k, dt in CASES]
+
+
+def test_kernels_discovered():
+    assert KERNELS, "no hpcinv.physics module defines all_kernels(ndim)"
+    names = [(nd, k.name) for _, nd, k in KERNELS]
+    assert len(set(names)) == len(names), f"duplicate kernel names: {names}"
+
+
+# ----------------------------------------------------------------------------- nvcc (CuPy)
+
+def _import_cupy():
+    try:
+        import cupy   # imports (and builds ElementwiseKernel objects) without a GPU
+    except ImportError:
+        pytest.skip("CuPy not installed: pip install hpcinv[cuda13]")
+    return cupy
+
+
+def _need_cupy_and_nvcc():
+    _import_cupy()
+    nvcc = nvcc_check.find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (set NVCC or CUDA_PATH, or put nvcc on PATH)")
+    return nvcc
+
+
+_BROKEN = Kernel("hpcinv_nvcc_selftest", ("A",), (), "A[idx] = undefined_in_cuda;")
+
+
+@pytest.fixture(scope="module")
+def nvcc_results(tmp_path_factory):
+    """Compile every (kernel, ndim, dtype, index width) once, in parallel.
+
+    Returns ``{(ndim, name, dtype, index_32_bits): (path of .cu, CompletedProcess)}``.
+    """
+    nvcc = _need_cupy_and_nvcc()
+    d = tmp_path_factory.mktemp("nvcc")
+    jobs = {}
+    for _, ndim, k, dt in CASES + [("selftest", 2, _BROKEN, "float64")]:
+        for idx32 in (True, False):
+            path = d / f"{k.name}_{ndim}d_{dt}_{'i32' if idx32 else 'i64'}.cu"
+            path.write_text(nvcc_check.cuda_source(k, ndim, dt, index_32_bits=idx32))
+            jobs[(ndim, k.name, dt, idx32)] = str(path)
+    cmd = nvcc_check.nvcc_command(nvcc, arch="90")
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = {key: pool.submit(nvcc_check.nvcc_compile, p, cmd) for key, p in jobs.items()}
+        return {key: (jobs[key], f.result()) for key, f in futures.items()}
+
+
+@pytest.mark.parametrize("module,ndim,kernel,dtype", CASES, ids=IDS)
+@pytest.mark.parametrize("index_32_bits", [True, False], ids=["idx32", "idx64"])
+def test_nvcc_compiles_cupy_kernel(nvcc_results, module, ndim, kernel, dtype, index_32_bits):
+    path, proc = nvcc_results[(ndim, kernel.name, dtype, index_32_bits)]
+    if proc.returncode != 0:
+        pytest.fail(f"nvcc failed on {kernel.name} ({module}, {ndim}D, {dtype}, "
+                    f"index_32_bits={index_32_bits}); source {path}\n"
+                    f"$ {' '.join(proc.args)}\n{proc.stderr}", pytrace=False)
+    src = open(path).read()
+    # What nvcc compiled is exactly what CudaKernel hands to CuPy.
+    _, _, operation, preamble = elementwise_parts(kernel, ndim, dtype)
+    assert operation in src and preamble in src
+    assert f'extern "C" __global__ void {kernel.name}(' in src
+    assert f"CIndexer<1, {int(index_32_bits)}> _ind" in src
+    ctype = {"float64": "double", "float32": "float"}[dtype]
+    for a in kernel.arrays:   # writable (non-const) flat C-contiguous arrays
+        assert f", CArray<{ctype}, 1, 1, {int(index_32_bits)}> {a}," in src
+
+
+def test_nvcc_rejects_broken_kernel(nvcc_results):
+    """The harness does catch errors (nvcc really compiles what it is given)."""
+    for idx32 in (True, False):
+        _, proc = nvcc_results[(2, _BROKEN.name, "float64", idx32)]
+        assert proc.returncode != 0 and "undefined_in_cuda" in proc.stderr
+
+
+def test_cuda_call_order_matches_params():
+    """CudaKernel passes values in the order of the ElementwiseKernel's parameters (no GPU)."""
+    import numpy as np
+    cupy = _import_cupy()
+    from hpcinv.backend.cuda import CudaKernel
+    _, ndim, kernel = KERNELS[-1]
+    calls = []
+    ck = object.__new__(CudaKernel)      # __init__ needs a GPU; set what __call__ uses
+    ck.kernel, ck.dtype, ck._na = kernel, np.dtype("float64"), len(kernel.arrays)
+    ck._ek = lambda *args, **kw: calls.append((args, kw))
+    shape = (5, 6, 7)[:ndim]
+    arrays = [np.full(shape, j, dtype="float64") for j in range(len(kernel.arrays))]
+    scalars = [0.5 + j for j in range(len(kernel.scalars))]
+    ints = [10 + j for j in range(len(kernel.ints))]
+    ck((1,) * ndim, tuple(n - 1 for n in shape), *arrays, *scalars, *ints)
+    (args, kw), = calls
+    ek = cupy.ElementwiseKernel(*elementwise_parts(kernel, ndim, "float64")[:3], name=kernel.name,
+                                no_return=True)
+    names = [p.name for p in ek.in_params + ek.out_params]
+    assert len(args) == len(names)
+    got = dict(zip(names, args))
+    for j, a in enumerate(kernel.arrays):
+        assert got[a].ndim == 1 and got[a][0] == j and np.shares_memory(got[a], arrays[j])
+    assert [got[s] for s in kernel.scalars] == scalars
+    assert [got[s] for s in kernel.ints] == ints
+    assert got["ox"] == 1 and got["ex"] == shape[0] - 2 and got["Ny"] == shape[1]
+    assert kw == {"size": int(np.prod([n - 2 for n in shape]))}
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ck((1,) * ndim, (2,) * ndim, *[a.T for a in arrays], *scalars, *ints)
+
+
+# ------------------------------------------------------------------- one body, two backends
+
+@pytest.mark.parametrize("module,ndim,kernel,dtype", CASES, ids=IDS)
+def test_same_body_on_both_backends(module, ndim, kernel, dtype):
+    _, _, operation, _ = elementwise_parts(kernel, ndim, dtype)
+    assert kernel.body in operation
+    assert kernel.body in host_source(kernel, ndim, dtype)
+
+
+def test_host_compiles_same_body(tmp_path):
+    """The host translation units of every case pass the host compiler (syntax only)."""
+    try:
+        cxx = find_compiler()
+    except Exception as exc:
+        pytest.skip(f"no host C++ compiler: {exc}")
+    flags = [f for f in DEFAULT_FLAGS if f not in ("-shared", "-fPIC", "-O3")]
+    paths = []
+    for _, ndim, k, dt in CASES:
+        p = tmp_path / f"{k.name}_{ndim}d_{dt}.cpp"
+        p.write_text(host_source(k, ndim, dt))
+        paths.append(p)
+
+    def check(p):
+        return p, subprocess.run(cxx + flags + ["-fsyntax-only", str(p)],
+                                 capture_output=True, text=True)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        failed = [(p, r.stderr) for p, r in pool.map(check, paths) if r.returncode != 0]
+    assert not failed, "\n".join(f"{p}:\n{err}" for p, err in failed)
