@@ -37,8 +37,8 @@ class Backend:
         return self.xp.zeros(shape, dtype=dtype)
 
     def asarray(self, a, dtype=None):
-        """Copy a host array onto the backend (C-contiguous)."""
-        return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
+        """A C-contiguous *copy* of ``a`` on the backend (never a view of the caller's array)."""
+        return self.xp.array(a, dtype=dtype, order="C", copy=True)
 
     def to_host(self, a) -> np.ndarray:
         return np.asarray(a)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 #: Names reserved by the kernel wrappers (and by CuPy: ``i``, ``n`` and leading underscores).
 RESERVED = frozenset({"i", "n", "ix", "iy", "iz", "idx", "sx", "sy", "sz", "ox", "oy", "oz",
-                      "ex", "ey", "ez", "Ny", "Nz", "real", "NDIM", "nthreads"})
+                      "ex", "ey", "ez", "Ny", "Nz", "real", "hpcinv_real", "NDIM", "nthreads"})
 
 
 @dataclass(frozen=True)

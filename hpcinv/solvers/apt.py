@@ -37,7 +37,7 @@ class PTParams:
         cfl: Courant number (``None``: ``0.95/sqrt(ndim)``).
         re: numerical Reynolds number (``2 pi`` optimal; the workshop used ``0.8 pi``).
         tol: stop when ``max|RPf| / max|Qf|`` falls below this.
-        maxiter: iteration budget (``None``: ``200 * max(grid shape)``).
+        maxiter: iteration budget (``None``: ``1000 * max(grid shape)``).
         ncheck: check the residual every ``ncheck`` iterations (one MPI MAX each).
     """
     cfl: float | None = None
@@ -61,7 +61,7 @@ class PTParams:
     def resolved(self, shape) -> "PTParams":
         """A copy with ``cfl`` and ``maxiter`` defaults filled in for a grid ``shape``."""
         return PTParams(self.cfl if self.cfl is not None else default_cfl(len(shape)), self.re,
-                        self.tol, self.maxiter if self.maxiter is not None else 200 * max(shape),
+                        self.tol, self.maxiter if self.maxiter is not None else 1000 * max(shape),
                         self.ncheck)
 
 

@@ -55,8 +55,7 @@ class DarcySolver:
         self.halo = HaloExchange(self.decomp, bk, self.dtype, cuda_aware=cuda_aware)
         self.update = OverlappedUpdate(shape, bk, self.halo, overlap=overlap)
         self.K = bk.asarray(problem.K, dtype=self.dtype)
-        self.halo.exchange(self.K)
-        self._mirror_wall_ghosts(self.K)
+        self._complete_ghosts(self.K)
         self.Qf = bk.asarray(problem.Qf, dtype=self.dtype)
         self.Pf, self.Pf_new = bk.zeros(shape, self.dtype), bk.zeros(shape, self.dtype)
         self.q = [bk.zeros(shape, self.dtype) for _ in range(ndim)]
@@ -73,8 +72,27 @@ class DarcySolver:
             wall |= WALL_BITS[(a, 0)] if self.decomp.at_lower_boundary(a) else 0
             wall |= WALL_BITS[(a, 1)] if self.decomp.at_upper_boundary(a) else 0
         self.wall = wall
-        qmax = self.decomp.comm.allreduce(bk.max_abs(self.Qf), op=MPI.MAX)
+        self._set_scale()
+
+    def _set_scale(self):
+        qmax = self.decomp.comm.allreduce(self.backend.max_abs(self.Qf), op=MPI.MAX)
         self.scale = qmax if qmax > 0 else 1.0
+
+    def set_source(self, Qf):
+        """Replace the source term (padded local array, 1/time); the adjoint solve uses this
+        with ``Qf = dJ/dPf`` (the operator is symmetric, see ``docs/theory.md``)."""
+        self.backend.xp.copyto(self.Qf, self.backend.xp.asarray(Qf, dtype=self.dtype))
+        self._set_scale()
+
+    def set_permeability(self, K):
+        """Replace K (padded local array, owned cells read); ghosts are refreshed."""
+        self.backend.xp.copyto(self.K, self.backend.xp.asarray(K, dtype=self.dtype))
+        self._complete_ghosts(self.K)
+
+    def _complete_ghosts(self, a):
+        """Neighbours' values in the ghost layers, wall ghosts mirrored (for Kmax_loc)."""
+        self.halo.exchange(a)
+        self._mirror_wall_ghosts(a)
 
     def _mirror_wall_ghosts(self, a):
         """Copy the first/last owned layer into the ghost layer on physical walls (Kmax_loc)."""

@@ -1,0 +1,5 @@
+"""Inverse problem: observations, misfit and the adjoint-state gradient."""
+from .gradient import AdjointGradient
+from .observations import Observations
+
+__all__ = ["AdjointGradient", "Observations"]

@@ -1,0 +1,77 @@
+"""The adjoint-state gradient: Taylor test (rate 2 with the gradient, 1 without) and
+decomposition invariance of J and dJ/dlogK."""
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from hpcinv.backend import make_backend
+from hpcinv.inverse import AdjointGradient, Observations
+from hpcinv.io import gather_cells
+from hpcinv.problems import geothermal2d, geothermal3d
+from hpcinv.solvers import PTParams, solve_forward
+
+TIGHT = PTParams(tol=1e-13, ncheck=20, maxiter=400000)
+
+
+def _observation_points(ndim):
+    axes = [np.linspace(-1 / 3, 1 / 3, 8), np.linspace(0.25, 0.85, 8)]
+    if ndim == 3:
+        axes.append(np.array([0.35, 0.65]))
+    return np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
+
+
+def _setup(make, shape, comm):
+    bk = make_backend("host")
+    true = make(shape, comm=comm)
+    obs = Observations(true.grid, _observation_points(len(shape)))
+    obs.record(solve_forward(true, bk, TIGHT).Pf)
+    prob = make(shape, comm=comm)
+    d = prob.grid.decomp
+    rng = np.random.default_rng(3)
+    own = tuple(slice(o, o + n) for o, n in zip(d.offset, d.local_shape))
+    m = np.zeros(d.padded_shape)
+    dm = np.zeros(d.padded_shape)
+    m[d.owned()] = 0.3 * rng.standard_normal(shape)[own]
+    dm[d.owned()] = rng.standard_normal(shape)[own]
+    return AdjointGradient(prob, obs, bk, TIGHT, TIGHT), m, dm, d
+
+
+@pytest.mark.parametrize("make,shape", [(geothermal2d, (31, 15)), (geothermal3d, (13, 7, 7))])
+def test_taylor(make, shape):
+    G, m, dm, d = _setup(make, shape, MPI.COMM_SELF)
+    J0, g, info = G(m)
+    assert info["forward_converged"] and info["adjoint_converged"]
+    gdm = float(np.sum(np.asarray(g)[d.owned()] * dm[d.owned()]))
+    hs = [0.05 / 2**k for k in range(5)]
+    r1, r2 = [], []
+    for h in hs:
+        Jh = G(m + h * dm)[0]
+        r1.append(abs(Jh - J0))
+        r2.append(abs(Jh - J0 - h * gdm))
+    s1 = np.log2(np.array(r1[:-1]) / np.array(r1[1:]))
+    s2 = np.log2(np.array(r2[:-1]) / np.array(r2[1:]))
+    assert np.all(np.abs(s1[-2:] - 1) < 0.1), s1
+    assert np.all(np.abs(s2 - 2) < 0.1), s2
+
+
+def test_misfit_is_invariant_to_a_pressure_constant():
+    G, m, dm, d = _setup(geothermal2d, (15, 7), MPI.COMM_SELF)
+    G(m)
+    P = np.array(G.forward.Pf)
+    J1, rhs1 = G.obs.misfit_and_source(P)
+    J2, rhs2 = G.obs.misfit_and_source(P + 123.0)
+    assert J1 == pytest.approx(J2, rel=1e-10)
+    assert abs(rhs1.sum()) < 1e-12 * np.abs(rhs1).sum()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_gradient_independent_of_decomposition():
+    world = MPI.COMM_WORLD
+    G, m, _, d = _setup(geothermal2d, (23, 11), world)
+    J, g, _ = G(m)
+    g_glob = gather_cells(d, g)
+    if world.rank == 0:
+        G1, m1, _, d1 = _setup(geothermal2d, (23, 11), MPI.COMM_SELF)
+        J1, g1, _ = G1(m1)
+        assert J == J1
+        assert np.array_equal(g_glob, np.asarray(g1)[d1.owned()])
