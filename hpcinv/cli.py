@@ -125,6 +125,7 @@ def cmd_forward(args) -> int:
     state = solver.solve(progress=Progress("forward", solver.params.maxiter, args.quiet))
     wall = time.perf_counter() - t0
     out = Path(cfg.output.dir)
+    _record_resolved(cfg, solver)
     path = write_fields(out / "fields.h5", solver, state, {"wall_time": wall})
     if d.rank == 0:
         (out / "config.toml").write_text(config_mod.dumps(cfg))
@@ -137,6 +138,14 @@ def cmd_forward(args) -> int:
             "raise solver.maxiter", file=sys.stderr)
         return 1
     return 0
+
+
+def _record_resolved(cfg, solver):
+    """Write the grid and solver values the run used (defaults resolved) into the config;
+    dims stay as given so the config also runs on another rank count."""
+    for a, n in zip("xyz", solver.grid.shape):
+        setattr(cfg.grid, f"n{a}", n)
+    cfg.solver.cfl, cfg.solver.maxiter = solver.params.cfl, solver.params.maxiter
 
 
 def cmd_info(args) -> int:

@@ -100,7 +100,8 @@ class Config:
             raise ConfigError(f"parallel.backend: unknown backend {self.parallel.backend!r}"
                               f"{_hint(self.parallel.backend, BACKENDS)}; choose one of "
                               f"{', '.join(BACKENDS)}")
-        if self.parallel.cuda_aware not in ("auto", True, False):
+        aware = self.parallel.cuda_aware
+        if not (isinstance(aware, bool) or aware == "auto"):
             raise ConfigError(f"parallel.cuda_aware must be \"auto\", true or false, "
                               f"got {self.parallel.cuda_aware!r}")
         if self.parallel.threads < 0:
@@ -196,7 +197,7 @@ def _toml_value(v) -> str:
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "nan")
+        return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return str(v)

@@ -99,6 +99,12 @@ class HostBackend(Backend):
                 threads = max(1, cores // max(1, local_size))
         if threads < 1:
             raise BackendError(f"thread count must be >= 1, got {threads}")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+        if threads * max(1, local_size) > cores:
+            # Oversubscribed: spinning OpenMP threads steal the cores other ranks need.
+            # (Read by libgomp when it loads, i.e. before the first kernel library.)
+            os.environ.setdefault("OMP_WAIT_POLICY", "passive")
         self.threads = threads
         self._pool = None
 

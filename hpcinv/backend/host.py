@@ -55,6 +55,11 @@ template <class A, class B> HPCINV_INLINE double hpcinv_fmin(A a, B b)
 namespace std { using ::hpcinv_fmax; using ::hpcinv_fmin; }   /* std::fmax in kernel text */
 #define fmax hpcinv_fmax
 #define fmin hpcinv_fmin
+/* Boxes smaller than this run on the calling thread: waking a team costs more than it saves
+   (thin boundary slabs of the overlapped update, small grids, busy machines). */
+#ifndef HPCINV_OMP_MIN_CELLS
+#define HPCINV_OMP_MIN_CELLS 16384
+#endif
 %(header)s
 extern "C" void %(name)s(%(params)s
     long long ox, long long oy, long long oz, long long ex, long long ey, long long ez,
@@ -66,7 +71,8 @@ extern "C" void %(name)s(%(params)s
        loads and stores along iy. */
     const ptrdiff_t sz = 1, sy = 1, sx = (ptrdiff_t)Ny;
     (void)sz;
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    #pragma omp parallel for num_threads(nthreads) schedule(static) \
+        if (nthreads > 1 && ex * ey >= HPCINV_OMP_MIN_CELLS)
     for (ptrdiff_t ix = ox; ix < ox + ex; ++ix) {
         const ptrdiff_t iz = 0; (void)iz;
         #pragma omp simd
@@ -78,7 +84,8 @@ extern "C" void %(name)s(%(params)s
 #else
     const ptrdiff_t sz = 1, sy = (ptrdiff_t)Nz, sx = (ptrdiff_t)Ny * Nz;
     (void)sz;
-    #pragma omp parallel for collapse(2) num_threads(nthreads) schedule(static)
+    #pragma omp parallel for collapse(2) num_threads(nthreads) schedule(static) \
+        if (nthreads > 1 && ex * ey * ez >= HPCINV_OMP_MIN_CELLS)
     for (ptrdiff_t ix = ox; ix < ox + ex; ++ix) {
         for (ptrdiff_t iy = oy; iy < oy + ey; ++iy) {
             #pragma omp simd
@@ -152,6 +159,22 @@ def _is_gcc(cmd: list[str]) -> bool:
     return _is_gcc_cache[key]
 
 
+def _cpu_id() -> str:
+    """CPU model and feature flags (Linux), identifying what -march=native compiles for."""
+    model = flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and not model:
+                    model = line
+                elif line.startswith("flags") and not flags:
+                    flags = line
+    except OSError:
+        import platform
+        model = platform.processor() or platform.machine()
+    return model + flags
+
+
 def compile_library(source: str, flags=DEFAULT_FLAGS) -> Path:
     """Compile ``source`` into a cached shared library and return its path.
 
@@ -162,7 +185,10 @@ def compile_library(source: str, flags=DEFAULT_FLAGS) -> Path:
     extra = tuple(shlex.split(os.environ.get("HPCINV_CXXFLAGS", "")))
     gcc = GCC_FLAGS if _is_gcc(cmd) else ()
     flags = tuple(flags) + gcc + extra
-    key = source_hash(source, _compiler_id(cmd), " ".join(flags))
+    # -march=native code from one CPU may not run on another sharing the cache (login vs
+    # compute nodes): the CPU is part of the key then.
+    cpu = _cpu_id() if any(f.startswith("-march=native") for f in flags) else ""
+    key = source_hash(source, _compiler_id(cmd), " ".join(flags), cpu)
     d = cache_dir()
     lib = d / f"k_{key}.so"
     if lib.exists():

@@ -35,12 +35,9 @@ def cuda_aware_mpi() -> tuple[bool, str]:
             from ..errors import ConfigError
             raise ConfigError(f"HPCINV_CUDA_AWARE must be 0 or 1, got {env!r}")
         return env.strip() == "1", "HPCINV_CUDA_AWARE"
-    query = getattr(MPI, "Query_cuda_support", None)
-    if query is not None:
-        try:
-            return bool(query()), "MPIX_Query_cuda_support"
-        except Exception:  # not implemented by this MPI
-            pass
+    answer = _mpix_query_cuda_support()
+    if answer is not None:
+        return answer, "MPIX_Query_cuda_support"
     if os.environ.get("MPICH_GPU_SUPPORT_ENABLED") == "1":
         return True, "MPICH_GPU_SUPPORT_ENABLED=1 (Cray MPICH)"
     if os.environ.get("MV2_USE_CUDA") == "1":
@@ -49,6 +46,21 @@ def cuda_aware_mpi() -> tuple[bool, str]:
     if "Open MPI" in lib and "cuda" in lib.lower():
         return True, "Open MPI library version string mentions CUDA"
     return False, "no evidence of CUDA support (staging through host)"
+
+
+def _mpix_query_cuda_support():
+    """``MPIX_Query_cuda_support()`` of the MPI library mpi4py is linked to, or ``None``.
+
+    Open MPI and MPICH-derived libraries export it; mpi4py does not wrap it, so it is looked up
+    through the mpi4py extension module's dynamic dependencies.
+    """
+    import ctypes
+    try:
+        fn = ctypes.CDLL(MPI.__file__).MPIX_Query_cuda_support
+    except (OSError, AttributeError):
+        return None
+    fn.restype, fn.argtypes = ctypes.c_int, []
+    return bool(fn())
 
 
 def _face(ndim: int, axis: int, index: int) -> tuple[slice | int, ...]:
