@@ -39,15 +39,31 @@ class Problem:
            owned cells set, ghosts filled by the solver.
         Qf: source term (1/time), padded local array of the same shape, ghosts zero.
         wells: the wells, for output and figures.
+        fixed_pressure: fixed-pressure sides ``{(axis, side): pressure}`` (side 0 = lower,
+            1 = upper); every other side is no-flux.
     """
     name: str
     grid: Grid
     K: np.ndarray
     Qf: np.ndarray
     wells: list[Well] = field(default_factory=list)
+    fixed_pressure: dict = field(default_factory=dict)
+
+    @property
+    def gauge_free(self) -> bool:
+        """True when no side fixes the pressure: Pf is defined up to a constant."""
+        return not self.fixed_pressure
 
     def validate(self):
-        """Collective check that K is finite and positive on every rank."""
+        """Collective check that K is finite and positive on every rank, and that the
+        fixed-pressure sides are well formed."""
+        for key, value in self.fixed_pressure.items():
+            if (not isinstance(key, tuple) or len(key) != 2 or key[0] not in range(self.grid.ndim)
+                    or key[1] not in (0, 1)):
+                raise ConfigError(f"fixed-pressure side {key!r} must be (axis, 0|1) with axis "
+                                  f"< {self.grid.ndim}")
+            if not np.isfinite(value):
+                raise ConfigError(f"fixed pressure on side {key} must be finite, got {value}")
         own = self.grid.decomp.owned()
         k = self.K[own]
         bad = int(k.size and not (np.all(np.isfinite(k)) and np.all(k > 0)))

@@ -5,7 +5,8 @@ Discretisation (cell-centred Pf, K, Qf; face fluxes q), for each axis a with spa
     q_a[face] = -Kf * (Pf[right] - Pf[left]) / d_a,   Kf = (K[left] + K[right]) / 2
     div(q)[cell] - Qf[cell] = sum_a (q_a[upper face] - q_a[lower face]) / d_a - Qf[cell] = 0
 
-with q . n = 0 on the walls of the box. Array layout: every local array has the padded shape
+with, on each side of the box, either q . n = 0 (no flux) or a fixed pressure Pb held in the
+ghost layer (the face flux then uses the cell's K and half a cell's distance). Array layout: every local array has the padded shape
 of the cell block (one ghost layer); ``q_a`` at padded index ``j`` along ``a`` is the face
 between cells ``j - 1`` and ``j`` (index 0 unused), so one flat index serves every array.
 
@@ -28,8 +29,26 @@ import re
 
 from ..backend.kernel import Kernel
 
-# Wall bits: a set bit marks a physical (no-flux) boundary on that side of the local block.
+# Side bits, for the ``wall`` (no-flux) and ``fixed`` (fixed-pressure) masks of a local block:
+# a set bit marks a physical boundary of that kind on that side (axis, 0 = lower / 1 = upper).
 WALL_BITS = {(0, 0): 1, (0, 1): 2, (1, 0): 4, (1, 1): 8, (2, 0): 16, (2, 1): 32}
+
+#: The kinds of the two faces of a cell along one axis (needs ``s`` and the per-axis names).
+#: A fixed-pressure face has its pressure Pb in the ghost cell, half a cell from the centre.
+FACE_KINDS = r"""
+        const bool lo_wall = @i#@ == 1 && (wall & @LO@);
+        const bool hi_wall = @i#@ == @n#l@ && (wall & @HI@);
+        const bool lo_fix = @i#@ == 1 && (fixed & @LO@);
+        const bool hi_fix = @i#@ == @n#l@ && (fixed & @HI@);
+        const real inv_lo = lo_fix ? (real)2 * @inv_d#@ : @inv_d#@;
+        const real inv_hi = hi_fix ? (real)2 * @inv_d#@ : @inv_d#@;
+"""
+
+#: Face permeability partners: the cell's own K on a fixed-pressure face (needs ``Kc``).
+FACE_K = r"""
+        const real K_lo = lo_fix ? Kc : K[idx - s];
+        const real K_hi = hi_fix ? Kc : K[idx + s];
+"""
 
 _PREAMBLE = r"""
 /* New flux on one face from old values: q - (q + Kf * (P_r - P_l) / d) * damp. */
@@ -44,11 +63,11 @@ HPCINV_INLINE real apt_face_flux(real q, real K_l, real K_r, real P_l, real P_r,
 # Per axis: the new fluxes on the lower and upper face, the store, the divergence and Kmax.
 _AXIS = r"""
     {
-        const ptrdiff_t s = @s#@;
-        const real q_lo = (@i#@ == 1 && (wall & @LO@)) ? (real)0
-            : apt_face_flux(@q#@[idx], K[idx - s], Kc, Pf[idx - s], Pc, @inv_d#@, damp);
-        const real q_hi = (@i#@ == @n#l@ && (wall & @HI@)) ? (real)0
-            : apt_face_flux(@q#@[idx + s], Kc, K[idx + s], Pc, Pf[idx + s], @inv_d#@, damp);
+        const ptrdiff_t s = @s#@;""" + FACE_KINDS + FACE_K + r"""
+        const real q_lo = lo_wall ? (real)0
+            : apt_face_flux(@q#@[idx], K_lo, Kc, Pf[idx - s], Pc, inv_lo, damp);
+        const real q_hi = hi_wall ? (real)0
+            : apt_face_flux(@q#@[idx + s], Kc, K_hi, Pc, Pf[idx + s], inv_hi, damp);
         @q#_new@[idx] = q_lo;
         if (@i#@ == @n#l@) @q#_new@[idx + s] = q_hi;
         div += (q_hi - q_lo) * @inv_d#@;
@@ -92,15 +111,16 @@ def apt_step_kernel(ndim: int, store_residual: bool = False) -> Kernel:
     Arrays (padded local shape): ``Pf, qx, qy[, qz]`` (old), ``Pf_new, qx_new, qy_new[, qz_new]``
     (new), ``K``, ``Qf``, ``R`` (residual ``div q - Qf``, written only by the
     ``store_residual`` variant). Scalars: ``inv_dx, inv_dy[, inv_dz]`` (1/m), ``damp``,
-    ``beta``. Ints: ``nxl, nyl[, nzl]`` (last owned padded index per axis), ``wall`` (bits of
-    :data:`WALL_BITS`).
+    ``beta``. Ints: ``nxl, nyl[, nzl]`` (last owned padded index per axis), ``wall`` and ``fixed``
+    (no-flux and fixed-pressure sides, bits of :data:`WALL_BITS`; the ghost layer of ``Pf`` on
+    a fixed-pressure side holds the boundary pressure).
     """
     ax = "xyz"[:ndim]
     arrays = (("Pf",) + tuple(f"q{a}" for a in ax) + ("Pf_new",) + tuple(f"q{a}_new" for a in ax)
               + ("K", "Qf", "R"))
     k = Kernel(f"darcy_apt_step_{ndim}d", arrays,
                tuple(f"inv_d{a}" for a in ax) + ("damp", "beta"), _STEP_BODY,
-               ints=tuple(f"n{a}l" for a in ax) + ("wall",), preamble=_PREAMBLE)
+               ints=tuple(f"n{a}l" for a in ax) + ("wall", "fixed"), preamble=_PREAMBLE)
     return k.variant("res", STORE_RESIDUAL="1") if store_residual else k
 
 

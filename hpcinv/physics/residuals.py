@@ -4,6 +4,7 @@ Unknowns ``u = (q, Pf)``, parameter ``K`` (cell centres). With ``Kf = (K_l + K_r
 face between cells ``l`` and ``r`` along axis ``a`` (spacing ``d_a``)::
 
     Rq_a[f] = q_a[f] + Kf[f] (Pf[r] - Pf[l]) / d_a      active faces; 0 on no-flux walls
+    (on a fixed-pressure wall: Kf = K of the cell, the ghost holds Pb, distance d_a / 2)
     RPf[c]  = sum_a (q_a[hi(c)] - q_a[lo(c)]) / d_a - Qf[c]   (q = 0 on wall faces)
 
 Transposes (accumulated, ``+=``), for a face cotangent ``Rq_bar`` and a cell cotangent
@@ -23,36 +24,30 @@ reverse (accumulating) halo exchange. The no-flux wall masks are their own trans
 from __future__ import annotations
 
 from ..backend.kernel import Kernel
-from .darcy import all_axes
-
-_FACE_ACTIVE = r"""
-        const bool lo_on = !(@i#@ == 1 && (wall & @LO@));
-        const bool hi_on = !(@i#@ == @n#l@ && (wall & @HI@));
-"""
+from .darcy import FACE_K, FACE_KINDS, all_axes
 
 # --- flux residual Rq = q + Kf grad Pf, and its transposes -----------------------------------
 _FLUX_RESIDUAL = r"""
     {
-        const ptrdiff_t s = @s#@;""" + _FACE_ACTIVE + r"""
-        const real r_lo = lo_on ? @q#@[idx] + (real)0.5 * (K[idx - s] + K[idx])
-                                  * (Pf[idx] - Pf[idx - s]) * @inv_d#@ : (real)0;
-        @Rq#@[idx] = r_lo;
+        const ptrdiff_t s = @s#@;""" + FACE_KINDS + FACE_K + r"""
+        @Rq#@[idx] = lo_wall ? (real)0
+            : @q#@[idx] + (real)0.5 * (K_lo + Kc) * (Pf[idx] - Pf[idx - s]) * inv_lo;
         if (@i#@ == @n#l@)
-            @Rq#@[idx + s] = hi_on ? @q#@[idx + s] + (real)0.5 * (K[idx] + K[idx + s])
-                                     * (Pf[idx + s] - Pf[idx]) * @inv_d#@ : (real)0;
+            @Rq#@[idx + s] = hi_wall ? (real)0
+                : @q#@[idx + s] + (real)0.5 * (Kc + K_hi) * (Pf[idx + s] - Pf[idx]) * inv_hi;
     }
 """
 
 _FLUX_RESIDUAL_ADJOINT = r"""
     {
-        const ptrdiff_t s = @s#@;""" + _FACE_ACTIVE + r"""
-        const real b_lo = lo_on ? @Rq#_bar@[idx] : (real)0;
-        const real b_hi = hi_on ? @Rq#_bar@[idx + s] : (real)0;
-        const real Kf_lo = (real)0.5 * (K[idx - s] + K[idx]);
-        const real Kf_hi = (real)0.5 * (K[idx] + K[idx + s]);
-        P_acc += (Kf_lo * b_lo - Kf_hi * b_hi) * @inv_d#@;
-        K_acc += ((real)0.5 * (Pf[idx] - Pf[idx - s]) * b_lo
-                  + (real)0.5 * (Pf[idx + s] - Pf[idx]) * b_hi) * @inv_d#@;
+        const ptrdiff_t s = @s#@;""" + FACE_KINDS + FACE_K + r"""
+        const real b_lo = lo_wall ? (real)0 : @Rq#_bar@[idx];
+        const real b_hi = hi_wall ? (real)0 : @Rq#_bar@[idx + s];
+        const real w_lo = lo_fix ? (real)1 : (real)0.5;     /* dKf/dK of this cell */
+        const real w_hi = hi_fix ? (real)1 : (real)0.5;
+        P_acc += (real)0.5 * (K_lo + Kc) * inv_lo * b_lo - (real)0.5 * (Kc + K_hi) * inv_hi * b_hi;
+        K_acc += w_lo * (Pf[idx] - Pf[idx - s]) * inv_lo * b_lo
+               + w_hi * (Pf[idx + s] - Pf[idx]) * inv_hi * b_hi;
         @q#_bar@[idx] += b_lo;
         if (@i#@ == @n#l@) @q#_bar@[idx + s] += b_hi;
     }
@@ -61,16 +56,19 @@ _FLUX_RESIDUAL_ADJOINT = r"""
 # --- pressure residual RPf = div q - Qf, and its transpose ------------------------------------
 _PRESSURE_RESIDUAL = r"""
     {
-        const ptrdiff_t s = @s#@;""" + _FACE_ACTIVE + r"""
-        div += ((hi_on ? @q#@[idx + s] : (real)0) - (lo_on ? @q#@[idx] : (real)0)) * @inv_d#@;
+        const ptrdiff_t s = @s#@;""" + FACE_KINDS + r"""
+        div += ((hi_wall ? (real)0 : @q#@[idx + s]) - (lo_wall ? (real)0 : @q#@[idx])) * @inv_d#@;
     }
 """
 
 _PRESSURE_RESIDUAL_ADJOINT = r"""
     {
-        const ptrdiff_t s = @s#@;""" + _FACE_ACTIVE + r"""
-        if (lo_on) @q#_bar@[idx] += (RPf_bar[idx - s] - RPf_bar[idx]) * @inv_d#@;
-        if (@i#@ == @n#l@ && hi_on) @q#_bar@[idx + s] += (RPf_bar[idx] - RPf_bar[idx + s]) * @inv_d#@;
+        const ptrdiff_t s = @s#@;""" + FACE_KINDS + r"""
+        /* a fixed-pressure wall has no cell beyond it: its cotangent is zero */
+        const real b_lo = lo_fix ? (real)0 : RPf_bar[idx - s];
+        const real b_hi = hi_fix ? (real)0 : RPf_bar[idx + s];
+        if (!lo_wall) @q#_bar@[idx] += (b_lo - RPf_bar[idx]) * @inv_d#@;
+        if (@i#@ == @n#l@ && !hi_wall) @q#_bar@[idx + s] += (RPf_bar[idx] - b_hi) * @inv_d#@;
     }
 """
 
@@ -80,7 +78,7 @@ def _names(ndim, fmt):
 
 
 def _geometry(ndim):
-    return _names(ndim, "inv_d#"), _names(ndim, "n#l") + ("wall",)
+    return _names(ndim, "inv_d#"), _names(ndim, "n#l") + ("wall", "fixed")
 
 
 def flux_residual_kernel(ndim: int) -> Kernel:
@@ -92,14 +90,15 @@ def flux_residual_kernel(ndim: int) -> Kernel:
     scal, ints = _geometry(ndim)
     return Kernel(f"darcy_flux_residual_{ndim}d",
                   ("Pf", "K") + _names(ndim, "q#") + _names(ndim, "Rq#"), scal,
-                  all_axes(_FLUX_RESIDUAL), ints=ints)
+                  "    const real Kc = K[idx];\n" + all_axes(_FLUX_RESIDUAL), ints=ints)
 
 
 def flux_residual_adjoint_kernel(ndim: int) -> Kernel:
     """Transposes of ``Rq`` w.r.t. ``Pf``, ``q`` and ``K``: accumulates ``Pf_bar``, ``q*_bar``
     and ``K_bar`` from ``Rq*_bar`` (linearised at ``Pf``, ``K``)."""
     scal, ints = _geometry(ndim)
-    body = ("    real P_acc = (real)0, K_acc = (real)0;\n" + all_axes(_FLUX_RESIDUAL_ADJOINT)
+    body = ("    const real Kc = K[idx];\n    real P_acc = (real)0, K_acc = (real)0;\n"
+            + all_axes(_FLUX_RESIDUAL_ADJOINT)
             + "    Pf_bar[idx] += P_acc;\n    K_bar[idx] += K_acc;\n")
     return Kernel(f"darcy_flux_residual_adjoint_{ndim}d",
                   ("Pf", "K", "Pf_bar", "K_bar") + _names(ndim, "Rq#_bar") + _names(ndim, "q#_bar"),

@@ -29,7 +29,8 @@ class ForwardState:
 
 
 class DarcySolver:
-    """APT solver for ``q = -K grad Pf``, ``div q = Qf`` with no-flux walls, on a problem's grid.
+    """APT solver for ``q = -K grad Pf``, ``div q = Qf`` on a problem's grid; each side of the
+    box is no-flux or fixed-pressure (``problem.fixed_pressure``).
 
     Args:
         problem: a :class:`~hpcinv.problems.Problem` (grid, K, Qf).
@@ -63,15 +64,12 @@ class DarcySolver:
         self.R = bk.zeros(shape, self.dtype)
         self._step = bk.kernel(apt_step_kernel(ndim, False), ndim, self.dtype)
         self._step_res = bk.kernel(apt_step_kernel(ndim, True), ndim, self.dtype)
-        self.damp, self.beta = pt_coefficients(grid.spacing, grid.lengths, self.params.cfl,
-                                               self.params.re)
+        self.set_params(params)
         self.inv_d = tuple(1.0 / d for d in grid.spacing)
         self.last = tuple(self.decomp.local_shape)      # last owned padded index per axis
-        wall = 0
-        for a in range(ndim):
-            wall |= WALL_BITS[(a, 0)] if self.decomp.at_lower_boundary(a) else 0
-            wall |= WALL_BITS[(a, 1)] if self.decomp.at_upper_boundary(a) else 0
-        self.wall = wall
+        self.wall, self.fixed = boundary_bits(self.decomp, problem.fixed_pressure)
+        self.homogeneous = False
+        self._apply_boundary_pressure()
         self._set_scale()
 
     def _set_scale(self):
@@ -83,6 +81,31 @@ class DarcySolver:
         with ``Qf = dJ/dPf`` (the operator is symmetric, see ``docs/theory.md``)."""
         self.backend.xp.copyto(self.Qf, self.backend.xp.asarray(Qf, dtype=self.dtype))
         self._set_scale()
+
+    def set_params(self, params: PTParams):
+        """Use other PT parameters (e.g. the adjoint's) from the next solve on."""
+        params.validate()
+        self.params = params.resolved(self.grid.shape)
+        self.damp, self.beta = pt_coefficients(self.grid.spacing, self.grid.lengths,
+                                               self.params.cfl, self.params.re)
+
+    @property
+    def geometry(self) -> tuple:
+        """Trailing kernel arguments: ``(*inv_d, *last_owned_index, wall, fixed)``."""
+        return (*self.inv_d, *self.last, self.wall, self.fixed)
+
+    def _apply_boundary_pressure(self):
+        """Fixed-pressure sides: the boundary pressure (0 if ``homogeneous``, as the adjoint
+        needs) in the ghost layer of both Pf buffers. Kernels and halo exchanges never write
+        ghost layers on physical sides, so this holds for the whole solve."""
+        nd = self.grid.ndim
+        for (axis, side), value in self.problem.fixed_pressure.items():
+            if not (self.decomp.at_upper_boundary(axis) if side else
+                    self.decomp.at_lower_boundary(axis)):
+                continue
+            idx = tuple((-1 if side else 0) if b == axis else slice(None) for b in range(nd))
+            for P in (self.Pf, self.Pf_new):
+                P[idx] = 0.0 if self.homogeneous else value
 
     def set_permeability(self, K):
         """Replace K (padded local array, owned cells read); ghosts are refreshed."""
@@ -112,20 +135,25 @@ class DarcySolver:
         """
         k = self._step_res if check else self._step
         args = (self.Pf, *self.q, self.Pf_new, *self.q_new, self.K, self.Qf, self.R,
-                *self.inv_d, self.damp, self.beta, *self.last, self.wall)
+                *self.inv_d, self.damp, self.beta, *self.last, self.wall, self.fixed)
         self.update(lambda lo, hi: k(lo, hi, *args), self.Pf_new)
         self.Pf, self.Pf_new = self.Pf_new, self.Pf
         self.q, self.q_new = self.q_new, self.q
         return self.backend.max_abs(self.R) if check else None
 
-    def set_state(self, Pf=None, q=None):
-        """Start the next solve from given fields (warm start); ``None`` resets to zero."""
+    def set_state(self, Pf=None, q=None, homogeneous: bool = False):
+        """Start the next solve from given fields (warm start); ``None`` resets to zero.
+
+        ``homogeneous``: fixed-pressure sides hold 0 instead of their value (adjoint solves).
+        """
         xp = self.backend.xp
         if Pf is None:
             self.Pf[...] = 0
         else:
             xp.copyto(self.Pf, xp.asarray(Pf, dtype=self.dtype))
             self.halo.exchange(self.Pf)
+        self.homogeneous = homogeneous
+        self._apply_boundary_pressure()
         for a in range(self.grid.ndim):
             if q is None:
                 self.q[a][...] = 0
@@ -135,10 +163,24 @@ class DarcySolver:
     def solve(self, progress=None) -> ForwardState:
         """Iterate from the current state until converged (or ``maxiter``)."""
         self.backend.synchronize()
-        res = pt_iterate(self.step, self.decomp.comm, self.params, self.scale, "forward",
-                         progress)
+        res = pt_iterate(self.step, self.decomp.comm, self.params, self.scale,
+                         "adjoint" if self.homogeneous else "forward", progress)
         self.backend.synchronize()
         return ForwardState(self.Pf, list(self.q), res)
+
+
+def boundary_bits(decomp, fixed_pressure) -> tuple[int, int]:
+    """``(wall, fixed)`` side masks of this rank's block: the physical sides it touches that are
+    no-flux and fixed-pressure (``fixed_pressure`` maps ``(axis, side)`` to a pressure)."""
+    wall = fixed = 0
+    for a in range(decomp.ndim):
+        for side, touches in ((0, decomp.at_lower_boundary(a)), (1, decomp.at_upper_boundary(a))):
+            if touches:
+                if (a, side) in fixed_pressure:
+                    fixed |= WALL_BITS[(a, side)]
+                else:
+                    wall |= WALL_BITS[(a, side)]
+    return wall, fixed
 
 
 def solve_forward(problem, backend=None, params=None, **kwargs) -> ForwardState:
