@@ -1,4 +1,4 @@
-"""Command line: ``hpcinv forward|info`` (also ``python -m hpcinv``).
+"""Command line: ``hpcinv forward|gradient|info`` (also ``python -m hpcinv``).
 
 Runs plainly or under ``mpiexec``/``srun``; only rank 0 prints. Bad input (config, grid, ranks,
 backend) ends with a one-line ``hpcinv: error: ...`` on stderr and exit status 2.
@@ -19,24 +19,31 @@ def _parser() -> argparse.ArgumentParser:
                                 "adjoint-based permeability inversion.")
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("forward", help="solve steady Darcy flow and write DIR/fields.h5")
-    f.add_argument("config", nargs="?", help="TOML config file (optional)")
-    f.add_argument("--problem", help="built-in problem: geothermal2d (default), geothermal3d")
-    for ax in "xyz":
-        f.add_argument(f"--n{ax}", type=int, help=f"global cells along {ax}")
-    f.add_argument("--backend", help="auto (GPU if available), host, cupy")
-    f.add_argument("--dims", help="ranks per dimension, e.g. 2,2 (0 = automatic)")
-    f.add_argument("--tol", type=float, help="residual tolerance (max|RPf|/max|Qf|)")
-    f.add_argument("--maxiter", type=int, help="iteration budget")
-    f.add_argument("--cfl", type=float, help="Courant number of the APT iteration")
-    f.add_argument("--re", type=float, help="numerical Reynolds number of the APT iteration")
-    f.add_argument("--ncheck", type=int, help="check the residual every N iterations")
-    f.add_argument("--no-overlap", action="store_true", help="blocking halo exchange")
-    f.add_argument("--output", "-o", help="output directory (default: the config's output.dir)")
-    f.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    _common_run_options(f)
+    g = sub.add_parser("gradient", help="misfit gradient dJ/dlogK at K = 1 for synthetic "
+                       "observations of the true model; writes DIR/gradient.h5")
+    _common_run_options(g)
     i = sub.add_parser("info", help="backend, device, MPI library, CUDA-awareness, rank layout")
     i.add_argument("--backend", default="auto")
     i.add_argument("--problem", default="geothermal2d", help="problem whose rank layout to show")
     return p
+
+
+def _common_run_options(p):
+    p.add_argument("config", nargs="?", help="TOML config file (optional)")
+    p.add_argument("--problem", help="built-in problem: geothermal2d (default), geothermal3d")
+    for ax in "xyz":
+        p.add_argument(f"--n{ax}", type=int, help=f"global cells along {ax}")
+    p.add_argument("--backend", help="auto (GPU if available), host, cupy")
+    p.add_argument("--dims", help="ranks per dimension, e.g. 2,2 (0 = automatic)")
+    p.add_argument("--tol", type=float, help="residual tolerance (max|RPf|/max|Qf|)")
+    p.add_argument("--maxiter", type=int, help="iteration budget")
+    p.add_argument("--cfl", type=float, help="Courant number of the APT iteration")
+    p.add_argument("--re", type=float, help="numerical Reynolds number of the APT iteration")
+    p.add_argument("--ncheck", type=int, help="check the residual every N iterations")
+    p.add_argument("--no-overlap", action="store_true", help="blocking halo exchange")
+    p.add_argument("--output", "-o", help="output directory (default: the config's output.dir)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
 
 
 def _rank0():
@@ -75,40 +82,58 @@ def _apply_overrides(cfg, args):
     return cfg.validate()
 
 
-def make_solver(cfg):
-    """Problem, backend and :class:`~hpcinv.solvers.DarcySolver` for a validated config."""
+def make_backend_for(cfg):
+    """The backend of a validated config, its GPU chosen from the node-local rank."""
     from mpi4py import MPI
 
-    from . import problems
     from .backend import make_backend
-    from .solvers import DarcySolver
-    world = MPI.COMM_WORLD
-    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    node = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
     backend = make_backend(cfg.parallel.backend, local_rank=node.Get_rank(),
                            local_size=node.Get_size(), threads=cfg.parallel.threads or None)
     node.Free()
+    return backend
+
+
+def make_problem(cfg, **overrides):
+    """The configured problem (true model), on ``MPI.COMM_WORLD``."""
+    from mpi4py import MPI
+
+    from . import problems
     shape = cfg.grid.shape(problems.DEFAULT_SHAPES[cfg.problem.name])
-    problem = problems.build(cfg.problem.name, shape, comm=world, dims=cfg.parallel.dims,
-                             k_background=cfg.problem.k_background,
-                             k_barrier=cfg.problem.k_barrier)
+    kwargs = dict(k_background=cfg.problem.k_background, k_barrier=cfg.problem.k_barrier)
+    kwargs.update(overrides)
+    problem = problems.build(cfg.problem.name, shape, comm=MPI.COMM_WORLD,
+                             dims=cfg.parallel.dims, **kwargs)
+    problem.fixed_pressure = cfg.boundary.fixed_pressure(problem.grid.ndim)
+    return problem
+
+
+def solver_options(cfg) -> dict:
+    """Keyword arguments of :class:`~hpcinv.solvers.DarcySolver` from a config."""
     aware = None if cfg.parallel.cuda_aware == "auto" else cfg.parallel.cuda_aware
-    return DarcySolver(problem, backend, cfg.pt_params(), overlap=cfg.parallel.overlap,
-                       dtype=cfg.solver.dtype, cuda_aware=aware)
+    return dict(overlap=cfg.parallel.overlap, dtype=cfg.solver.dtype, cuda_aware=aware)
+
+
+def make_solver(cfg):
+    """Problem, backend and :class:`~hpcinv.solvers.DarcySolver` for a validated config."""
+    from .solvers import DarcySolver
+    return DarcySolver(make_problem(cfg), make_backend_for(cfg), cfg.pt_params(),
+                       **solver_options(cfg))
 
 
 class Progress:
-    """Rank-0 progress lines, at most one per ``every`` seconds (plus the last)."""
+    """Rank-0 progress lines of PT solves, at most one per ``every`` seconds."""
 
-    def __init__(self, what: str, maxiter: int, quiet: bool, every: float = 1.0):
-        self.what, self.maxiter, self.quiet, self.every = what, maxiter, quiet, every
+    def __init__(self, quiet: bool, every: float = 1.0):
+        self.quiet, self.every = quiet, every
         self._last = -1e30
 
-    def __call__(self, it, err, elapsed):
+    def __call__(self, it, err, elapsed, what="forward"):
         now = time.perf_counter()
         if self.quiet or now - self._last < self.every:
             return
         self._last = now
-        say(f"{self.what:8s} iter {it:8d}  residual {err:.3e}  elapsed {elapsed:8.2f} s")
+        say(f"{what:8s} iter {it:8d}  residual {err:.3e}  elapsed {elapsed:8.2f} s")
 
 
 def cmd_forward(args) -> int:
@@ -122,7 +147,7 @@ def cmd_forward(args) -> int:
         f"rank(s) {'x'.join(map(str, d.dims))}, backend {solver.backend.name}, "
         f"cfl {solver.params.cfl:.4g}, Re {solver.params.re:.4g}, tol {solver.params.tol:g}")
     t0 = time.perf_counter()
-    state = solver.solve(progress=Progress("forward", solver.params.maxiter, args.quiet))
+    state = solver.solve(progress=Progress(args.quiet))
     wall = time.perf_counter() - t0
     out = Path(cfg.output.dir)
     _record_resolved(cfg, solver)
@@ -146,6 +171,63 @@ def _record_resolved(cfg, solver):
     for a, n in zip("xyz", solver.grid.shape):
         setattr(cfg.grid, f"n{a}", n)
     cfg.solver.cfl, cfg.solver.maxiter = solver.params.cfl, solver.params.maxiter
+
+
+def cmd_gradient(args) -> int:
+    """Synthetic observations from the true model, then J and dJ/dlogK at K = 1."""
+    import numpy as np
+
+    from . import config as config_mod
+    from .inverse import AdjointGradient, Observations, workshop_points
+    from .inverse.regularisation import GradientSmoother, Tikhonov
+    from .io.fields import grid_attrs, write_h5
+    from .solvers import DarcySolver
+    cfg = config_mod.load(args.config) if args.config else config_mod.Config()
+    if not args.output and not (args.config and "dir" in _raw_output(args.config)):
+        cfg.output.dir = "runs/gradient"
+    cfg = _apply_overrides(cfg, args)
+    backend, opts = make_backend_for(cfg), solver_options(cfg)
+    true = make_problem(cfg)
+    grid = true.grid
+    progress = Progress(args.quiet)
+    say(f"hpcinv gradient: {cfg.problem.name} {'x'.join(map(str, grid.shape))} cells on "
+        f"{grid.decomp.size} rank(s), backend {backend.name}")
+    truth = DarcySolver(true, backend, cfg.pt_params(), **opts).solve(progress)
+    obs = Observations(grid, workshop_points(grid.ndim), sigma=cfg.observations.sigma,
+                       method=cfg.observations.method, demean=true.gauge_free)
+    obs.record(truth.Pf, backend.to_host)
+    del truth
+    model = make_problem(cfg, k_background=1.0, k_barrier=1.0)
+    dtype = np.dtype(cfg.solver.dtype)
+    reg = cfg.regularisation
+    tikhonov = Tikhonov(grid, backend, reg.tikhonov, dtype) if reg.tikhonov > 0 else None
+    G = AdjointGradient(model, obs, backend, cfg.pt_params(), cfg.adjoint_pt_params(), tikhonov,
+                        **opts)
+    t0 = time.perf_counter()
+    J, g, info = G(progress=progress)
+    wall = time.perf_counter() - t0
+    smoothed = GradientSmoother(grid, backend, reg.smoothing_steps, reg.smoothing_coefficient,
+                                dtype).apply(g)
+    out = Path(cfg.output.dir)
+    attrs = {"J": J, **{k: v for k, v in info.items()}, "wall_time": wall,
+             "observations": len(obs), "problem": cfg.problem.name, **grid_attrs(grid)}
+    path = write_h5(out / "gradient.h5", grid.decomp,
+                    {"dJ_dlogK": g, "dJ_dlogK_smoothed": smoothed}, attrs=attrs,
+                    to_host=backend.to_host)
+    if grid.decomp.rank == 0:
+        (out / "config.toml").write_text(config_mod.dumps(cfg))
+    say(f"J = {J:.6e}; forward {info['forward_iterations']} and adjoint "
+        f"{info['adjoint_iterations']} iterations, {wall:.2f} s; wrote {path}")
+    if not (info["forward_converged"] and info["adjoint_converged"]):
+        say("hpcinv: warning: a solve did not converge; raise solver.maxiter/adjoint.maxiter",
+            file=sys.stderr)
+        return 1
+    return 0
+
+
+def _raw_output(path) -> dict:
+    from . import config as config_mod
+    return config_mod.tomllib.loads(Path(path).read_text()).get("output", {})
 
 
 def cmd_info(args) -> int:
@@ -196,7 +278,8 @@ def _version():
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        code = {"forward": cmd_forward, "info": cmd_info}[args.command](args)
+        code = {"forward": cmd_forward, "gradient": cmd_gradient,
+                "info": cmd_info}[args.command](args)
     except HpcinvError as exc:
         if _rank0():
             print(f"hpcinv: error: {exc}", file=sys.stderr, flush=True)

@@ -5,6 +5,10 @@ Sections and keys (all optional; see ``docs/configuration.md``)::
     [problem]   name = "geothermal2d" | "geothermal3d", k_background = 1.0, k_barrier = 1e-6
     [grid]      nx, ny[, nz]  (cells; default: the problem's own size)
     [solver]    cfl, re, tol = 1e-8, maxiter, ncheck = 100, dtype = "float64" | "float32"
+    [adjoint]   cfl, re, tol, maxiter, ncheck (PT parameters of the adjoint solve)
+    [boundary]  x_lo, x_hi, y_lo, y_hi[, z_lo, z_hi] = "no-flux" | fixed pressure (number)
+    [observations] method = "nearest" | "linear", sigma = 1.0
+    [regularisation] smoothing_steps = 49, smoothing_coefficient (0.2 in 2D), tikhonov = 0.0
     [parallel]  backend = "auto" | "host" | "cupy", dims = [0, 0], overlap = true,
                 cuda_aware = "auto" | true | false, threads = 0 (0: cores / ranks per node)
     [output]    dir = "runs/forward"
@@ -59,6 +63,56 @@ class SolverConfig:
 
 
 @dataclass
+class AdjointConfig:
+    """PT parameters of the adjoint solve (its own damping; defaults as the forward's)."""
+    cfl: float | None = None
+    re: float = 2 * math.pi
+    tol: float = 1e-8
+    maxiter: int | None = None
+    ncheck: int = 100
+
+
+SIDES = ("x_lo", "x_hi", "y_lo", "y_hi", "z_lo", "z_hi")
+
+
+@dataclass
+class BoundaryConfig:
+    """Each side: "no-flux" or a fixed pressure (a number)."""
+    x_lo: object = "no-flux"
+    x_hi: object = "no-flux"
+    y_lo: object = "no-flux"
+    y_hi: object = "no-flux"
+    z_lo: object = "no-flux"
+    z_hi: object = "no-flux"
+
+    def fixed_pressure(self, ndim: int) -> dict:
+        """``{(axis, side): pressure}`` of the fixed-pressure sides."""
+        out = {}
+        for name in SIDES:
+            v = getattr(self, name)
+            axis, side = "xyz".index(name[0]), int(name.endswith("hi"))
+            if v != "no-flux":
+                if axis >= ndim:
+                    raise ConfigError(f"boundary.{name} given for a {ndim}D problem")
+                out[(axis, side)] = float(v)
+        return out
+
+
+@dataclass
+class ObservationsConfig:
+    """Synthetic observations from the true model at the workshop's points."""
+    method: str = "nearest"
+    sigma: float = 1.0
+
+
+@dataclass
+class RegularisationConfig:
+    smoothing_steps: int = 49
+    smoothing_coefficient: float | None = None     # None: 0.8/(2 ndim), 0.2 in 2D
+    tikhonov: float = 0.0
+
+
+@dataclass
 class ParallelConfig:
     backend: str = "auto"
     dims: list | None = None
@@ -77,12 +131,17 @@ class Config:
     problem: ProblemConfig = field(default_factory=ProblemConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
+    adjoint: AdjointConfig = field(default_factory=AdjointConfig)
+    boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
+    observations: ObservationsConfig = field(default_factory=ObservationsConfig)
+    regularisation: RegularisationConfig = field(default_factory=RegularisationConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def validate(self) -> "Config":
         """Check value ranges and combinations; raises :class:`ConfigError`."""
         from .backend import BACKENDS
+        from .problems import DEFAULT_SHAPES as PROBLEMS_NDIM
         from .problems import PROBLEMS
         if self.problem.name not in PROBLEMS:
             raise ConfigError(f"problem.name: unknown problem {self.problem.name!r}"
@@ -96,6 +155,33 @@ class Config:
             raise ConfigError(f"solver.dtype must be 'float64' or 'float32', "
                               f"got {self.solver.dtype!r}")
         self.pt_params().validate()
+        self.adjoint_pt_params().validate("adjoint")
+        for name in SIDES:
+            v = getattr(self.boundary, name)
+            if not (v == "no-flux" or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                       and math.isfinite(v))):
+                raise ConfigError(f"boundary.{name} must be \"no-flux\" or a finite pressure, "
+                                  f"got {v!r}")
+        if self.observations.method not in ("nearest", "linear"):
+            raise ConfigError(f"observations.method must be 'nearest' or 'linear', got "
+                              f"{self.observations.method!r}")
+        if not (self.observations.sigma > 0 and math.isfinite(self.observations.sigma)):
+            raise ConfigError(f"observations.sigma must be > 0, got {self.observations.sigma}")
+        r = self.regularisation
+        if r.smoothing_steps < 0:
+            raise ConfigError(f"regularisation.smoothing_steps must be >= 0, got "
+                              f"{r.smoothing_steps}")
+        if r.smoothing_coefficient is not None and not 0 < r.smoothing_coefficient <= 0.25:
+            raise ConfigError(f"regularisation.smoothing_coefficient must be in (0, 0.25] "
+                              f"(explicit stability: <= 1/(2 ndim)), got "
+                              f"{r.smoothing_coefficient}")
+        ndim = len(PROBLEMS_NDIM.get(self.problem.name, (0, 0)))
+        if r.smoothing_coefficient is not None and r.smoothing_coefficient > 1 / (2 * ndim):
+            raise ConfigError(f"regularisation.smoothing_coefficient must be <= 1/(2 ndim) = "
+                              f"{1 / (2 * ndim):.4g} for the {ndim}D problem (explicit "
+                              f"stability), got {r.smoothing_coefficient}")
+        if not (r.tikhonov >= 0 and math.isfinite(r.tikhonov)):
+            raise ConfigError(f"regularisation.tikhonov must be >= 0, got {r.tikhonov}")
         if self.parallel.backend not in BACKENDS:
             raise ConfigError(f"parallel.backend: unknown backend {self.parallel.backend!r}"
                               f"{_hint(self.parallel.backend, BACKENDS)}; choose one of "
@@ -118,6 +204,11 @@ class Config:
         from .solvers import PTParams
         s = self.solver
         return PTParams(cfl=s.cfl, re=s.re, tol=s.tol, maxiter=s.maxiter, ncheck=s.ncheck)
+
+    def adjoint_pt_params(self):
+        from .solvers import PTParams
+        a = self.adjoint
+        return PTParams(cfl=a.cfl, re=a.re, tol=a.tol, maxiter=a.maxiter, ncheck=a.ncheck)
 
     def to_dict(self) -> dict:
         return {f.name: {k: v for k, v in dataclasses.asdict(getattr(self, f.name)).items()

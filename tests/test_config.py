@@ -34,6 +34,13 @@ def non_default_dict():
         "grid": {"nx": 11, "ny": 7, "nz": 5},
         "solver": {"cfl": 0.5, "re": 2.5, "tol": 1e-6, "maxiter": 1234, "ncheck": 7,
                    "dtype": "float32"},
+        "adjoint": {"cfl": 0.45, "re": 3.5, "tol": 1e-7, "maxiter": 4321, "ncheck": 9},
+        # every side fixed (the problem is 3D); an integer pressure stays an integer
+        "boundary": {"x_lo": 1.5, "x_hi": -2.0, "y_lo": 0.0, "y_hi": 3.25, "z_lo": 1e-3,
+                     "z_hi": 7},
+        "observations": {"method": "linear", "sigma": 0.5},
+        "regularisation": {"smoothing_steps": 5, "smoothing_coefficient": 0.125,
+                           "tikhonov": 1e-3},
         "parallel": {"backend": "host", "dims": [2, 0, 1], "overlap": False,
                      "cuda_aware": True, "threads": 3},
         "output": {"dir": 'out dir/with "quotes" and \\ backslash'},
@@ -61,6 +68,15 @@ def test_defaults():
     assert cfg.solver.cfl is None and cfg.solver.maxiter is None
     assert cfg.solver.re == pytest.approx(2 * math.pi)
     assert (cfg.solver.tol, cfg.solver.ncheck, cfg.solver.dtype) == (1e-8, 100, "float64")
+    a = cfg.adjoint
+    assert a.cfl is None and a.maxiter is None and a.re == pytest.approx(2 * math.pi)
+    assert (a.tol, a.ncheck) == (1e-8, 100)
+    assert all(getattr(cfg.boundary, s) == "no-flux" for s in config_mod.SIDES)
+    assert cfg.boundary.fixed_pressure(2) == {} and cfg.boundary.fixed_pressure(3) == {}
+    assert (cfg.observations.method, cfg.observations.sigma) == ("nearest", 1.0)
+    r = cfg.regularisation
+    assert r.smoothing_steps == 49 and r.tikhonov == 0.0
+    assert r.smoothing_coefficient in (None, 0.2)    # None: 0.8/(2 ndim), 0.2 in 2D
     assert cfg.parallel.backend == "auto" and cfg.parallel.dims is None
     assert cfg.parallel.overlap is True and cfg.parallel.cuda_aware == "auto"
     assert cfg.parallel.threads == 0
@@ -87,6 +103,11 @@ def test_every_key_round_trips():
     ("parallel", "overlap", True), ("parallel", "dims", [0, 0]), ("parallel", "dims", [4, 1]),
     ("solver", "dtype", "float64"), ("problem", "k_barrier", 1.0), ("solver", "re", 1e-3),
     ("output", "dir", "/abs/path"), ("output", "dir", "ünïcode"),
+    ("boundary", "x_lo", "no-flux"), ("boundary", "x_hi", 0), ("boundary", "y_lo", -1.5),
+    ("boundary", "y_hi", 1e300), ("observations", "method", "linear"),
+    ("observations", "sigma", 1e-6), ("regularisation", "smoothing_steps", 0),
+    ("regularisation", "smoothing_coefficient", 0.25), ("regularisation", "tikhonov", 0.0),
+    ("adjoint", "maxiter", 1), ("adjoint", "cfl", 1.0),
 ])
 def test_single_values_round_trip(tmp_path, section, key, value):
     cfg = from_dict({section: {key: value}})
@@ -110,6 +131,14 @@ def test_float_keys_accept_integers():
     ("parallel", "overlap", 1, "bool"), ("parallel", "overlap", "yes", "bool"),
     ("parallel", "dims", 2, "list"), ("parallel", "threads", 2.0, "int"),
     ("output", "dir", 5, "str"),
+    ("adjoint", "maxiter", 1.5, "int"), ("adjoint", "tol", "1e-8", "float"),
+    ("adjoint", "ncheck", True, "int"),
+    ("observations", "method", 3, "str"), ("observations", "sigma", "1", "float"),
+    ("observations", "sigma", False, "float"),
+    ("regularisation", "smoothing_steps", 1.5, "int"),
+    ("regularisation", "smoothing_steps", True, "int"),
+    ("regularisation", "smoothing_coefficient", "0.2", "float"),
+    ("regularisation", "tikhonov", True, "float"),
 ])
 def test_type_errors(section, key, value, kind):
     with pytest.raises(ConfigError, match=rf"^{section}\.{key} must be of type {kind}, got "):
@@ -120,6 +149,11 @@ def test_type_errors(section, key, value, kind):
     ("solver", "ncheks", "ncheck"), ("solver", "tolerance", "tol"), ("solver", "Re", "re"),
     ("problem", "k_barier", "k_barrier"), ("parallel", "dim", "dims"),
     ("parallel", "cuda-aware", "cuda_aware"), ("grid", "nxx", "nx"), ("output", "dirs", "dir"),
+    ("adjoint", "ncheks", "ncheck"), ("boundary", "xlo", "x_lo"), ("boundary", "z_high", "z_hi"),
+    ("observations", "methods", "method"), ("observations", "sigmas", "sigma"),
+    ("regularisation", "smoothing", "smoothing_steps"),
+    ("regularisation", "smoothing_coef", "smoothing_coefficient"),
+    ("regularisation", "tikhonow", "tikhonov"),
 ])
 def test_unknown_key_names_closest(section, key, hint):
     with pytest.raises(ConfigError) as exc:
@@ -131,7 +165,10 @@ def test_unknown_key_names_closest(section, key, hint):
 
 @pytest.mark.parametrize("section, hint", [("solvr", "solver"), ("grids", "grid"),
                                            ("paralel", "parallel"), ("problems", "problem"),
-                                           ("outputs", "output")])
+                                           ("outputs", "output"), ("adjiont", "adjoint"),
+                                           ("boundaries", "boundary"),
+                                           ("observation", "observations"),
+                                           ("regularization", "regularisation")])
 def test_unknown_section_names_closest(section, hint):
     with pytest.raises(ConfigError, match=rf"unknown section \[{section}\] "
                                           rf"\(did you mean '{hint}'\?\)"):
@@ -169,6 +206,33 @@ def test_section_must_be_a_table():
     ("parallel", "dims", [2, -1], "parallel.dims"),
     ("parallel", "dims", [True, 1], "parallel.dims"),
     ("parallel", "dims", [1.5, 1], "parallel.dims"),
+    ("adjoint", "cfl", 0.0, "cfl"), ("adjoint", "cfl", 1.01, "cfl"),
+    ("adjoint", "re", -1.0, ".re"), ("adjoint", "re", math.nan, ".re"),
+    ("adjoint", "tol", 0.0, "tol"), ("adjoint", "tol", 1.0, "tol"),
+    ("adjoint", "maxiter", 0, "maxiter"), ("adjoint", "ncheck", 0, "ncheck"),
+    ("boundary", "x_lo", "wall", "boundary.x_lo"),
+    ("boundary", "x_lo", "No-Flux", "boundary.x_lo"),
+    ("boundary", "x_lo", math.nan, "boundary.x_lo"),
+    ("boundary", "x_lo", math.inf, "boundary.x_lo"),
+    ("boundary", "x_lo", True, "boundary.x_lo"),
+    ("boundary", "x_lo", [0.0], "boundary.x_lo"),
+    ("boundary", "y_hi", -math.inf, "boundary.y_hi"),
+    ("boundary", "z_hi", "open", "boundary.z_hi"),
+    ("observations", "method", "cubic", "observations.method"),
+    ("observations", "method", "Nearest", "observations.method"),
+    ("observations", "sigma", 0.0, "observations.sigma"),
+    ("observations", "sigma", -1.0, "observations.sigma"),
+    ("observations", "sigma", math.nan, "observations.sigma"),
+    ("observations", "sigma", math.inf, "observations.sigma"),
+    ("regularisation", "smoothing_steps", -1, "regularisation.smoothing_steps"),
+    ("regularisation", "smoothing_coefficient", 0.3, "regularisation.smoothing_coefficient"),
+    ("regularisation", "smoothing_coefficient", 0.0, "regularisation.smoothing_coefficient"),
+    ("regularisation", "smoothing_coefficient", -0.1, "regularisation.smoothing_coefficient"),
+    ("regularisation", "smoothing_coefficient", math.nan,
+     "regularisation.smoothing_coefficient"),
+    ("regularisation", "tikhonov", -1.0, "regularisation.tikhonov"),
+    ("regularisation", "tikhonov", math.inf, "regularisation.tikhonov"),
+    ("regularisation", "tikhonov", math.nan, "regularisation.tikhonov"),
 ])
 def test_value_errors(section, key, value, needle):
     with pytest.raises(ConfigError) as exc:
@@ -176,6 +240,20 @@ def test_value_errors(section, key, value, needle):
     msg = str(exc.value)
     assert needle in msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize("key, value", [("cfl", 2.0), ("re", -1.0), ("tol", 0.0),
+                                        ("maxiter", 0), ("ncheck", 0)])
+def test_adjoint_errors_name_adjoint(key, value):
+    with pytest.raises(ConfigError, match=rf"^adjoint\.{key} "):
+        from_dict({"adjoint": {key: value}})
+
+
+def test_smoothing_coefficient_limit_depends_on_dimension():
+    from_dict({"regularisation": {"smoothing_coefficient": 0.25}})          # 2D: <= 1/4
+    with pytest.raises(ConfigError, match="regularisation.smoothing_coefficient"):
+        from_dict({"problem": {"name": "geothermal3d"},
+                   "regularisation": {"smoothing_coefficient": 0.2}})     # 3D: <= 1/6
 
 
 def test_errors_are_hpcinv_errors():
@@ -202,6 +280,37 @@ def test_grid_shape():
         from_dict({"grid": {"nz": 4}}).grid.shape((255, 127))
 
 
+def test_boundary_fixed_pressure():
+    b = from_dict({"boundary": {"x_lo": 2, "y_hi": -0.5}}).boundary
+    fp = b.fixed_pressure(2)
+    assert fp == {(0, 0): 2.0, (1, 1): -0.5}
+    assert all(type(v) is float for v in fp.values())
+    assert b.fixed_pressure(3) == fp
+    b = from_dict({"boundary": {"z_lo": 1.0, "z_hi": "no-flux", "x_hi": 0.0}}).boundary
+    assert b.fixed_pressure(3) == {(0, 1): 0.0, (2, 0): 1.0}
+    # a z side is accepted by the config (the problem is not known yet) but is an error as
+    # soon as a 2D problem asks for its sides
+    with pytest.raises(ConfigError, match=r"boundary\.z_lo given for a 2D problem"):
+        b.fixed_pressure(2)
+    b = from_dict({"boundary": {"z_hi": 0}}).boundary
+    with pytest.raises(ConfigError, match=r"boundary\.z_hi given for a 2D problem"):
+        b.fixed_pressure(2)
+    # "no-flux" on a z side is harmless in 2D
+    assert from_dict({"boundary": {"z_lo": "no-flux"}}).boundary.fixed_pressure(2) == {}
+
+
+def test_boundary_from_toml(tmp_path):
+    p = tmp_path / "b.toml"
+    p.write_text('[boundary]\nx_lo = "no-flux"\ny_hi = 0.0\nx_hi = -3\n')
+    assert load(p).boundary.fixed_pressure(2) == {(1, 1): 0.0, (0, 1): -3.0}
+    p.write_text("[boundary]\nx_lo = nan\n")
+    with pytest.raises(ConfigError, match=r"boundary\.x_lo"):
+        load(p)
+    p.write_text("[boundary]\nx_lo = true\n")
+    with pytest.raises(ConfigError, match=r"boundary\.x_lo"):
+        load(p)
+
+
 def test_pt_params():
     cfg = from_dict({"solver": {"cfl": 0.4, "re": 3.0, "tol": 1e-5, "maxiter": 9,
                                 "ncheck": 3}})
@@ -209,11 +318,24 @@ def test_pt_params():
     assert (p.cfl, p.re, p.tol, p.maxiter, p.ncheck) == (0.4, 3.0, 1e-5, 9, 3)
 
 
+def test_adjoint_pt_params():
+    cfg = from_dict({"solver": {"cfl": 0.4, "tol": 1e-5},
+                     "adjoint": {"cfl": 0.3, "re": 4.0, "tol": 1e-9, "maxiter": 11,
+                                 "ncheck": 5}})
+    a = cfg.adjoint_pt_params()
+    assert (a.cfl, a.re, a.tol, a.maxiter, a.ncheck) == (0.3, 4.0, 1e-9, 11, 5)
+    p = cfg.pt_params()                      # independent of [solver]
+    assert (p.cfl, p.tol) == (0.4, 1e-5)
+    d = Config().adjoint_pt_params()         # defaults as the forward's
+    f = Config().pt_params()
+    assert (d.cfl, d.re, d.tol, d.maxiter, d.ncheck) == (f.cfl, f.re, f.tol, f.maxiter, f.ncheck)
+
+
 # --------------------------------------------------------------------------- examples, docs
 
 def test_examples_exist():
     names = {p.name for p in EXAMPLES}
-    assert {"forward2d.toml", "forward3d.toml"} <= names
+    assert {"forward2d.toml", "forward3d.toml", "gradient2d.toml"} <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -225,7 +347,13 @@ def test_examples_load(path):
     shape = cfg.grid.shape({"geothermal2d": (255, 127),
                             "geothermal3d": (127, 63, 63)}[cfg.problem.name])
     assert len(shape) == (3 if "3d" in path.name else 2)
+    cfg.boundary.fixed_pressure(len(shape))      # no z side in a 2D example
     assert reload(cfg) == cfg
+
+
+def test_gradient_example_fixes_a_side():
+    cfg = load(ROOT / "examples" / "gradient2d.toml")
+    assert cfg.boundary.fixed_pressure(2)         # the plain (not demeaned) misfit
 
 
 def test_docs_name_every_key():

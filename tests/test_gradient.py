@@ -75,3 +75,39 @@ def test_gradient_independent_of_decomposition():
         J1, g1, _ = G1(m1)
         assert J == J1
         assert np.array_equal(g_glob, np.asarray(g1)[d1.owned()])
+
+
+def test_cli_gradient_writes_global_datasets(tmp_path):
+    import h5py
+
+    from hpcinv.cli import main
+    out = tmp_path / "g"
+    assert main(["gradient", "--nx", "31", "--ny", "15", "-q", "-o", str(out)]) == 0
+    with h5py.File(out / "gradient.h5") as f:
+        g, gs = f["dJ_dlogK"][...], f["dJ_dlogK_smoothed"][...]
+        assert g.shape == gs.shape == (31, 15)
+        assert f.attrs["J"] > 0
+        assert f.attrs["forward_iterations"] > 0 and f.attrs["adjoint_iterations"] > 0
+    assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
+    # smoothing damps the gradient's roughness: compare total variation
+    assert np.abs(np.diff(gs, axis=0)).sum() < np.abs(np.diff(g, axis=0)).sum()
+
+
+def test_cli_gradient_fixed_pressure_side(tmp_path):
+    import h5py
+
+    from hpcinv.cli import main
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[boundary]\nx_lo = 0.0\n[grid]\nnx = 31\nny = 15\n")
+    out = tmp_path / "g"
+    assert main(["gradient", str(cfg), "-q", "-o", str(out)]) == 0
+    with h5py.File(out / "gradient.h5") as f:
+        assert np.all(np.isfinite(f["dJ_dlogK"][...]))
+
+
+def test_nonfinite_logK_is_rejected():
+    from hpcinv.errors import ConfigError
+    G, m, _, _ = _setup(geothermal2d, (15, 7), MPI.COMM_SELF)
+    m[3, 3] = np.nan
+    with pytest.raises(ConfigError, match="logK must be finite"):
+        G(m)

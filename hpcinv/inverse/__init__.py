@@ -1,5 +1,5 @@
-"""Inverse problem: observations, misfit and the adjoint-state gradient."""
+"""Inverse problem: observations, misfit, regularisation and the adjoint-state gradient."""
 from .gradient import AdjointGradient
-from .observations import Observations
+from .observations import Observations, workshop_points
 
-__all__ = ["AdjointGradient", "Observations"]
+__all__ = ["AdjointGradient", "Observations", "workshop_points"]

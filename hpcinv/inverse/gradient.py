@@ -30,12 +30,14 @@ class AdjointGradient:
         observations: :class:`~hpcinv.inverse.Observations` with values.
         backend: compute backend (default: auto).
         params, adjoint_params: :class:`PTParams` of the forward and adjoint solves.
+        tikhonov: optional :class:`~hpcinv.inverse.regularisation.Tikhonov` term added to J and
+            its gradient.
         solver_kwargs: passed to :class:`~hpcinv.solvers.DarcySolver` (``overlap``, ``dtype``).
     """
 
     def __init__(self, problem, observations, backend=None, params=None, adjoint_params=None,
-                 **solver_kwargs):
-        self.problem, self.obs = problem, observations
+                 tikhonov=None, **solver_kwargs):
+        self.problem, self.obs, self.tikhonov = problem, observations, tikhonov
         self.solver = DarcySolver(problem, backend, params, **solver_kwargs)
         self.forward_params = self.solver.params
         self.adjoint_params = adjoint_params if adjoint_params is not None else PTParams()
@@ -44,11 +46,19 @@ class AdjointGradient:
         self._D_T = bk.kernel(pressure_residual_adjoint_kernel(nd), nd, dt)
         self._dRq_dK_T = bk.kernel(flux_residual_adjoint_kernel(nd), nd, dt)
         self.Pf_forward = bk.zeros(self.solver.K.shape, dt)
+        own = problem.grid.decomp.owned()
+        self.logK = np.zeros(problem.K.shape)
+        self.logK[own] = np.log(problem.K[own])
 
     def set_logK(self, logK):
         """Set the model from a padded local array of log K (owned cells are read)."""
+        from ..errors import ConfigError
         logK = np.asarray(self.backend.to_host(logK), dtype=float)
         own = self.problem.grid.decomp.owned()
+        bad = self.problem.grid.comm.allreduce(int(not np.all(np.isfinite(logK[own]))))
+        if bad:
+            raise ConfigError("logK must be finite everywhere (NaN or inf found)")
+        self.logK = logK
         self.problem.K[own] = np.exp(logK[own])
         self.problem.validate()
         self.solver.set_permeability(self.problem.K)
@@ -80,6 +90,9 @@ class AdjointGradient:
                        *s.geometry)                                       # dJ/dK
         g = K_bar * s.K
         g *= _owned_mask(s)
+        if self.tikhonov is not None:
+            J += self.tikhonov.value_and_gradient(bk.asarray(self.logK, dtype=s.dtype), out=g,
+                                                  accumulate=True)[0]
         bk.synchronize()
         info = {"forward_iterations": fwd.iterations, "adjoint_iterations": adj.iterations,
                 "forward_converged": fwd.converged, "adjoint_converged": adj.converged,

@@ -172,6 +172,19 @@ class Observations:
         self._mine = tuple(np.array([m[j] for m in mine], dtype=np.int64) for j in range(2))
         self._local = tuple(np.array([l[a] for l in local], dtype=np.int64)
                             for a in range(self.grid.ndim))
+        self._dev_index = {}
+
+    def _index_for(self, Pf):
+        """The owned corners' local indices as arrays of ``Pf``'s array module (CuPy indexes
+        a device array with device index arrays)."""
+        if isinstance(Pf, np.ndarray):
+            return self._local
+        import sys
+        mod = sys.modules[type(Pf).__module__.split(".")[0]]
+        key = mod.__name__
+        if key not in self._dev_index:
+            self._dev_index[key] = tuple(mod.asarray(i) for i in self._local)
+        return self._dev_index[key]
 
     def __len__(self):
         return len(self.points)
@@ -224,7 +237,7 @@ class Observations:
         an ``(nobs, ncorner)`` array whose entries each have a single contributor)."""
         corners = np.zeros(self.weights.shape)
         if len(self._mine[0]):
-            corners[self._mine] = to_host(Pf[self._local])
+            corners[self._mine] = to_host(Pf[self._index_for(Pf)])
         corners += 0.0                       # -0.0 -> +0.0: same bits as a multi-rank sum
         corners = self.grid.comm.allreduce(corners, op=MPI.SUM)
         out = corners[:, 0] * self.weights[:, 0]

@@ -46,17 +46,18 @@ class PTParams:
     maxiter: int | None = None
     ncheck: int = 100
 
-    def validate(self):
+    def validate(self, section: str = "solver"):
+        """Range checks; messages name ``section.key`` (``solver`` or ``adjoint``)."""
         if self.cfl is not None and not (0 < self.cfl <= 1):
-            raise ConfigError(f"solver.cfl must be in (0, 1], got {self.cfl}")
+            raise ConfigError(f"{section}.cfl must be in (0, 1], got {self.cfl}")
         if not (self.re > 0 and math.isfinite(self.re)):
-            raise ConfigError(f"solver.re must be > 0, got {self.re}")
+            raise ConfigError(f"{section}.re must be > 0, got {self.re}")
         if not (0 < self.tol < 1):
-            raise ConfigError(f"solver.tol must be in (0, 1), got {self.tol}")
+            raise ConfigError(f"{section}.tol must be in (0, 1), got {self.tol}")
         if self.maxiter is not None and self.maxiter < 1:
-            raise ConfigError(f"solver.maxiter must be >= 1, got {self.maxiter}")
+            raise ConfigError(f"{section}.maxiter must be >= 1, got {self.maxiter}")
         if self.ncheck < 1:
-            raise ConfigError(f"solver.ncheck must be >= 1, got {self.ncheck}")
+            raise ConfigError(f"{section}.ncheck must be >= 1, got {self.ncheck}")
 
     def resolved(self, shape) -> "PTParams":
         """A copy with ``cfl`` and ``maxiter`` defaults filled in for a grid ``shape``."""
@@ -102,7 +103,8 @@ def pt_iterate(step, comm, params: PTParams, scale: float, what: str = "forward"
         params: resolved :class:`PTParams`.
         scale: the residual is divided by this (e.g. ``max|Qf|``).
         what: name used in messages.
-        progress: optional ``progress(iteration, residual, elapsed)`` called at every check.
+        progress: optional ``progress(iteration, residual, elapsed, what)`` called at every
+            check.
     """
     history = []
     best = 1.0      # a zero initial state has scaled residual 1: growth far above it diverges
@@ -117,11 +119,12 @@ def pt_iterate(step, comm, params: PTParams, scale: float, what: str = "forward"
         err = comm.allreduce(local, op=MPI.MAX) / scale
         history.append((it, err))
         if progress is not None:
-            progress(it, err, time.perf_counter() - t0)
+            progress(it, err, time.perf_counter() - t0, what)
         if not math.isfinite(err) or err > DIVERGENCE_FACTOR * best:
             raise SolverDivergedError(
                 f"{what} solve diverged at iteration {it} (scaled residual {err:.3e}, best "
-                f"{best:.3e}); try a smaller solver.cfl (now {params.cfl:.4g})")
+                f"{best:.3e}); try a smaller {'adjoint' if what == 'adjoint' else 'solver'}.cfl "
+                f"(now {params.cfl:.4g})")
         best = min(best, err)
         if err < params.tol:
             break

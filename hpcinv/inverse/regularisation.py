@@ -1,0 +1,163 @@
+"""Regularisation of the inversion: gradient smoothing and a Tikhonov term (distributed).
+
+Fields are padded local backend arrays (``grid.decomp.padded_shape``, one ghost layer); only
+owned cells are read from inputs, and ghost layers are refreshed internally (inputs are copied,
+never modified). Kernels: :mod:`hpcinv.physics.regularisation`.
+
+* :class:`GradientSmoother`: ``n`` explicit diffusion steps, the workshop's ``smooth_d!``
+  (cells on the global boundary unchanged), one halo exchange per step, ping-pong buffers.
+  Bitwise identical for any decomposition. :meth:`~GradientSmoother.apply_transpose` applies
+  the transpose (the operator is not symmetric at the boundary), e.g. for preconditioning.
+* :class:`Tikhonov`: ``J_reg = alpha/2 V sum_{interior faces} ((m_r - m_l)/d_a)**2`` and its
+  gradient ``alpha V (-Lap_N m)`` (zero-gradient boundary). One halo exchange of ``m``; the
+  gradient is bitwise identical for any decomposition. ``J_reg`` needs one MPI SUM reduction
+  (allreduce of the ranks' partial sums), so it is reproducible only to rounding (a few ulp)
+  across decompositions, not bitwise.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from mpi4py import MPI
+
+from ..errors import ConfigError
+from ..parallel import HaloExchange
+from ..physics.regularisation import smooth_kernel, smooth_transpose_kernel, tikhonov_kernel
+
+
+class _Base:
+    def __init__(self, grid, backend, dtype):
+        self.grid, self.backend, self.dtype = grid, backend, np.dtype(dtype)
+        d = grid.decomp
+        self.decomp = d
+        self.halo = HaloExchange(d, backend, self.dtype)
+        self.box = ((1,) * grid.ndim, tuple(n + 1 for n in d.local_shape))
+        self.ints = tuple(o - 1 for o in d.offset) + tuple(grid.shape)
+
+    def _kernel(self, k):
+        return self.backend.kernel(k, self.grid.ndim, self.dtype)
+
+    def _check(self, a, what):
+        if tuple(a.shape) != tuple(self.decomp.padded_shape):
+            raise ConfigError(f"{what} must have the padded local shape "
+                              f"{self.decomp.padded_shape}, got {tuple(a.shape)}")
+
+    def _load(self, buf, a, what):
+        """Owned cells of ``a`` into ``buf`` (ghosts of ``buf`` then refreshed by the caller)."""
+        self._check(a, what)
+        own = self.decomp.owned()
+        buf[own] = a[own]
+
+
+class GradientSmoother:
+    """``n`` explicit diffusion steps ``A <- A + coef * sum_a d2_a(A)`` on interior cells.
+
+    Args:
+        grid: the :class:`~hpcinv.grid.Grid`.
+        backend: compute backend (``bk.xp``, ``bk.zeros``, ``bk.kernel``).
+        steps: number of steps ``n >= 0`` (0: identity).
+        coef: diffusion coefficient, ``0 <= coef <= 1/(2 ndim)`` (explicit stability limit);
+            default ``0.8 / (2 ndim)``: 0.2 in 2D (the workshop's value), 2/15 in 3D.
+        dtype: field dtype.
+    """
+
+    def __init__(self, grid, backend, steps: int = 1, coef: float | None = None, dtype=np.float64):
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ConfigError(f"smoothing steps must be an integer >= 0, got {steps!r}")
+        limit = 1.0 / (2 * grid.ndim)
+        if coef is None:
+            coef = 0.8 * limit
+        try:
+            coef = float(coef)
+        except (TypeError, ValueError):
+            raise ConfigError(f"smoothing coefficient must be a number, got {coef!r}") from None
+        if not (math.isfinite(coef) and 0.0 <= coef <= limit):
+            raise ConfigError(f"smoothing coefficient must be in [0, 1/(2 ndim)] = [0, {limit:g}] "
+                              f"in {grid.ndim}D for stability, got {coef}")
+        self.steps, self.coef = int(steps), coef
+        self._b = _Base(grid, backend, dtype)
+        self._fwd = self._b._kernel(smooth_kernel(grid.ndim))
+        self._adj = self._b._kernel(smooth_transpose_kernel(grid.ndim))
+        shape = grid.decomp.padded_shape
+        self._buf = [backend.zeros(shape, self._b.dtype), backend.zeros(shape, self._b.dtype)]
+
+    def _run(self, kernel, a, out):
+        b = self._b
+        src, dst = self._buf
+        b._load(src, a, "field to smooth")
+        for _ in range(self.steps):
+            b.halo.exchange(src)          # one exchange per step
+            kernel(*b.box, src, dst, self.coef, *b.ints)
+            src, dst = dst, src
+        if out is None:
+            out = b.backend.zeros(b.decomp.padded_shape, b.dtype)
+        else:
+            b._check(out, "out")
+        own = b.decomp.owned()
+        out[own] = src[own]
+        return out
+
+    def apply(self, a, out=None):
+        """``S^n a`` (owned cells of a new array, or of ``out``; ``out`` may be ``a``)."""
+        return self._run(self._fwd, a, out)
+
+    __call__ = apply
+
+    def apply_transpose(self, a, out=None):
+        """``(S^n)^T a = (S^T)^n a``."""
+        return self._run(self._adj, a, out)
+
+
+class Tikhonov:
+    """``J_reg = alpha/2 * V * sum_{interior faces} ((m_r - m_l) / d_a)**2`` and its gradient.
+
+    Args:
+        grid: the :class:`~hpcinv.grid.Grid`.
+        backend: compute backend.
+        alpha: weight ``>= 0``.
+        dtype: field dtype.
+    """
+
+    def __init__(self, grid, backend, alpha: float, dtype=np.float64):
+        try:
+            alpha = float(alpha)
+        except (TypeError, ValueError):
+            raise ConfigError(f"Tikhonov alpha must be a number, got {alpha!r}") from None
+        if not (math.isfinite(alpha) and alpha >= 0):
+            raise ConfigError(f"Tikhonov alpha must be finite and >= 0, got {alpha}")
+        self.alpha = alpha
+        self._b = _Base(grid, backend, dtype)
+        self._k = self._b._kernel(tikhonov_kernel(grid.ndim))
+        self.volume = float(np.prod(grid.spacing))
+        self._inv_d2 = tuple(1.0 / h**2 for h in grid.spacing)
+        shape = grid.decomp.padded_shape
+        self._m = backend.zeros(shape, self._b.dtype)
+        self._E = backend.zeros(shape, self._b.dtype)
+
+    def value_and_gradient(self, m, out=None, accumulate: bool = False):
+        """``(J_reg, g)``: ``g = alpha V (-Lap_N m)`` on owned cells. With ``accumulate`` the
+        gradient is added to ``out`` (e.g. the misfit gradient), else ``out`` (or a new array) is
+        overwritten. ``J_reg`` is the same on every rank (one MPI SUM allreduce)."""
+        b = self._b
+        b._load(self._m, m, "logK")
+        b.halo.exchange(self._m)
+        if out is None:
+            out = b.backend.zeros(b.decomp.padded_shape, b.dtype)
+        else:
+            b._check(out, "out")
+            if not accumulate:
+                out[...] = 0
+        scale = self.alpha * self.volume
+        self._k(*b.box, self._m, out, self._E, *self._inv_d2, scale, *b.ints)
+        local = float(b.backend.xp.sum(self._E[b.decomp.owned()]))
+        J = 0.5 * scale * b.decomp.comm.allreduce(local, op=MPI.SUM)
+        return J, out
+
+    def value(self, m) -> float:
+        """``J_reg`` alone."""
+        return self.value_and_gradient(m)[0]
+
+    def gradient(self, m, out=None, accumulate: bool = False):
+        """The gradient alone (see :meth:`value_and_gradient`)."""
+        return self.value_and_gradient(m, out, accumulate)[1]
