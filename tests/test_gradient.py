@@ -6,6 +6,7 @@ from mpi4py import MPI
 
 from hpcinv.backend import make_backend
 from hpcinv.inverse import AdjointGradient, Observations
+from hpcinv.inverse.regularisation import Tikhonov
 from hpcinv.io import gather_cells
 from hpcinv.problems import geothermal2d, geothermal3d
 from hpcinv.solvers import PTParams, solve_forward
@@ -20,7 +21,7 @@ def _observation_points(ndim):
     return np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
 
 
-def _setup(make, shape, comm):
+def _setup(make, shape, comm, alpha=0.0):
     bk = make_backend("host")
     true = make(shape, comm=comm)
     obs = Observations(true.grid, _observation_points(len(shape)))
@@ -33,16 +34,18 @@ def _setup(make, shape, comm):
     dm = np.zeros(d.padded_shape)
     m[d.owned()] = 0.3 * rng.standard_normal(shape)[own]
     dm[d.owned()] = rng.standard_normal(shape)[own]
-    return AdjointGradient(prob, obs, bk, TIGHT, TIGHT), m, dm, d
+    tik = Tikhonov(prob.grid, bk, alpha) if alpha else None
+    return AdjointGradient(prob, obs, bk, TIGHT, TIGHT, tik), m, dm, d
 
 
+@pytest.mark.parametrize("alpha", [0.0, 1e-4])
 @pytest.mark.parametrize("make,shape", [(geothermal2d, (31, 15)), (geothermal3d, (13, 7, 7))])
-def test_taylor(make, shape):
-    G, m, dm, d = _setup(make, shape, MPI.COMM_SELF)
+def test_taylor(make, shape, alpha):
+    G, m, dm, d = _setup(make, shape, MPI.COMM_SELF, alpha)
     J0, g, info = G(m)
     assert info["forward_converged"] and info["adjoint_converged"]
     gdm = float(np.sum(np.asarray(g)[d.owned()] * dm[d.owned()]))
-    hs = [0.05 / 2**k for k in range(5)]
+    hs = [0.02 / 2**k for k in range(6)]
     r1, r2 = [], []
     for h in hs:
         Jh = G(m + h * dm)[0]
