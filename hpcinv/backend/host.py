@@ -28,12 +28,6 @@ from .kernel import Kernel, box_args, c_type, header, source_hash
 DEFAULT_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-fast-math",
                  "-fPIC", "-shared", "-std=c++17")
 
-#: Added to the flags when the compiler is GCC. GCC does not vectorise a select on a
-#: loop-invariant condition (the wall tests on ``ix`` in 2D); it unswitches such loops first,
-#: but only below a body-size limit that the fused kernels exceed. Raising the limit lets the
-#: 2D APT step vectorise (2-3x faster on AVX-512); results are unchanged (no reassociation).
-GCC_FLAGS = ("--param=max-unswitch-insns=2000",)
-
 _WRAPPER = r"""
 #include <cmath>
 #include <cstddef>
@@ -60,6 +54,17 @@ namespace std { using ::hpcinv_fmax; using ::hpcinv_fmin; }   /* std::fmax in ke
 #ifndef HPCINV_OMP_MIN_CELLS
 #define HPCINV_OMP_MIN_CELLS 16384
 #endif
+/* The loop body sees the outer indices (ix in 2D; ix, iy in 3D) through per-lane copies that
+   the compiler cannot prove uniform (the empty asm hides how the array was filled), so the
+   body's tests on them (walls, last owned cell) vectorise as masks: GCC does not vectorise a
+   select on a loop-invariant condition, and unswitching the several tests of a fused body
+   would need one loop copy per combination. Addresses use the uniform jx, jy. Same values,
+   same arithmetic: only the instruction selection changes. */
+#define HPCINV_LANES 256
+#define HPCINV_LANE_FILL(arr, value, count) \
+    ptrdiff_t arr[HPCINV_LANES]; \
+    for (ptrdiff_t l_ = 0; l_ < std::min<ptrdiff_t>(count, HPCINV_LANES); ++l_) arr[l_] = (value); \
+    __asm__ __volatile__("" : : "r"(arr) : "memory");
 %(header)s
 extern "C" void %(name)s(%(params)s
     long long ox, long long oy, long long oz, long long ex, long long ey, long long ez,
@@ -73,12 +78,16 @@ extern "C" void %(name)s(%(params)s
     (void)sz;
     #pragma omp parallel for num_threads(nthreads) schedule(static) \
         if (nthreads > 1 && ex * ey >= HPCINV_OMP_MIN_CELLS)
-    for (ptrdiff_t ix = ox; ix < ox + ex; ++ix) {
-        const ptrdiff_t iz = 0; (void)iz;
-        #pragma omp simd
-        for (ptrdiff_t iy = oy; iy < oy + ey; ++iy) {
-            const ptrdiff_t idx = ix * sx + iy;
-            %(body)s
+    for (ptrdiff_t jx = ox; jx < ox + ex; ++jx) {
+        HPCINV_LANE_FILL(lane_ix, jx, ey)
+        for (ptrdiff_t y0 = oy; y0 < oy + ey; y0 += HPCINV_LANES) {
+            const ptrdiff_t y1 = std::min<ptrdiff_t>(y0 + HPCINV_LANES, oy + ey);
+            #pragma omp simd
+            for (ptrdiff_t iy = y0; iy < y1; ++iy) {
+                const ptrdiff_t ix = lane_ix[iy - y0], iz = 0; (void)ix; (void)iz;
+                const ptrdiff_t idx = jx * sx + iy;
+                %(body)s
+            }
         }
     }
 #else
@@ -86,12 +95,19 @@ extern "C" void %(name)s(%(params)s
     (void)sz;
     #pragma omp parallel for collapse(2) num_threads(nthreads) schedule(static) \
         if (nthreads > 1 && ex * ey * ez >= HPCINV_OMP_MIN_CELLS)
-    for (ptrdiff_t ix = ox; ix < ox + ex; ++ix) {
-        for (ptrdiff_t iy = oy; iy < oy + ey; ++iy) {
-            #pragma omp simd
-            for (ptrdiff_t iz = oz; iz < oz + ez; ++iz) {
-                const ptrdiff_t idx = ix * sx + iy * sy + iz;
-                %(body)s
+    for (ptrdiff_t jx = ox; jx < ox + ex; ++jx) {
+        for (ptrdiff_t jy = oy; jy < oy + ey; ++jy) {
+            HPCINV_LANE_FILL(lane_ix, jx, ez)
+            HPCINV_LANE_FILL(lane_iy, jy, ez)
+            for (ptrdiff_t z0 = oz; z0 < oz + ez; z0 += HPCINV_LANES) {
+                const ptrdiff_t z1 = std::min<ptrdiff_t>(z0 + HPCINV_LANES, oz + ez);
+                #pragma omp simd
+                for (ptrdiff_t iz = z0; iz < z1; ++iz) {
+                    const ptrdiff_t ix = lane_ix[iz - z0], iy = lane_iy[iz - z0];
+                    (void)ix; (void)iy;
+                    const ptrdiff_t idx = jx * sx + jy * sy + iz;
+                    %(body)s
+                }
             }
         }
     }
@@ -143,22 +159,6 @@ def _compiler_id(cmd: list[str]) -> str:
     return _compiler_ids[key]
 
 
-_is_gcc_cache: dict[str, bool] = {}
-
-
-def _is_gcc(cmd: list[str]) -> bool:
-    """True when ``cmd`` is GCC (its ``--version`` names the FSF; clang's does not)."""
-    key = " ".join(cmd)
-    if key not in _is_gcc_cache:
-        try:
-            out = subprocess.run(cmd + ["--version"], capture_output=True, text=True, timeout=60)
-            text = out.stdout
-        except (OSError, subprocess.SubprocessError):
-            text = ""
-        _is_gcc_cache[key] = "Free Software Foundation" in text and "clang" not in text.lower()
-    return _is_gcc_cache[key]
-
-
 def _cpu_id() -> str:
     """CPU model and feature flags (Linux), identifying what -march=native compiles for."""
     model = flags = ""
@@ -176,15 +176,10 @@ def _cpu_id() -> str:
 
 
 def compile_library(source: str, flags=DEFAULT_FLAGS) -> Path:
-    """Compile ``source`` into a cached shared library and return its path.
-
-    ``flags`` are followed by :data:`GCC_FLAGS` when the compiler is GCC, then by the words of
-    ``$HPCINV_CXXFLAGS``.
-    """
+    """Compile ``source`` into a cached shared library and return its path."""
     cmd = find_compiler()
     extra = tuple(shlex.split(os.environ.get("HPCINV_CXXFLAGS", "")))
-    gcc = GCC_FLAGS if _is_gcc(cmd) else ()
-    flags = tuple(flags) + gcc + extra
+    flags = tuple(flags) + extra
     # -march=native code from one CPU may not run on another sharing the cache (login vs
     # compute nodes): the CPU is part of the key then.
     cpu = _cpu_id() if any(f.startswith("-march=native") for f in flags) else ""

@@ -36,10 +36,10 @@ WALL_BITS = {(0, 0): 1, (0, 1): 2, (1, 0): 4, (1, 1): 8, (2, 0): 16, (2, 1): 32}
 #: The kinds of the two faces of a cell along one axis (needs ``s`` and the per-axis names).
 #: A fixed-pressure face has its pressure Pb in the ghost cell, half a cell from the centre.
 FACE_KINDS = r"""
-        const bool lo_wall = @i#@ == 1 && (wall & @LO@);
-        const bool hi_wall = @i#@ == @n#l@ && (wall & @HI@);
-        const bool lo_fix = @i#@ == 1 && (fixed & @LO@);
-        const bool hi_fix = @i#@ == @n#l@ && (fixed & @HI@);
+        const bool lo_wall = (@i#@ == 1) & ((wall & @LO@) != 0);      /* '&': vectorises */
+        const bool hi_wall = (@i#@ == @n#l@) & ((wall & @HI@) != 0);
+        const bool lo_fix = (@i#@ == 1) & ((fixed & @LO@) != 0);
+        const bool hi_fix = (@i#@ == @n#l@) & ((fixed & @HI@) != 0);
         const real inv_lo = lo_fix ? (real)2 * @inv_d#@ : @inv_d#@;
         const real inv_hi = hi_fix ? (real)2 * @inv_d#@ : @inv_d#@;
 """

@@ -1,0 +1,57 @@
+"""Helpers shared by the benchmark scripts: machine description, size parsing, JSON output."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sys
+
+
+def cpu_model() -> str:
+    """The CPU model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """Hostname, CPU model, logical cores, cores usable by this process, load average."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"hostname": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "cores_usable": usable, "loadavg": load, "python": platform.python_version()}
+
+
+def parse_sizes(text: str):
+    """``"2048x2048,192x192x192"`` -> ``[(2048, 2048), (192, 192, 192)]``."""
+    sizes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        try:
+            shape = tuple(int(v) for v in item.split("x"))
+        except ValueError:
+            raise SystemExit(f"error: bad size {item!r} (expected NXxNY or NXxNYxNZ)")
+        if len(shape) not in (2, 3) or min(shape) < 3:
+            raise SystemExit(f"error: bad size {item!r} (2 or 3 extents, each >= 3)")
+        sizes.append(shape)
+    return sizes
+
+
+def emit(record: dict):
+    """Print one measurement as one JSON line (flushed at once)."""
+    print(json.dumps(record, sort_keys=False), flush=True)
+
+
+def log(msg: str):
+    print(msg, file=sys.stderr, flush=True)
