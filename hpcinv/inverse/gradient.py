@@ -32,11 +32,13 @@ class AdjointGradient:
         params, adjoint_params: :class:`PTParams` of the forward and adjoint solves.
         tikhonov: optional :class:`~hpcinv.inverse.regularisation.Tikhonov` term added to J and
             its gradient.
+        warm_start: start each forward and adjoint solve from the previous call's solution
+            (the model changes little between outer iterations); costs ``2 (ndim + 1)`` fields.
         solver_kwargs: passed to :class:`~hpcinv.solvers.DarcySolver` (``overlap``, ``dtype``).
     """
 
     def __init__(self, problem, observations, backend=None, params=None, adjoint_params=None,
-                 tikhonov=None, **solver_kwargs):
+                 tikhonov=None, warm_start: bool = False, **solver_kwargs):
         self.problem, self.obs, self.tikhonov = problem, observations, tikhonov
         self.solver = DarcySolver(problem, backend, params, **solver_kwargs)
         self.forward_params = self.solver.params
@@ -45,7 +47,13 @@ class AdjointGradient:
         nd, dt = problem.grid.ndim, self.solver.dtype
         self._D_T = bk.kernel(pressure_residual_adjoint_kernel(nd), nd, dt)
         self._dRq_dK_T = bk.kernel(flux_residual_adjoint_kernel(nd), nd, dt)
-        self.Pf_forward = bk.zeros(self.solver.K.shape, dt)
+        shape = self.solver.K.shape
+        self.Pf_forward = bk.zeros(shape, dt)
+        self.warm = None
+        if warm_start:   # the last forward and adjoint solutions: (Pf, q...) each
+            self.warm = {k: (bk.zeros(shape, dt), [bk.zeros(shape, dt) for _ in range(nd)])
+                         for k in ("forward", "adjoint")}
+        self._warm_valid = False
         own = problem.grid.decomp.owned()
         self.logK = np.zeros(problem.K.shape)
         self.logK[own] = np.log(problem.K[own])
@@ -63,6 +71,60 @@ class AdjointGradient:
         self.problem.validate()
         self.solver.set_permeability(self.problem.K)
 
+    def warm_state(self) -> dict:
+        """Warm-start fields for checkpoints: ``{name: (array, axis or None)}`` (faces carry
+        their axis); empty when warm starts are off or nothing was solved yet."""
+        if self.warm is None or not self._warm_valid:
+            return {}
+        out = {}
+        for kind, (P, q) in self.warm.items():
+            out[f"{kind}_Pf"] = (P, None)
+            for a, qa in enumerate(q):
+                out[f"{kind}_q{'xyz'[a]}"] = (qa, a)
+        return out
+
+    def set_warm_state(self, fields: dict):
+        """Restore warm-start fields saved by :meth:`warm_state` (host or backend arrays)."""
+        if self.warm is None or not fields:
+            return
+        xp = self.backend.xp
+        for kind, (P, q) in self.warm.items():
+            xp.copyto(P, xp.asarray(fields[f"{kind}_Pf"], dtype=P.dtype))
+            for a, qa in enumerate(q):
+                xp.copyto(qa, xp.asarray(fields[f"{kind}_q{'xyz'[a]}"], dtype=qa.dtype))
+        self._warm_valid = True
+
+    def _solve(self, kind: str, progress):
+        """Forward or adjoint solve in the shared solver, warm-started when enabled."""
+        s = self.solver
+        homogeneous = kind == "adjoint"
+        s.set_params(self.adjoint_params if homogeneous else self.forward_params)
+        if self.warm is not None and self._warm_valid:
+            P, q = self.warm[kind]
+            s.set_state(P, q, homogeneous=homogeneous)
+        else:
+            s.set_state(homogeneous=homogeneous)
+        result = s.solve(progress).result
+        if self.warm is not None:
+            P, q = self.warm[kind]
+            self.backend.xp.copyto(P, s.Pf)
+            for qa, sa in zip(q, s.q):
+                self.backend.xp.copyto(qa, sa)
+        return result
+
+    def misfit(self, logK=None, progress=None):
+        """``(J, info)``: the misfit alone (one forward solve), e.g. for line-search trials."""
+        if logK is not None:
+            self.set_logK(logK)
+        s, bk = self.solver, self.backend
+        s.set_source(self.problem.Qf)
+        fwd = self._solve("forward", progress)
+        J, _ = self.obs.misfit_and_source(s.Pf, bk.xp, bk.to_host)
+        if self.tikhonov is not None:
+            J += self.tikhonov.value(bk.asarray(self.logK, dtype=s.dtype))
+        return J, {"forward_iterations": fwd.iterations, "adjoint_iterations": 0,
+                   "forward_converged": fwd.converged, "adjoint_converged": True}
+
     def __call__(self, logK=None, progress=None):
         """``(J, dJ/dlogK, info)``; ``dJ/dlogK`` is a padded local backend array (owned cells
         valid, ghosts zero)."""
@@ -70,15 +132,12 @@ class AdjointGradient:
             self.set_logK(logK)
         s, bk, xp = self.solver, self.backend, self.backend.xp
         s.set_source(self.problem.Qf)
-        s.set_params(self.forward_params)
-        s.set_state()
-        fwd = s.solve(progress).result
+        fwd = self._solve("forward", progress)
         xp.copyto(self.Pf_forward, s.Pf)
         J, rhs = self.obs.misfit_and_source(s.Pf, xp, bk.to_host)
         s.set_source(rhs)
-        s.set_params(self.adjoint_params)
-        s.set_state(homogeneous=True)
-        adj = s.solve(progress).result
+        adj = self._solve("adjoint", progress)
+        self._warm_valid = self.warm is not None
         psi_P = s.Pf
         # Scratch from the solver's buffers, free once the adjoint solve is done.
         minus_psi_q, q_bar, K_bar, P_bar = s.q_new, s.q, s.R, s.Pf_new
