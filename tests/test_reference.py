@@ -132,3 +132,93 @@ def test_tighter_tolerance_gives_smaller_error(backend):
         errs.append(rel(owned(s.Pf), Pref, np.max(np.abs(Pref))))
     assert errs[1] < errs[0] / 20, errs
     assert errs[0] < 1e3 * 1e-6
+
+
+# --- fixed-pressure sides ---------------------------------------------------------------------
+# (name, problem factory, {(axis, side): Pb}): one and several fixed sides, 2D and 3D, nonzero Pb
+# (distinct per side, so a side/axis mix-up shows), K from the workshop barrier (contrast 1e6)
+# and from lognormal fields.
+FIXED_CASES = [
+    ("geothermal2d-31x17-left", lambda: geothermal2d((31, 17), comm=MPI.COMM_SELF),
+     {(0, 0): 2.5}),
+    ("geothermal2d-40x23-top", lambda: geothermal2d((40, 23), comm=MPI.COMM_SELF),
+     {(1, 1): -1.5}),
+    ("lognormal2d-aniso-3sides", lambda: lognormal_problem((24, 16), seed=3,
+                                                           extent=((0.0, 3.0), (-1.0, 0.5))),
+     {(0, 0): 1.0, (0, 1): -2.0, (1, 0): 0.75}),
+    ("randsrc2d-20x14-all", lambda: random_source_problem((20, 14)),
+     {(0, 0): 1.0, (0, 1): 2.0, (1, 0): -3.0, (1, 1): 0.5}),
+    ("geothermal3d-15x9x11-zlo", lambda: geothermal3d((15, 9, 11), comm=MPI.COMM_SELF),
+     {(2, 0): 3.0}),
+    ("lognormal3d-12x10x9-xy", lambda: lognormal_problem((12, 10, 9)),
+     {(0, 1): -1.0, (1, 0): 2.0}),
+    ("randsrc3d-9x8x7-4sides", lambda: random_source_problem((9, 8, 7)),
+     {(0, 0): 1.0, (1, 1): -0.5, (2, 0): 0.25, (2, 1): 2.0}),
+]
+
+
+def _fixed_case(name):
+    for n, make, fixed in FIXED_CASES:
+        if n == name:
+            p = make()
+            p.fixed_pressure = dict(fixed)
+            return p
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", [c[0] for c in FIXED_CASES])
+def test_reference_with_fixed_sides_solves_its_equations(name):
+    """The direct solution satisfies the flux-difference residual (computed independently of
+    the sparse matrix, with the half-cell boundary fluxes) and is not gauge-shifted: adding a
+    constant breaks it (the system is nonsingular)."""
+    p = _fixed_case(name)
+    K, Qf = global_fields(p)
+    h, fixed = p.grid.spacing, p.fixed_pressure
+    P = solve_reference(K, Qf, h, fixed)
+    scale = max(np.max(np.abs(Qf)), max(2 * np.max(K) * abs(v) / min(h) ** 2
+                                        for v in fixed.values()))
+    assert np.max(np.abs(residual(K, Qf, P, h, fixed))) < 1e-11 * scale
+    assert np.max(np.abs(residual(K, Qf, P + 1.0, h, fixed))) > 1e-3 * np.min(K)
+    q = fluxes(K, P, h, fixed)
+    for a, qa in enumerate(q):
+        for side in (0, 1):
+            wall = np.take(qa, -side, axis=a)
+            if (a, side) in fixed:
+                assert np.max(np.abs(wall)) > 0
+            else:
+                assert np.all(wall == 0)
+
+
+def test_reference_fixed_side_by_hand():
+    """1 x n column: K = 1, no source, P(lower y) = 1, P(upper y) = 0: the exact solution is
+    linear between the boundary faces, P(y_c) = 1 - y_c, and the fixed faces enter with half a
+    cell's distance."""
+    n = 5
+    K, Qf = np.ones((1, n)), np.zeros((1, n))
+    h = (1.0, 1.0 / n)
+    P = solve_reference(K, Qf, h, {(1, 0): 1.0, (1, 1): 0.0})
+    yc = (np.arange(n) + 0.5) / n
+    np.testing.assert_allclose(P[0], 1.0 - yc, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", [c[0] for c in FIXED_CASES])
+def test_apt_matches_direct_solve_fixed_pressure(name, backend):
+    p = _fixed_case(name)
+    K, Qf = global_fields(p)
+    h, fixed = p.grid.spacing, p.fixed_pressure
+    Pref = solve_reference(K, Qf, h, fixed)
+    s = solve_forward(p, backend, PTParams(tol=TOL, ncheck=10, maxiter=50000))
+    assert s.result.converged and s.result.residual < TOL
+    Pf = np.asarray(owned(s.Pf))
+    err = rel(Pf, Pref, np.max(np.abs(Pref)))
+    assert err < BOUND, f"{name}: max|Pf - Pref|/max|Pref| = {err:.3e}"
+    qref = fluxes(K, Pref, h, fixed)
+    qscale = max(np.max(np.abs(x)) for x in qref)
+    for a in range(K.ndim):
+        qa = owned_faces(np.asarray(s.q[a]), a)
+        assert qa.shape == qref[a].shape
+        for side in (0, 1):
+            if (a, side) not in fixed:
+                assert np.all(np.take(qa, -side, axis=a) == 0)
+        errq = rel(qa, qref[a], qscale)
+        assert errq < BOUND, f"{name}: flux q{'xyz'[a]} error {errq:.3e}"

@@ -40,6 +40,10 @@ class AdjointGradient:
     def __init__(self, problem, observations, backend=None, params=None, adjoint_params=None,
                  tikhonov=None, warm_start: bool = False, **solver_kwargs):
         self.problem, self.obs, self.tikhonov = problem, observations, tikhonov
+        if problem.gauge_free and not getattr(observations, "demean", True):
+            from ..errors import ConfigError
+            raise ConfigError("no side fixes the pressure, so Pf is defined up to a constant: "
+                              "the misfit must be demeaned (Observations(..., demean=True))")
         self.solver = DarcySolver(problem, backend, params, **solver_kwargs)
         self.forward_params = self.solver.params
         self.adjoint_params = adjoint_params if adjoint_params is not None else PTParams()
