@@ -1,4 +1,4 @@
-"""Command line: ``hpcinv forward|gradient|info`` (also ``python -m hpcinv``).
+"""Command line: ``hpcinv forward|gradient|invert|demo|plot|info`` (also ``python -m hpcinv``).
 
 Runs plainly or under ``mpiexec``/``srun``; only rank 0 prints. Bad input (config, grid, ranks,
 backend) ends with a one-line ``hpcinv: error: ...`` on stderr and exit status 2.
@@ -23,6 +23,15 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gradient", help="misfit gradient dJ/dlogK at K = 1 for synthetic "
                        "observations of the true model; writes DIR/gradient.h5")
     _common_run_options(g)
+    v = sub.add_parser("invert", help="invert log K from observations; writes a run directory")
+    _common_run_options(v)
+    _inversion_options(v)
+    d = sub.add_parser("demo", help="the JuliaCon 2023 workshop inversion (geothermal2d, 50 "
+                       "gradient-descent iterations, smoothing); no file needed")
+    _common_run_options(d)
+    _inversion_options(d)
+    pl = sub.add_parser("plot", help="(re)draw the figures of a finished or running run")
+    pl.add_argument("run_dir", help="run directory")
     i = sub.add_parser("info", help="backend, device, MPI library, CUDA-awareness, rank layout")
     i.add_argument("--backend", default="auto")
     i.add_argument("--problem", default="geothermal2d", help="problem whose rank layout to show")
@@ -44,6 +53,15 @@ def _common_run_options(p):
     p.add_argument("--no-overlap", action="store_true", help="blocking halo exchange")
     p.add_argument("--output", "-o", help="output directory (default: the config's output.dir)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+
+
+def _inversion_options(p):
+    p.add_argument("--restart", metavar="DIR", help="continue the run in DIR from its checkpoint "
+                   "(its config.toml is used; on any number of ranks)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output dir")
+    p.add_argument("--iterations", type=int, help="outer iterations (inversion.iterations)")
+    p.add_argument("--method", help="gd (gradient descent) or lbfgs")
+    p.add_argument("--json", action="store_true", help="progress as JSON lines")
 
 
 def _rank0():
@@ -95,17 +113,12 @@ def make_backend_for(cfg):
 
 
 def make_problem(cfg, **overrides):
-    """The configured problem (true model), on ``MPI.COMM_WORLD``."""
+    """The configured problem (true model), on ``MPI.COMM_WORLD``: see
+    :func:`hpcinv.scenario.true_problem` (overrides: ``k_background``, ``k_barrier``)."""
     from mpi4py import MPI
 
-    from . import problems
-    shape = cfg.grid.shape(problems.DEFAULT_SHAPES[cfg.problem.name])
-    kwargs = dict(k_background=cfg.problem.k_background, k_barrier=cfg.problem.k_barrier)
-    kwargs.update(overrides)
-    problem = problems.build(cfg.problem.name, shape, comm=MPI.COMM_WORLD,
-                             dims=cfg.parallel.dims, **kwargs)
-    problem.fixed_pressure = cfg.boundary.fixed_pressure(problem.grid.ndim)
-    return problem
+    from .scenario import true_problem
+    return true_problem(cfg, MPI.COMM_WORLD, **overrides)
 
 
 def solver_options(cfg) -> dict:
@@ -174,11 +187,12 @@ def _record_resolved(cfg, solver):
 
 
 def cmd_gradient(args) -> int:
-    """Synthetic observations from the true model, then J and dJ/dlogK at K = 1."""
+    """Observations (from a file, or synthetic from the true model), then J and dJ/dlogK at
+    K = 1 everywhere."""
     import numpy as np
 
     from . import config as config_mod
-    from .inverse import AdjointGradient, Observations, workshop_points
+    from .inverse import AdjointGradient
     from .inverse.regularisation import GradientSmoother, Tikhonov
     from .io.fields import grid_attrs, write_h5
     from .solvers import DarcySolver
@@ -192,10 +206,11 @@ def cmd_gradient(args) -> int:
     progress = Progress(args.quiet)
     say(f"hpcinv gradient: {cfg.problem.name} {'x'.join(map(str, grid.shape))} cells on "
         f"{grid.decomp.size} rank(s), backend {backend.name}")
-    truth = DarcySolver(true, backend, cfg.pt_params(), **opts).solve(progress)
-    obs = Observations(grid, workshop_points(grid.ndim), sigma=cfg.observations.sigma,
-                       method=cfg.observations.method, demean=true.gauge_free)
-    obs.record(truth.Pf, backend.to_host)
+    from .scenario import make_observations, needs_synthetic_values
+    truth = None
+    if needs_synthetic_values(cfg):
+        truth = DarcySolver(true, backend, cfg.pt_params(), **opts).solve(progress).Pf
+    obs = make_observations(cfg, grid, backend, truth, demean=true.gauge_free)
     del truth
     model = make_problem(cfg, k_background=1.0, k_barrier=1.0)
     dtype = np.dtype(cfg.solver.dtype)
@@ -228,6 +243,53 @@ def cmd_gradient(args) -> int:
 def _raw_output(path) -> dict:
     from . import config as config_mod
     return config_mod.tomllib.loads(Path(path).read_text()).get("output", {})
+
+
+def cmd_invert(args, demo=False) -> int:
+    """``hpcinv invert`` / ``hpcinv demo``: run or continue an inversion."""
+    from . import config as config_mod
+    from .inverse.driver import Inversion
+    if args.restart:
+        if args.config:
+            raise HpcinvError("--restart takes its config from the run directory; "
+                              "give no CONFIG file")
+        cfg = config_mod.load(Path(args.restart) / "config.toml")
+        cfg.output.dir = args.restart
+    else:
+        cfg = config_mod.load(args.config) if args.config else config_mod.Config()
+        if not args.output and not (args.config and "dir" in _raw_output(args.config)):
+            cfg.output.dir = "runs/demo" if demo else "runs/invert"
+    cfg = _apply_overrides(cfg, args)
+    for key in ("iterations", "method"):
+        if getattr(args, key) is not None:
+            setattr(cfg.inversion, key, getattr(args, key))
+    cfg.validate()
+    backend = make_backend_for(cfg)
+    inv = Inversion(cfg, backend, cfg.output.dir, restart=bool(args.restart),
+                    overwrite=args.overwrite, say=say, quiet=args.quiet, json_log=args.json,
+                    solver_kwargs=solver_options(cfg))
+    out = Path(cfg.output.dir)
+    if inv.decomp.rank == 0 and not args.restart:
+        (out / "config.toml").write_text(config_mod.dumps(cfg))
+    g = inv.grid
+    say(f"hpcinv {'demo' if demo else 'invert'}: {cfg.problem.name} "
+        f"{'x'.join(map(str, g.shape))} cells on {g.decomp.size} rank(s), backend "
+        f"{backend.name}, {cfg.inversion.method}, {cfg.inversion.iterations} iterations, "
+        f"{len(inv.obs)} observations -> {out}")
+    last = inv.run()
+    if last.get("terminated"):
+        return 3
+    if g.decomp.rank == 0 and cfg.output.figures:
+        from .plot import plot_run
+        plot_run(out)
+    say(f"done: J/J0 = {last['misfit_ratio']:.4e} after {last['iteration']} iterations; "
+        f"results in {out}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plot import cmd_plot as plot
+    return plot(args.run_dir)
 
 
 def cmd_info(args) -> int:
@@ -278,7 +340,8 @@ def _version():
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        code = {"forward": cmd_forward, "gradient": cmd_gradient,
+        code = {"forward": cmd_forward, "gradient": cmd_gradient, "invert": cmd_invert,
+                "demo": lambda a: cmd_invert(a, demo=True), "plot": cmd_plot,
                 "info": cmd_info}[args.command](args)
     except HpcinvError as exc:
         if _rank0():

@@ -75,12 +75,76 @@ class Problem:
             raise ConfigError(f"permeability K must be finite and > 0 everywhere ({what} found)")
 
 
-def _first_centre_above(centres: np.ndarray, x: float) -> int:
-    """Index of the cell whose centre lies in ``(x, x + d]``: the first centre above ``x``."""
+def _first_centre_above(centres: np.ndarray, x: float, clamp: bool = False) -> int:
+    """Index of the cell whose centre lies in ``(x, x + d]``: the first centre above ``x``.
+
+    ``clamp``: a point in the last half cell (above the last centre, still inside the domain)
+    gets the last cell instead of an error."""
     i = int(np.searchsorted(centres, x, side="right"))
     if i >= len(centres):
+        if clamp:
+            return len(centres) - 1
         raise ConfigError(f"well position {x} lies outside the grid")
     return i
+
+
+def box_mask(grid: Grid, bounds: dict) -> np.ndarray:
+    """Boolean padded local array: cells whose centre satisfies ``a < x_axis <= b`` for every
+    ``{axis: (a, b)}`` in ``bounds`` (axes left out are unbounded)."""
+    coords = grid.mesh()
+    mask = np.ones(grid.decomp.padded_shape, dtype=bool)
+    for axis, (a, b) in bounds.items():
+        mask &= (coords[axis] > a) & (coords[axis] <= b)
+    return mask
+
+
+def place_wells(grid: Grid, specs, what: str = "wells"):
+    """Sources of point (or column) wells: ``(Qf, wells)``.
+
+    ``specs``: ``[(position, rate, z_range), ...]``. Along every axis the well occupies the cell
+    whose centre lies in ``(x_w, x_w + d]`` (the geothermal rule; a point in the last half cell
+    gets the last cell). In 3D with ``z_range = (z0, z1)`` the well is the column of cells at
+    ``(x_w, y_w)`` with centre ``z0 < z <= z1``, the rate shared equally. Each cell of a well
+    gets ``rate / (cell volume * number of cells)``; wells sharing a cell add up. Errors name
+    ``{what}[i]``.
+    """
+    d = grid.decomp
+    Qf = np.zeros(d.padded_shape)
+    wells = []
+    vol = float(np.prod(grid.spacing))
+    for i, (position, rate, z_range) in enumerate(specs):
+        pos = tuple(float(v) for v in position)
+        naxes = 2 if (grid.ndim == 3 and z_range is not None) else grid.ndim
+        if len(pos) < naxes or len(pos) > grid.ndim:
+            raise ConfigError(f"{what}[{i}].position must have {grid.ndim} coordinates"
+                              f"{' (or 2 with z_range)' if grid.ndim == 3 else ''}, got {pos}")
+        for ax in range(naxes):
+            lo, hi = grid.extent[ax]
+            if not (np.isfinite(pos[ax]) and lo <= pos[ax] <= hi):
+                box = " x ".join(f"[{a:g}, {b:g}]" for a, b in grid.extent)
+                raise ConfigError(f"{what}[{i}].position "
+                                  f"({', '.join(f'{v:g}' for v in pos)}) lies outside the "
+                                  f"domain {box}")
+        idx = [_first_centre_above(grid.global_centres(ax), pos[ax], clamp=True)
+               for ax in range(naxes)]
+        if naxes == grid.ndim:
+            cells = [tuple(idx)]
+        else:
+            z0, z1 = (float(v) for v in z_range)
+            zc = grid.global_centres(2)
+            cells = [(idx[0], idx[1], int(iz)) for iz in np.nonzero((zc > z0) & (zc <= z1))[0]]
+            if not cells:
+                raise ConfigError(f"{what}[{i}].z_range: no cell centre in {z0:g} < z <= {z1:g};"
+                                  f" refine nz or widen the range")
+            if len(pos) == 2:
+                pos = pos + (0.5 * (z0 + z1),)
+        value = float(rate) / (vol * len(cells))
+        for c in cells:
+            loc = d.global_to_local(c)
+            if loc is not None:
+                Qf[loc] += value
+        wells.append(Well(pos, float(rate), [tuple(int(v) for v in c) for c in cells]))
+    return Qf, wells
 
 
 def _geothermal(grid: Grid, k_background: float, k_barrier: float, name: str) -> Problem:
@@ -149,6 +213,9 @@ PROBLEMS = {"geothermal2d": geothermal2d, "geothermal3d": geothermal3d}
 
 def build(name: str, shape=None, comm=None, dims=None, **kwargs) -> Problem:
     """A built-in problem by name."""
+    if name == "custom":
+        raise ConfigError("problem 'custom' is defined by a config ([grid] extent, "
+                          "[permeability], [[wells]]): use hpcinv.scenario.true_problem(cfg)")
     if name not in PROBLEMS:
         import difflib
         close = difflib.get_close_matches(name, PROBLEMS, n=1)
