@@ -1,0 +1,341 @@
+"""Figures of an inversion run directory (``hpcinv plot DIR``).
+
+:func:`plot_run` reads what the run has written so far and draws, into ``DIR/figures/``:
+
+- ``model.png``: true (if known) and inverted log10 K side by side, same colour limits, with the
+  wells (triangles up: injection, rate > 0; down: extraction) and the observation points;
+- ``pressure.png``: the pressure field ``Pf`` of the current model, with the wells;
+- ``misfit.png``: J/J0 against the outer iteration on a log scale; iterations whose history line
+  carries a ``note`` (e.g. a halved step) are marked and listed in the legend.
+
+It works on a finished run (``model_final.h5``) and on a running one (``model_latest.h5``, or only
+``history.jsonl``): a figure whose input is missing or unreadable is skipped with a one-line
+message on stderr. 3D fields are shown as the x-y slice through the wells (or the middle z).
+
+matplotlib is imported inside the functions (object-oriented API with the Agg canvas, no pyplot,
+no global backend change), so ``import hpcinv`` does not pull it in.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+RUN_FILES = ("config.toml", "setup.h5", "model_final.h5", "model_latest.h5", "history.jsonl")
+
+
+class _Skip(Exception):
+    """A figure cannot be drawn from what the run directory holds (message says why)."""
+
+
+# ----------------------------------------------------------------------------------- reading
+def _read_h5(path: Path, names, attrs=(), plane=None):
+    """The datasets ``names`` (absent ones omitted) and attributes ``attrs`` of an HDF5 file.
+    A 3D dataset is read only on the x-y plane ``plane(shape) -> (index, caption)`` if given
+    (no full 3D array in memory); its caption is returned under ``"where"``."""
+    import h5py
+    out = {}
+    with h5py.File(path, "r") as f:     # opened in place: virtual datasets resolve their parts
+        for n in names:
+            if n in f:
+                ds = f[n]
+                if plane is not None and ds.ndim == 3:
+                    idx, out["where"] = plane(ds.shape)
+                    out[n], out[n + "_shape"] = np.asarray(ds[idx]), ds.shape
+                else:
+                    out[n], out[n + "_shape"] = np.asarray(ds[()]), ds.shape
+        for a in attrs:
+            if a in f.attrs:
+                out[a] = np.asarray(f.attrs[a])
+    return out
+
+
+def _config(run: Path) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:         # Python < 3.11
+        import tomli as tomllib
+    try:
+        return tomllib.loads((run / "config.toml").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _setup(run: Path) -> dict:
+    """Wells, observations and grid attributes of setup.h5 ({} if missing or unreadable)."""
+    path = run / "setup.h5"
+    if not path.exists():
+        return {}
+    try:
+        return _read_h5(path, ("obs_points", "well_positions", "well_rates"),
+                        ("extent", "spacing", "shape"))
+    except (OSError, KeyError) as exc:
+        _say(f"cannot read {path}: {exc}; drawing without wells and observations")
+        return {}
+
+
+def _true_model(run: Path, plane) -> dict:
+    """``logK_true`` (its x-y plane in 3D) from setup.h5; {} for field data."""
+    path = run / "setup.h5"
+    try:
+        return _read_h5(path, ("logK_true",), plane=plane) if path.exists() else {}
+    except (OSError, KeyError) as exc:
+        _say(f"cannot read logK_true from {path}: {exc}")
+        return {}
+
+
+def _model(run: Path, plane) -> tuple[dict, str]:
+    """The current model (``logK``, ``Pf``, ``iteration``) and a label saying which file."""
+    for name, label in (("model_final.h5", "final"), ("model_latest.h5", "latest")):
+        path = run / name
+        if path.exists():
+            try:
+                return _read_h5(path, ("logK", "Pf"), ("iteration",), plane), label
+            except (OSError, KeyError) as exc:   # e.g. being replaced by a running inversion
+                raise _Skip(f"cannot read {path}: {exc}") from None
+    raise _Skip(f"no model_final.h5 or model_latest.h5 in {run} yet")
+
+
+def read_history(path: Path) -> list[dict]:
+    """The records of ``history.jsonl``; an unparsable line (one being written) is skipped."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "iteration" in rec:
+                records.append(rec)
+    return records
+
+
+def _extent(setup: dict, cfg: dict, shape) -> np.ndarray:
+    """Flat [x0, x1, y0, y1(, z0, z1)]: setup.h5, else config [grid] extent, else cell indices."""
+    ndim = len(shape)
+    for ext in (setup.get("extent"), cfg.get("grid", {}).get("extent")):
+        if ext is not None:
+            ext = np.asarray(ext, dtype=float).ravel()
+            if ext.size == 2 * ndim:
+                return ext
+    return np.ravel([(0.0, float(n)) for n in shape])
+
+
+# ------------------------------------------------------------------------------- geometry
+def _plane(shape, ext: np.ndarray, setup: dict):
+    """Index and caption of the x-y plane shown of a 3D field: the cell layer nearest the wells'
+    mean z (the middle z without wells)."""
+    nz = shape[2]
+    z0, z1 = ext[4], ext[5]
+    wells = setup.get("well_positions")
+    if wells is not None and len(wells) and np.shape(wells)[1] == 3:
+        z = float(np.mean(wells[:, 2]))
+    else:
+        z = 0.5 * (z0 + z1)
+    dz = (z1 - z0) / nz
+    iz = int(np.clip(np.floor((z - z0) / dz), 0, nz - 1))
+    return (slice(None), slice(None), iz), f"x-y slice at z = {z0 + (iz + 0.5) * dz:.3g}"
+
+
+def _show(fig, ax, field2d, ext, cmap, label, vmin=None, vmax=None):
+    """``field2d[ix, iy]`` on physical axes (x right, y up), equal aspect, with a colourbar."""
+    im = ax.imshow(field2d.T, origin="lower", extent=tuple(ext[:4]), cmap=cmap,
+                   vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal")
+    fig.colorbar(im, ax=ax, label=label, shrink=0.85)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_xlim(ext[0], ext[1])
+    ax.set_ylim(ext[2], ext[3])
+    return im
+
+
+def _mark_wells(ax, setup: dict, legend=True):
+    pos, rates = setup.get("well_positions"), setup.get("well_rates")
+    if pos is None or rates is None or not len(pos):
+        return
+    pos, rates = np.atleast_2d(pos), np.ravel(rates)
+    for sel, marker, colour, name in ((rates > 0, "^", "tab:red", "injection"),
+                                      (rates <= 0, "v", "tab:blue", "extraction")):
+        if sel.any():
+            ax.scatter(pos[sel, 0], pos[sel, 1], marker=marker, s=90, c=colour,
+                       edgecolors="white", linewidths=1.2, zorder=4,
+                       label=f"{name} well" if legend else None)
+
+
+def _mark_obs(ax, setup: dict, projected: bool):
+    pts = setup.get("obs_points")
+    if pts is None or not len(pts):
+        return
+    pts = np.atleast_2d(pts)
+    ax.scatter(pts[:, 0], pts[:, 1], marker="o", s=9, facecolors="none", edgecolors="black",
+               linewidths=0.7, zorder=3,
+               label="observations" + (" (projected)" if projected else ""))
+
+
+# -------------------------------------------------------------------------------- figures
+def _figure(ncols, width, height):
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width * ncols, height), layout="constrained", dpi=110)
+
+
+def _iteration(model: dict) -> str:
+    it = model.get("iteration")
+    return f", iteration {int(it)}" if it is not None else ""
+
+
+def plot_model(out: Path, title: str, ext, setup: dict, model: dict, which: str,
+               true: dict) -> Path:
+    """``model.png``: true and inverted log10 K (or the inverted one alone for field data)."""
+    if "logK" not in model:
+        raise _Skip(f"no logK dataset in the {which} model file")
+    where = model.get("where", "")
+    panels = []
+    if "logK_true" in true:
+        if true["logK_true_shape"] != model["logK_shape"]:
+            _say(f"logK_true shape {true['logK_true_shape']} differs from logK "
+                 f"{model['logK_shape']}; showing the inverted model only")
+        else:
+            panels.append(("true model", true["logK_true"]))
+    panels.append((f"inverted ({which}{_iteration(model)})", model["logK"]))
+    panels = [(t, a / math.log(10.0)) for t, a in panels]
+    finite = np.concatenate([a[np.isfinite(a)] for _, a in panels])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
+    aspect = (ext[3] - ext[2]) / (ext[1] - ext[0])
+    fig = _figure(len(panels), 5.5, 5.5 * aspect + 1.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, field) in zip(axes, panels):
+        _show(fig, ax, field, ext, "viridis", "log10 K", vmin, vmax)
+        _mark_obs(ax, setup, projected=bool(where))
+        _mark_wells(ax, setup)
+        ax.set_title(name + (f"\n{where}" if where else ""))
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(loc="upper right", fontsize="small", framealpha=0.8)
+    fig.suptitle(f"{title}: permeability log10 K")
+    return _save(fig, out / "model.png")
+
+
+def plot_pressure(out: Path, title: str, ext, setup: dict, model: dict, which: str) -> Path:
+    """``pressure.png``: the pressure of the current model, with contours and the wells."""
+    if "Pf" not in model:
+        raise _Skip(f"no Pf dataset in the {which} model file")
+    field, where = model["Pf"], model.get("where", "")
+    aspect = (ext[3] - ext[2]) / (ext[1] - ext[0])
+    fig = _figure(1, 7.0, 7.0 * aspect + 1.2)
+    ax = fig.subplots()
+    finite = np.isfinite(field)
+    lim = float(np.abs(field[finite]).max()) if finite.any() else 0.0
+    lim = lim or None                     # symmetric limits about 0 (Pf has zero-sum gauge)
+    _show(fig, ax, field, ext, "RdBu_r", "Pf", -lim if lim else None, lim)
+    nx, ny = field.shape
+    xc = ext[0] + (np.arange(nx) + 0.5) * (ext[1] - ext[0]) / nx
+    yc = ext[2] + (np.arange(ny) + 0.5) * (ext[3] - ext[2]) / ny
+    if finite.all() and np.ptp(field) > 0 and min(nx, ny) > 1:
+        ax.contour(xc, yc, field.T, levels=15, colors="k", linewidths=0.5, alpha=0.6)
+    _mark_wells(ax, setup)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize="small", framealpha=0.8)
+    ax.set_title(f"{title}: pressure Pf ({which} model{_iteration(model)})"
+                 + (f"\n{where}" if where else ""))
+    return _save(fig, out / "pressure.png")
+
+
+def plot_misfit(run: Path, out: Path, title: str) -> Path:
+    """``misfit.png``: J/J0 against the iteration (log scale), noted iterations marked."""
+    path = run / "history.jsonl"
+    if not path.exists():
+        raise _Skip(f"no history.jsonl in {run} yet")
+    recs = read_history(path)
+    j0 = next((r["misfit"] for r in recs if r.get("iteration") == 0 and "misfit" in r), None)
+    it, ratio, notes = [], [], []
+    for r in recs:
+        q = r.get("misfit_ratio")
+        if q is None and j0 and r.get("misfit") is not None:
+            q = r["misfit"] / j0
+        if q is not None and np.isfinite(q) and q > 0:
+            it.append(int(r["iteration"]))
+            ratio.append(float(q))
+            notes.append(r.get("note"))
+    if not it:
+        raise _Skip(f"{path} holds no iteration with a positive misfit ratio yet")
+    fig = _figure(1, 7.0, 4.5)
+    ax = fig.subplots()
+    ax.semilogy(it, ratio, "o-", ms=3, lw=1.2, color="tab:blue", label="J / J0")
+    for k, note in enumerate(dict.fromkeys(n for n in notes if n)):   # distinct notes in order
+        sel = [i for i, n in enumerate(notes) if n == note]
+        ax.scatter([it[i] for i in sel], [ratio[i] for i in sel], marker="X", s=60, zorder=3,
+                   color=f"C{(k + 1) % 10}", label=note)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("misfit ratio J / J0")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(f"{title}: misfit history (last: {ratio[-1]:.3g} at "
+                 f"iteration {it[-1]})")
+    return _save(fig, out / "misfit.png")
+
+
+def _save(fig, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg(fig)
+    fig.savefig(path)
+    return path
+
+
+def _say(msg: str):
+    print(f"hpcinv plot: {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------ API
+def plot_run(run_dir, out_dir=None) -> list[Path]:
+    """Draw the figures of the run directory ``run_dir`` into ``out_dir`` (default
+    ``run_dir/figures``, created); returns the paths written. A figure whose input is missing
+    (e.g. no model file yet) is skipped with a message on stderr. Raises ConfigError if
+    ``run_dir`` does not exist or holds none of the run files."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"run directory {run} does not exist")
+    if not any((run / f).exists() for f in RUN_FILES):
+        raise ConfigError(f"{run} is not an hpcinv run directory (none of {', '.join(RUN_FILES)})")
+    out = Path(out_dir) if out_dir is not None else run / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, setup = _config(run), _setup(run)
+    title = str(cfg.get("problem", {}).get("name") or run.name)
+    written = []
+
+    def plane(shape):
+        return _plane(shape, _extent(setup, cfg, shape), setup)
+
+    try:
+        model, which = _model(run, plane)
+    except _Skip as why:
+        _say(f"skipped model.png and pressure.png: {why}")
+    else:
+        shape = next((model[k + "_shape"] for k in ("logK", "Pf") if k in model), None)
+        ext = _extent(setup, cfg, shape) if shape else None
+        for name, draw in (
+                ("model.png", lambda: plot_model(out, title, ext, setup, model, which,
+                                                 _true_model(run, plane))),
+                ("pressure.png", lambda: plot_pressure(out, title, ext, setup, model, which))):
+            try:
+                if ext is None:
+                    raise _Skip(f"the {which} model file holds neither logK nor Pf")
+                written.append(draw())
+            except _Skip as why:
+                _say(f"skipped {name}: {why}")
+    try:
+        written.append(plot_misfit(run, out, title))
+    except _Skip as why:
+        _say(f"skipped misfit.png: {why}")
+    return written
+
+
+def cmd_plot(run_dir) -> int:
+    """``hpcinv plot DIR``: draw the figures and print their paths; 1 if none could be drawn."""
+    written = plot_run(run_dir)
+    for p in written:
+        print(p)
+    return 0 if written else 1
