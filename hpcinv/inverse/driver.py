@@ -21,7 +21,8 @@ from mpi4py import MPI
 
 from ..errors import ConfigError
 from ..io.fields import grid_attrs
-from ..io.h5io import read_attrs, read_cells, read_faces, write_h5, write_xdmf
+from ..io.h5io import (read_attrs, read_cells, read_faces, read_replicated, write_h5,
+                       write_xdmf)
 from .gradient import AdjointGradient
 from .optimise import OptimiserSettings, make_optimiser
 from .regularisation import GradientSmoother, Tikhonov
@@ -152,7 +153,8 @@ class Inversion:
                 faces[f"warm_{name}"] = (arr, axis)
         attrs = {"iteration": self.iteration, "scalars": json.dumps(self.opt.scalars),
                  "method": self.cfg.inversion.method, **grid_attrs(self.grid)}
-        write_h5(self.dir / CHECKPOINT, self.decomp, cells, faces, attrs, self.bk.to_host)
+        write_h5(self.dir / CHECKPOINT, self.decomp, cells, faces, attrs, self.bk.to_host,
+                 replicated=self.G.warm_replicated())
 
     def load_checkpoint(self):
         path = self.dir / CHECKPOINT
@@ -171,14 +173,15 @@ class Inversion:
         self.opt.arrays = {n[4:]: self.bk.asarray(read_cells(path, n, self.decomp), dtype=dt)
                            for n in names if n.startswith("opt_")}
         self.opt.scalars = json.loads(attrs["scalars"])
-        warm = {}
+        warm, replicated = {}, [n for n in names if n in self.G.warm_replicated_names]
         for n in names:
-            if n.startswith("warm_"):
+            if n.startswith("warm_") and n not in replicated:
                 key = n[5:]
                 axis = "xyz".index(key[-1]) if "_q" in key else None
                 warm[key] = (read_cells(path, n, self.decomp) if axis is None
                              else read_faces(path, n, axis, self.decomp))
         self.G.set_warm_state(warm)
+        self.G.set_warm_replicated({n: read_replicated(path, n) for n in replicated})
         self.iteration = int(attrs["iteration"])
 
     # --- output -----------------------------------------------------------------------------

@@ -87,6 +87,17 @@ class AdjointGradient:
                 out[f"{kind}_q{'xyz'[a]}"] = (qa, a)
         return out
 
+    warm_replicated_names = ("warm_w_old",)
+
+    def warm_replicated(self) -> dict:
+        """Small replicated arrays of the warm-start state (the last adjoint source weights)."""
+        w = getattr(self, "_w_old", None)
+        return {} if w is None or self.warm is None else {"warm_w_old": w}
+
+    def set_warm_replicated(self, arrays: dict):
+        if "warm_w_old" in arrays:
+            self._w_old = np.array(arrays["warm_w_old"], dtype=float)
+
     def set_warm_state(self, fields: dict):
         """Restore warm-start fields saved by :meth:`warm_state` (host or backend arrays)."""
         if self.warm is None or not fields:
@@ -116,6 +127,23 @@ class AdjointGradient:
                 self.backend.xp.copyto(qa, sa)
         return result
 
+    def _rescale_adjoint_warm_start(self, w):
+        """Scale the previous adjoint solution to the new source.
+
+        The adjoint solution is linear in its source ``S^T w``; the best multiple of the old
+        source, ``alpha = <w, w_old> / <w_old, w_old>``, makes ``alpha psi_old`` the best start
+        along it (without it the warm start can be worse than a cold one, as the source shrinks
+        while the misfit falls). ``w`` is replicated on every rank, so alpha is bitwise the same
+        for any decomposition and costs no reduction."""
+        w_old, self._w_old = getattr(self, "_w_old", None), np.array(w, dtype=float)
+        if self.warm is None or not self._warm_valid or w_old is None:
+            return
+        den = float(w_old @ w_old)
+        alpha = float(w @ w_old) / den if den > 0 else 0.0
+        P, q = self.warm["adjoint"]
+        for a in (P, *q):
+            a *= alpha
+
     def misfit(self, logK=None, progress=None):
         """``(J, info)``: the misfit alone (one forward solve), e.g. for line-search trials."""
         if logK is not None:
@@ -138,8 +166,9 @@ class AdjointGradient:
         s.set_source(self.problem.Qf)
         fwd = self._solve("forward", progress)
         xp.copyto(self.Pf_forward, s.Pf)
-        J, rhs = self.obs.misfit_and_source(s.Pf, xp, bk.to_host)
-        s.set_source(rhs)
+        J, _, w = self.obs.misfit_from_values(self.obs.sample(s.Pf, bk.to_host))
+        s.set_source(self.obs.spread(w, xp, dtype=s.dtype))
+        self._rescale_adjoint_warm_start(w)
         adj = self._solve("adjoint", progress)
         self._warm_valid = self.warm is not None
         psi_P = s.Pf

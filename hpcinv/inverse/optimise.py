@@ -34,6 +34,7 @@ class OptimiserSettings:
     logK_max: float = math.inf
     lbfgs_memory: int = 5
     max_trials: int = 10
+    max_step: float = 1.0       # L-BFGS: largest max|dlogK| of a trial step
 
     def validate(self):
         if self.method not in ("gd", "lbfgs"):
@@ -160,7 +161,8 @@ class LBFGS(Optimiser):
     ``z = logK``), two-loop recursion, backtracking Armijo line search (c1 = 1e-4).
 
     State: ``z``, ``x`` (= S z), ``gz`` (gradient w.r.t. z) and the pairs ``s_i, y_i``;
-    scalars ``J``, ``npairs``. The first step is scaled so that ``max|dlogK| = dgamma``.
+    scalars ``J``, ``npairs``. The first step is scaled so that ``max|dlogK| = dgamma``; later
+    unit steps are capped at ``max|dlogK| = max_step``.
     """
 
     def _x_of(self, z):
@@ -207,10 +209,13 @@ class LBFGS(Optimiser):
         if not slope < 0:                      # not a descent direction: restart memory
             p, sc["npairs"], note = -A["gz"], 0, "L-BFGS memory reset (not a descent direction)"
             slope = self.dot(A["gz"], p)
-        t = 1.0
-        if sc["npairs"] == 0:                  # first step: max|dlogK| = dgamma
-            Sp = self.S.apply(p) if self.S is not None else p
-            t = self.settings.dgamma / max(self.max_abs(Sp), 1e-300)
+        # Unit step, capped so a trial changes logK by at most max_step (a wild first quasi-
+        # Newton step would otherwise create contrasts that take the PT solver ages); the very
+        # first step changes it by dgamma.
+        Sp = self.S.apply(p) if self.S is not None else p
+        size = max(self.max_abs(Sp), 1e-300)
+        t = self.settings.dgamma / size if sc["npairs"] == 0 else \
+            min(1.0, self.settings.max_step / size)
         for trial in range(self.settings.max_trials):
             z_t = A["z"] + t * p
             x_t = self._x_of(z_t)

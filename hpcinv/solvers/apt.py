@@ -93,7 +93,7 @@ class PTResult:
 
 
 def pt_iterate(step, comm, params: PTParams, scale: float, what: str = "forward",
-               progress=None) -> PTResult:
+               progress=None, cold: bool = True) -> PTResult:
     """Run ``step(check)`` until the scaled residual drops below ``params.tol``.
 
     Args:
@@ -105,9 +105,12 @@ def pt_iterate(step, comm, params: PTParams, scale: float, what: str = "forward"
         what: name used in messages.
         progress: optional ``progress(iteration, residual, elapsed, what)`` called at every
             check.
+        cold: the iteration starts from zero fields, whose scaled residual is 1: growth far
+            above that is divergence. A warm start's first residual can exceed 1 (a new source
+            much smaller than the old one); divergence is then judged from the first check on.
     """
     history = []
-    best = 1.0      # a zero initial state has scaled residual 1: growth far above it diverges
+    best = 1.0 if cold else math.inf
     t0 = time.perf_counter()
     err = math.inf
     it = 0

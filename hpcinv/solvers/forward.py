@@ -147,6 +147,7 @@ class DarcySolver:
         ``homogeneous``: fixed-pressure sides hold 0 instead of their value (adjoint solves).
         """
         xp = self.backend.xp
+        self.cold = Pf is None and q is None
         if Pf is None:
             self.Pf[...] = 0
         else:
@@ -164,7 +165,8 @@ class DarcySolver:
         """Iterate from the current state until converged (or ``maxiter``)."""
         self.backend.synchronize()
         res = pt_iterate(self.step, self.decomp.comm, self.params, self.scale,
-                         "adjoint" if self.homogeneous else "forward", progress)
+                         "adjoint" if self.homogeneous else "forward", progress,
+                         cold=getattr(self, "cold", True))
         self.backend.synchronize()
         return ForwardState(self.Pf, list(self.q), res)
 
