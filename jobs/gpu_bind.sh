@@ -14,8 +14,10 @@
 #   0..HPCINV_GPUS_PER_NODE-1,
 #   the GPUs nvidia-smi lists.
 # Ranks share GPUs round-robin when they outnumber them. Nothing is changed when no local rank
-# is found, no GPU list is found, or HPCINV_GPU_BIND=0. HPCINV_GPU_BIND_VERBOSE=1 prints the
-# binding of every rank on stderr.
+# is found, no GPU list is found, HPCINV_GPU_BIND=0, or HPCINV_BACKEND=host (CPU runs: no
+# nvidia-smi call on CPU nodes). HPCINV_GPU_BIND_VERBOSE=1 prints the binding of every rank on
+# stderr. The jobs/*.sbatch scripts put this wrapper after their launcher (srun or
+# HPCINV_LAUNCHER) unless HPCINV_GPU_BIND=0.
 #
 # hpcinv then uses device 0 of what it sees (local rank % visible devices), so binding here and
 # selection in hpcinv agree.
@@ -28,7 +30,7 @@ fi
 
 local_rank=${SLURM_LOCALID:-${OMPI_COMM_WORLD_LOCAL_RANK:-${MPI_LOCALRANKID:-${PMI_LOCAL_RANK:-${PALS_LOCAL_RANKID:-${MV2_COMM_WORLD_LOCAL_RANK:-${PMIX_LOCAL_RANK:-}}}}}}}
 
-if [[ "${HPCINV_GPU_BIND:-1}" != "0" && -n "$local_rank" ]]; then
+if [[ "${HPCINV_GPU_BIND:-1}" != "0" && "${HPCINV_BACKEND:-}" != "host" && -n "$local_rank" ]]; then
     if [[ -n "${GPU_LIST:-}" ]]; then
         read -r -a gpus <<< "${GPU_LIST//,/ }"
     elif [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then

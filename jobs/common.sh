@@ -1,0 +1,219 @@
+# shellcheck shell=bash
+# Shared body of the jobs/*.sbatch scripts: site setup, MPI environment, launcher, the step
+# runner with SIGTERM relay. Sourced, never run; expects REPO (repository root) and JOB_NAME.
+#
+# Edit the "site setup" block once for your cluster; the #SBATCH lines stay in each script.
+#
+# Environment read here (all optional):
+#   HPCINV_VENV        a virtual environment to activate
+#   HPCINV_PYTHON      python with hpcinv installed (default: python on PATH after the setup)
+#   HPCINV_MPI_ENV     cray | openmpi | mvapich: source jobs/env/<name>.sh (CUDA-aware MPI)
+#   HPCINV_BACKEND     auto | cupy | host (passed to hpcinv / the benchmarks)
+#   HPCINV_LAUNCHER    launch command replacing srun, e.g. "mpiexec -n 2"; "{n}" in it is
+#                      replaced by the rank count of the step (the scaling scripts use this)
+#   HPCINV_GPU_BIND    0: do not wrap the command in jobs/gpu_bind.sh
+#   HPCINV_ARGS        extra arguments appended to the step's command (word-split)
+#   HPCINV_TAG         scaling scripts: tag stored in every JSON line and selected in the plot
+#   HPCINV_PLOT_ARGS   scaling scripts: extra plot_scaling.py options, e.g. "--kind both --model"
+
+# ---- site setup: edit for your cluster (modules, Python environment) -----------------------
+# module load PrgEnv-gnu cray-mpich cudatoolkit craype-accel-nvidia80   # e.g. a Cray EX system
+# module load gcc openmpi cuda                                         # e.g. a generic cluster
+if [[ -n "${HPCINV_VENV:-}" ]]; then
+    # shellcheck disable=SC1091
+    source "$HPCINV_VENV/bin/activate"
+fi
+PYTHON=${HPCINV_PYTHON:-python}
+
+# ---- MPI environment for CUDA-aware MPI (jobs/env/*.sh) ------------------------------------
+if [[ -n "${HPCINV_MPI_ENV:-}" ]]; then
+    case "$HPCINV_MPI_ENV" in
+        cray|cray-mpich) _hpcinv_env=cray-mpich ;;
+        openmpi|ompi)    _hpcinv_env=openmpi ;;
+        mvapich|mvapich2) _hpcinv_env=mvapich ;;
+        *) echo "$JOB_NAME: HPCINV_MPI_ENV must be cray, openmpi or mvapich," \
+                "got '$HPCINV_MPI_ENV'" >&2
+           exit 2 ;;
+    esac
+    # shellcheck disable=SC1090
+    source "$REPO/jobs/env/$_hpcinv_env.sh"
+fi
+
+# BACKEND and EXTRA are used by the scripts that source this file.
+BACKEND=()
+# shellcheck disable=SC2034
+if [[ -n "${HPCINV_BACKEND:-}" ]]; then BACKEND=(--backend "$HPCINV_BACKEND"); fi
+EXTRA=()
+if [[ -n "${HPCINV_ARGS:-}" ]]; then read -r -a EXTRA <<< "$HPCINV_ARGS"; fi
+
+under_slurm() { [[ -n "${SLURM_JOB_ID:-}" ]]; }
+
+# hpcinv_launcher [NTASKS [NNODES]]: set LAUNCH (array) for a step of NTASKS ranks on NNODES
+# nodes (default: the whole job).
+hpcinv_launcher() {
+    local ntasks=${1:-} nnodes=${2:-}
+    if [[ -n "${HPCINV_LAUNCHER:-}" ]]; then
+        # Your launcher, your binding: hpcinv's host backend uses $HPCINV_NUM_THREADS, else
+        # $OMP_NUM_THREADS, else the cores it may run on divided by the ranks on the node.
+        local cmd=$HPCINV_LAUNCHER
+        if [[ -n "$ntasks" ]]; then cmd=${cmd//\{n\}/$ntasks}; fi
+        if [[ "$cmd" == *"{n}"* ]]; then
+            echo "$JOB_NAME: HPCINV_LAUNCHER contains {n} but this step has no rank count" >&2
+            exit 2
+        fi
+        read -r -a LAUNCH <<< "$cmd"
+    elif under_slurm; then
+        # srun gives every task its own cores (--cpu-bind=cores); threads stay on them.
+        # (Since Slurm 22.05 srun does not inherit --cpus-per-task from sbatch: pass it.)
+        export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+        export OMP_PROC_BIND=${OMP_PROC_BIND:-close}
+        export OMP_PLACES=${OMP_PLACES:-cores}
+        ntasks=${ntasks:-${SLURM_NTASKS:-}}
+        LAUNCH=(srun ${ntasks:+--ntasks="$ntasks"} --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
+                --cpu-bind=cores)
+        if [[ -n "$nnodes" ]]; then LAUNCH+=(--nodes="$nnodes"); fi
+    else
+        echo "$JOB_NAME: not inside a SLURM job; submit with sbatch or set HPCINV_LAUNCHER," \
+             "e.g. HPCINV_LAUNCHER=\"mpiexec -n 2\"" >&2
+        exit 2
+    fi
+    if [[ "${HPCINV_GPU_BIND:-1}" != "0" ]]; then LAUNCH+=("$REPO/jobs/gpu_bind.sh"); fi
+}
+
+# ---- steps, and SIGTERM -------------------------------------------------------------------
+# A step runs in the background and the shell waits for it, so that a SIGTERM sent to the batch
+# shell (sbatch --signal=B:TERM@N, scancel --full, or a kill of a local run) is handled at
+# once: it is relayed to the ranks, which finish their current iteration. Relaying through srun
+# would not work: srun answers SIGTERM by SIGKILLing its tasks, so under srun the relay asks
+# slurmd instead (scancel --signal=TERM signals every step of the job, not the batch shell).
+STEP_PID=
+HPCINV_GOT_TERM=0
+_hpcinv_on_term() {
+    HPCINV_GOT_TERM=1
+    echo "$JOB_NAME: $(date -Is) batch shell got SIGTERM; asking the ranks to stop" >&2
+    if [[ -z "$STEP_PID" ]]; then return; fi
+    if [[ "${LAUNCH[0]##*/}" == srun ]] && under_slurm && command -v scancel >/dev/null; then
+        scancel --signal=TERM "$SLURM_JOB_ID" || kill -TERM "$STEP_PID" 2>/dev/null || true
+    else
+        kill -TERM "$STEP_PID" 2>/dev/null || true
+    fi
+}
+trap _hpcinv_on_term TERM
+
+# run_step CMD...: "${LAUNCH[@]}" CMD..., waited for; returns the launcher's exit status.
+run_step() {
+    local rc
+    echo "+ ${LAUNCH[*]} $*" >&2
+    "${LAUNCH[@]}" "$@" &
+    STEP_PID=$!
+    while :; do
+        rc=0
+        wait "$STEP_PID" || rc=$?
+        # wait returns > 128 when a trapped signal interrupts it; the step may still run.
+        if [[ $rc -gt 128 ]] && kill -0 "$STEP_PID" 2>/dev/null; then continue; fi
+        break
+    done
+    STEP_PID=
+    return "$rc"
+}
+
+job_banner() {
+    local requeued=
+    if [[ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]]; then requeued=" (requeued ${SLURM_RESTART_COUNT}x)"; fi
+    echo "$JOB_NAME: job ${SLURM_JOB_ID:-local}$requeued on $(hostname), $(date -Is)"
+    echo "launcher: ${LAUNCH[*]}"
+    echo "mpi env:  ${HPCINV_MPI_ENV:-none}; HPCINV_CUDA_AWARE=${HPCINV_CUDA_AWARE:-detect};" \
+         "backend ${HPCINV_BACKEND:-config/auto}"
+}
+
+# ---- scaling studies (weak_scaling.sbatch, strong_scaling.sbatch) --------------------------
+# run_scaling KIND SIZE_FLAG GPU_SIZES HOST_SIZES [benchmark options...]
+# Runs benchmarks/KIND_scaling.py once per rank count, appending JSON lines to
+# $HPCINV_OUTPUT/KIND.jsonl (default runs/scaling/), then draws $HPCINV_OUTPUT/KIND.png.
+#   Under SLURM: one step per node count of HPCINV_NODES (default: the job's node count), with
+#     the job's tasks per node; one job per node count is what jobs/submit_scaling.sh submits,
+#     a single large job with HPCINV_NODES="1 2 4 8" runs them all in one allocation. The 1-node
+#     step is preceded by a 1-rank step (the baseline of efficiency and speed-up;
+#     HPCINV_SINGLE_RANK=0 leaves it out).
+#   With HPCINV_LAUNCHER: one run, or one per rank count of HPCINV_RANKS when the launcher
+#     contains {n} (HPCINV_LAUNCHER="mpiexec -n {n}" HPCINV_RANKS="1 2 4").
+run_scaling() {
+    local kind=$1 flag=$2 gpu_sizes=$3 host_sizes=$4
+    shift 4
+    local outdir=${HPCINV_OUTPUT:-runs/scaling}
+    local jsonl=$outdir/$kind.jsonl png=$outdir/$kind.png
+    local sizes=$gpu_sizes backend=${HPCINV_BACKEND:-auto}
+    local tag=() plot_args=()
+    if [[ -n "${HPCINV_TAG:-}" ]]; then tag=(--tag "$HPCINV_TAG"); fi
+    if [[ -n "${HPCINV_PLOT_ARGS:-}" ]]; then read -r -a plot_args <<< "$HPCINV_PLOT_ARGS"; fi
+    if [[ "$backend" == host ]]; then sizes=$host_sizes; fi
+    mkdir -p "$outdir"
+
+    local steps=() k
+    if [[ -n "${HPCINV_LAUNCHER:-}" ]]; then
+        if [[ "$HPCINV_LAUNCHER" == *"{n}"* ]]; then
+            for k in ${HPCINV_RANKS:-1 2}; do steps+=("$k:"); done
+        else
+            steps=(":")
+        fi
+    elif under_slurm; then
+        local nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
+        local tpn=${SLURM_NTASKS_PER_NODE:-$(( ${SLURM_NTASKS:-$nodes} / nodes ))}
+        tpn=${tpn%%(*}
+        for k in ${HPCINV_NODES:-$nodes}; do
+            if [[ "$k" -gt "$nodes" ]]; then
+                echo "$JOB_NAME: skipping $k nodes (the job has $nodes)" >&2
+                continue
+            fi
+            # The plot's baseline is the 1-rank record: the 1-node step runs 1 rank first.
+            if [[ "$k" == 1 && "$tpn" -gt 1 && "${HPCINV_SINGLE_RANK:-1}" != 0 ]]; then
+                steps+=("1:1")
+            fi
+            steps+=("$(( k * tpn )):$k")
+        done
+    else
+        hpcinv_launcher   # prints the "not inside a SLURM job" error and exits
+    fi
+
+    if [[ ${#steps[@]} -eq 0 ]]; then
+        echo "$JOB_NAME: no rank count to run (HPCINV_NODES='${HPCINV_NODES:-}')" >&2
+        return 2
+    fi
+    local step rc=0 status=0
+    local ntasks nnodes last=${steps[${#steps[@]}-1]}
+    # Environment report on the largest step's ranks: MPI library, CUDA-awareness, GPU per rank.
+    local info=$outdir/info-${SLURM_JOB_ID:-local}.txt
+    hpcinv_launcher "${last%%:*}" "${last#*:}"
+    job_banner
+    echo "results:  $jsonl"
+    run_step "$PYTHON" -m hpcinv info --backend "$backend" > "$info" || status=$?
+    cat "$info"
+    for step in "${steps[@]}"; do
+        ntasks=${step%%:*} nnodes=${step#*:}
+        hpcinv_launcher "$ntasks" "$nnodes"
+        echo "---- $kind scaling: ${ntasks:-all} rank(s)${nnodes:+ on $nnodes node(s)}"
+        rc=0
+        run_step "$PYTHON" "$REPO/benchmarks/${kind}_scaling.py" "$flag" "$sizes" \
+            --overlap both --backend "$backend" --out "$jsonl" ${tag[@]+"${tag[@]}"} \
+            "$@" ${EXTRA[@]+"${EXTRA[@]}"} || rc=$?
+        if [[ $rc -ne 0 ]]; then
+            echo "$JOB_NAME: step failed with status $rc" >&2
+            status=$rc
+        fi
+        if [[ $HPCINV_GOT_TERM == 1 ]]; then echo "$JOB_NAME: stopping (SIGTERM)" >&2; break; fi
+    done
+
+    # Plot everything in the file so far (serial, on the batch node).
+    if [[ -f "$REPO/benchmarks/plot_scaling.py" && -s "$jsonl" ]]; then
+        local plot=("$PYTHON" "$REPO/benchmarks/plot_scaling.py" "$jsonl" -o "$png"
+                    ${tag[@]+"${tag[@]}"} ${plot_args[@]+"${plot_args[@]}"})
+        echo "+ ${plot[*]}" >&2
+        if "${plot[@]}"; then
+            echo "plot:     $png"
+        else
+            echo "$JOB_NAME: plot_scaling.py failed (the JSON lines are in $jsonl)" >&2
+            if [[ $status -eq 0 ]]; then status=1; fi
+        fi
+    fi
+    return "$status"
+}

@@ -1,0 +1,329 @@
+"""The SLURM job scripts in jobs/: they parse, and their bodies run locally on 2 CPU ranks
+through the launcher override (HPCINV_LAUNCHER) on tiny problems, including the inversion's
+SIGTERM -> checkpoint -> requeue -> restart cycle under a simulated SLURM (fake srun, scontrol
+and scancel on PATH)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = ROOT / "jobs"
+SCRIPTS = sorted(str(p.relative_to(ROOT)) for p in
+                 [*JOBS.glob("*.sbatch"), *JOBS.glob("*.sh"), *JOBS.glob("env/*.sh")])
+BASH = shutil.which("bash")
+_here = Path(sys.executable).with_name("mpiexec")
+MPIEXEC = str(_here) if _here.exists() else shutil.which("mpiexec")
+
+needs_bash = pytest.mark.skipif(BASH is None, reason="no bash")
+needs_mpi = pytest.mark.skipif(BASH is None or MPIEXEC is None, reason="no bash or mpiexec")
+
+TINY = "[grid]\nnx = 31\nny = 15\n[inversion]\niterations = {it}\ncheckpoint_every = 0\n" \
+       "[output]\nfigures = false\n"
+
+
+def base_env(**extra) -> dict:
+    """The test's environment without any SLURM or HPCINV setting, plus 2 local host ranks."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "HPCINV_", "SRUN_", "SBATCH_"))}
+    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive", HPCINV_PYTHON=sys.executable,
+               HPCINV_BACKEND="host", HPCINV_LAUNCHER=f"{MPIEXEC} -n 2")
+    env.update({k: str(v) for k, v in extra.items()})
+    return {k: v for k, v in env.items() if v != ""}        # "" removes a variable
+
+
+def run_script(script, *args, env, cwd, timeout=120):
+    return subprocess.run([BASH, str(JOBS / script), *map(str, args)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def history(run) -> list:
+    return [json.loads(s) for s in (Path(run) / "history.jsonl").read_text().splitlines() if s]
+
+
+def fake_slurm(tmp_path) -> tuple[Path, Path]:
+    """A bin directory with srun (-> mpiexec -n NTASKS), scontrol and scancel that log their
+    arguments; returns (bin dir, log file)."""
+    bindir, log = tmp_path / "fakebin", tmp_path / "slurm-calls.log"
+    bindir.mkdir()
+    (bindir / "srun").write_text(f"""#!/usr/bin/env bash
+echo "srun $*" >> "{log}"
+n=1
+while [[ $# -gt 0 && $1 == -* ]]; do
+    case $1 in --ntasks=*) n=${{1#--ntasks=}} ;; esac
+    shift
+done
+exec "{MPIEXEC}" -n "$n" "$@"
+""")
+    for name in ("scontrol", "scancel"):
+        (bindir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n')
+    for p in bindir.iterdir():
+        p.chmod(0o755)
+    return bindir, log
+
+
+def slurm_env(bindir, **extra) -> dict:
+    return base_env(PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", HPCINV_LAUNCHER="",
+                    SLURM_JOB_ID="4242", SLURM_SUBMIT_DIR=ROOT, SLURM_CPUS_PER_TASK=1, **extra)
+
+
+def rank_pids(marker: str) -> list[int]:
+    """PIDs of the Python ranks whose command line contains ``marker`` (Linux /proc)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv and argv[0] == sys.executable and "hpcinv" in argv and marker in argv:
+            pids.append(int(d.name))
+    return pids
+
+
+def start_and_wait_for(script, args, env, cwd, run, lines=3, timeout=120):
+    """Start a job script in the background; return it once history.jsonl has ``lines`` lines."""
+    proc = subprocess.Popen([BASH, str(JOBS / script), *map(str, args)], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    hist, deadline = Path(run) / "history.jsonl", time.time() + timeout
+    while time.time() < deadline:
+        if hist.exists() and len(hist.read_text().splitlines()) >= lines:
+            return proc
+        if proc.poll() is not None:
+            pytest.fail(f"{script} ended early ({proc.returncode}):\n{proc.stdout.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"{script}: no progress in {timeout} s")
+
+
+# --------------------------------------------------------------------------- static checks
+
+@needs_bash
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_parses(script):
+    proc = subprocess.run([BASH, "-n", str(ROOT / script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_job_script_documents_the_launcher_override():
+    for p in JOBS.glob("*.sbatch"):
+        text = p.read_text()
+        assert "HPCINV_LAUNCHER" in text and "#SBATCH --nodes" in text, p.name
+        assert os.access(p, os.X_OK), p.name
+    inv = (JOBS / "invert.sbatch").read_text()
+    for line in ("#SBATCH --signal=TERM@300", "#SBATCH --requeue", "#SBATCH --open-mode=append"):
+        assert line in inv
+
+
+@needs_bash
+def test_without_slurm_or_launcher_a_script_says_what_to_do(tmp_path):
+    for script in ("forward.sbatch", "invert.sbatch", "weak_scaling.sbatch"):
+        p = run_script(script, env=base_env(HPCINV_LAUNCHER=""), cwd=tmp_path)
+        assert p.returncode == 2 and "HPCINV_LAUNCHER" in p.stderr, (script, p.stderr)
+    p = run_script("forward.sbatch", env=base_env(HPCINV_MPI_ENV="bogus"), cwd=tmp_path)
+    assert p.returncode == 2 and "HPCINV_MPI_ENV" in p.stderr
+
+
+@needs_bash
+@pytest.mark.parametrize("name, gpu_vars", [
+    ("cray-mpich", {"MPICH_GPU_SUPPORT_ENABLED": "1", "HPCINV_CUDA_AWARE": "1"}),
+    ("openmpi", {"OMPI_MCA_pml": "ucx", "UCX_TLS": "rc,sm,cuda_copy,cuda_ipc,gdr_copy",
+                 "HPCINV_CUDA_AWARE": "1"}),
+    ("mvapich", {"MV2_USE_CUDA": "1", "HPCINV_CUDA_AWARE": "1"})])
+def test_mpi_environment_files(name, gpu_vars):
+    def sourced(backend, **extra):
+        env = base_env(HPCINV_BACKEND=backend, **extra)
+        p = subprocess.run([BASH, "-c", f'set -euo pipefail; source "{JOBS}/env/{name}.sh"; env'],
+                           env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
+    got = sourced("cupy")
+    for k, v in gpu_vars.items():
+        assert got.get(k) == v, (name, k, got.get(k))
+    assert sourced("cupy", HPCINV_CUDA_AWARE=0)["HPCINV_CUDA_AWARE"] == "0"   # user's choice wins
+    host = sourced("host")
+    # CPU runs: no GPU support switched on (Cray MPICH would abort in MPI_Init without GTL)
+    for k in ("MPICH_GPU_SUPPORT_ENABLED", "MV2_USE_CUDA", "UCX_TLS", "HPCINV_CUDA_AWARE"):
+        assert k not in host, (name, k)
+
+
+@needs_bash
+def test_gpu_bind_leaves_cpu_runs_alone():
+    p = subprocess.run([BASH, str(JOBS / "gpu_bind.sh"), BASH, "-c",
+                        'echo "${CUDA_VISIBLE_DEVICES-unset}"'],
+                       env=base_env(SLURM_LOCALID=1, GPU_LIST="0,1", HPCINV_BACKEND="host"),
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == os.environ.get("CUDA_VISIBLE_DEVICES",
+                                                                    "unset")
+
+
+@needs_bash
+def test_submit_scaling_dry_run():
+    env = base_env(HPCINV_LAUNCHER="", HPCINV_SUBMIT_DRY_RUN=1)
+    p = subprocess.run([BASH, str(JOBS / "submit_scaling.sh"), "strong", "1", "4", "--",
+                        "--account=abc", "---", "--3d"], env=env, capture_output=True,
+                       text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 2
+    for n, line in zip((1, 4), lines):
+        assert line.startswith(f"sbatch --nodes={n} ") and "--account=abc" in line
+        assert line.split()[-2].endswith("jobs/strong_scaling.sbatch") and line.endswith("--3d")
+
+
+# --------------------------------------------------------------------------- local runs
+
+@needs_mpi
+def test_forward_runs_locally(tmp_path):
+    out = tmp_path / "fwd"
+    p = run_script("forward.sbatch", ROOT / "examples" / "forward2d.toml", cwd=tmp_path,
+                   env=base_env(HPCINV_OUTPUT=out, HPCINV_ARGS="--nx 31 --ny 15 -q",
+                                HPCINV_MPI_ENV="openmpi"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    with h5py.File(out / "fields.h5") as f:
+        assert f["Pf"].shape == (31, 15)
+        assert bool(f.attrs["converged"])
+    assert "31x15 cells on 2 rank(s)" in p.stdout
+    info = (out / "info.txt").read_text()
+    assert "ranks              2" in info and '"backend": "host"' in info
+    assert "mpi env:  openmpi" in p.stdout
+
+
+@needs_mpi
+def test_invert_runs_locally_then_continues_from_its_checkpoint(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.format(it=3))
+    run = tmp_path / "inv"
+    env = base_env(HPCINV_OUTPUT=run, HPCINV_CONFIG=cfg, HPCINV_ARGS="-q")
+    p = run_script("invert.sbatch", env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "(new run of" in p.stdout and "--restart" not in p.stderr
+    assert (run / "model_final.h5").exists() and len(history(run)) == 4
+    # The same command again: the checkpoint is found, the run continues with --restart.
+    p = run_script("invert.sbatch", "--iterations", 5, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "checkpoint found: restart" in p.stdout
+    assert f"hpcinv invert --restart {run}" in p.stderr
+    h = history(run)
+    assert [r["iteration"] for r in h] == list(range(6))
+    with h5py.File(run / "model_final.h5") as f:
+        assert f["logK"].shape == (31, 15)
+    assert (run / "info.txt").read_text().count("== invert.sbatch") == 2
+
+
+@needs_mpi
+def test_invert_sigterm_to_the_batch_shell_checkpoints_and_stops(tmp_path):
+    """sbatch --signal=B:TERM@N (or a local Ctrl-C-less stop): the shell relays SIGTERM to the
+    launcher, the ranks checkpoint and exit 3; not under SLURM nothing is requeued."""
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(TINY.format(it=500))
+    run = tmp_path / "inv"
+    env = base_env(HPCINV_OUTPUT=run, HPCINV_CONFIG=cfg, HPCINV_ARGS="-q")
+    proc = start_and_wait_for("invert.sbatch", [], env, tmp_path, run)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out
+    assert "batch shell got SIGTERM" in out and "not under SLURM" in out
+    with h5py.File(run / "checkpoint.h5") as f:
+        k = int(f.attrs["iteration"])
+    assert k == len(history(run)) - 1 and not (run / "model_final.h5").exists()
+    p = run_script("invert.sbatch", env={**env, "HPCINV_ARGS": f"-q --iterations {k + 1}"},
+                   cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "checkpoint found: restart" in p.stdout and (run / "model_final.h5").exists()
+    assert [r["iteration"] for r in history(run)] == list(range(k + 2))
+
+
+@needs_mpi
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_invert_under_slurm_requeues_on_sigterm_and_restarts(tmp_path):
+    """The production path: srun launches the ranks, --signal=TERM@300 makes slurmstepd send
+    SIGTERM to them (emulated: the test signals the rank processes), hpcinv checkpoints and
+    exits 3, the script runs scontrol requeue; the requeued job restarts from the checkpoint."""
+    bindir, log = fake_slurm(tmp_path)
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(TINY.format(it=500))
+    run = tmp_path / "invert-4242"
+    env = slurm_env(bindir, SLURM_NTASKS=2, HPCINV_OUTPUT=run, HPCINV_ARGS="-q")
+    proc = start_and_wait_for("invert.sbatch", [cfg], env, tmp_path, run)
+    pids = rank_pids(str(run))
+    assert len(pids) == 2, pids
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    calls = log.read_text()
+    assert "srun --ntasks=2 --cpus-per-task=1 --cpu-bind=cores" in calls
+    assert "scontrol requeue 4242" in calls
+    assert (run / "checkpoint.h5").exists() and not (run / "model_final.h5").exists()
+    k = len(history(run)) - 1
+    # The requeued job: same job id (so the same run directory), SLURM_RESTART_COUNT set.
+    env.update(SLURM_RESTART_COUNT="1", HPCINV_ARGS=f"-q --iterations {k + 2}")
+    p = run_script("invert.sbatch", cfg, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "checkpoint found: restart" in p.stdout and "(requeued 1x)" in p.stdout
+    assert [r["iteration"] for r in history(run)] == list(range(k + 3))
+    assert (run / "model_final.h5").exists()
+    assert log.read_text().count("scontrol") == 1
+
+
+def _records(path):
+    return [json.loads(s) for s in Path(path).read_text().splitlines() if s]
+
+
+BENCH = "--iters 3 --warmup 1 --repeats 1 --overlap on --no-adjoint"
+
+
+@needs_mpi
+def test_weak_scaling_runs_locally(tmp_path):
+    """Through submit_scaling.sh with a {n} launcher (ranks 1), then the script itself with the
+    plain 2-rank launcher: one JSON file, a plot from both."""
+    out = tmp_path / "scaling"
+    env = base_env(HPCINV_OUTPUT=out, HPCINV_LAUNCHER=f"{MPIEXEC} -n {{n}}", HPCINV_ARGS=BENCH)
+    p = subprocess.run([BASH, str(JOBS / "submit_scaling.sh"), "weak", "1", "---", "--local",
+                        "32x16"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = run_script("weak_scaling.sbatch", "--local", "32x16", cwd=tmp_path,
+                   env=base_env(HPCINV_OUTPUT=out, HPCINV_ARGS=BENCH))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "ranks              2" in (out / "info-local.txt").read_text()
+    recs = _records(out / "weak.jsonl")
+    assert sorted(r["ranks"] for r in recs) == [1, 2]
+    assert all(r["kind"] == "weak" and list(r["local_size"]) == [32, 16] for r in recs)
+    assert {tuple(r["global_size"]) for r in recs} == {(32, 16), (64, 16)}
+    if (ROOT / "benchmarks" / "plot_scaling.py").exists():
+        assert (out / "weak.png").stat().st_size > 1000
+
+
+@needs_mpi
+def test_strong_scaling_runs_under_slurm_over_node_counts(tmp_path):
+    """HPCINV_NODES inside one allocation: one srun step per node count (fake srun)."""
+    bindir, log = fake_slurm(tmp_path)
+    out = tmp_path / "scaling"
+    env = slurm_env(bindir, SLURM_JOB_NUM_NODES=2, SLURM_NTASKS=2, SLURM_NTASKS_PER_NODE=1,
+                    HPCINV_NODES="1 2 4", HPCINV_OUTPUT=out, HPCINV_ARGS=BENCH)
+    p = run_script("strong_scaling.sbatch", "--size", "32x16", env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "skipping 4 nodes" in p.stderr
+    calls = [c for c in log.read_text().splitlines() if c.startswith("srun")]
+    assert len(calls) == 3                                  # info, then 1 and 2 nodes
+    assert "--ntasks=2" in calls[0] and "--nodes=2" in calls[0] and "hpcinv info" in calls[0]
+    assert "--ntasks=1" in calls[1] and "--nodes=1" in calls[1]
+    assert "--ntasks=2" in calls[2] and "--nodes=2" in calls[2]
+    assert "ranks              2" in (out / "info-4242.txt").read_text()
+    recs = _records(out / "strong.jsonl")
+    assert sorted(r["ranks"] for r in recs) == [1, 2]
+    assert all(list(r["global_size"]) == [32, 16] for r in recs)
+    if (ROOT / "benchmarks" / "plot_scaling.py").exists():
+        assert (out / "strong.png").stat().st_size > 1000
