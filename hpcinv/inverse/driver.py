@@ -155,6 +155,12 @@ class Inversion:
                  "method": self.cfg.inversion.method, **grid_attrs(self.grid)}
         write_h5(self.dir / CHECKPOINT, self.decomp, cells, faces, attrs, self.bk.to_host,
                  replicated=self.G.warm_replicated())
+        # For `hpcinv plot` on a running run: the current model and the pressure of the last
+        # evaluated model (no extra solve).
+        write_h5(self.dir / "model_latest.h5", self.decomp,
+                 {"logK": self.opt.arrays["x"], "Pf": self.G.Pf_forward},
+                 attrs={"iteration": self.iteration, "pressure_of": "last evaluated model",
+                        **grid_attrs(self.grid)}, to_host=self.bk.to_host)
 
     def load_checkpoint(self):
         path = self.dir / CHECKPOINT
