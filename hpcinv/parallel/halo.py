@@ -109,6 +109,16 @@ class HaloExchange:
         return cupyx.empty_pinned(shape, dtype=dtype)
 
     @property
+    def messages(self) -> int:
+        """Messages sent per exchange (faces with a neighbour, periodic self included)."""
+        return len(self._links)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes sent per exchange (all faces together)."""
+        return sum(int(link[5].nbytes) for link in self._links)
+
+    @property
     def active(self) -> bool:
         """True if this rank exchanges any message."""
         return bool(self._links)
