@@ -122,16 +122,17 @@ def make_problem(cfg, **overrides):
 
 
 def solver_options(cfg) -> dict:
-    """Keyword arguments of :class:`~hpcinv.solvers.DarcySolver` from a config."""
+    """Keyword arguments of :func:`~hpcinv.solvers.make_darcy_solver` from a config."""
     aware = None if cfg.parallel.cuda_aware == "auto" else cfg.parallel.cuda_aware
-    return dict(overlap=cfg.parallel.overlap, dtype=cfg.solver.dtype, cuda_aware=aware)
+    return dict(method=cfg.solver.method, overlap=cfg.parallel.overlap, dtype=cfg.solver.dtype,
+                cuda_aware=aware)
 
 
 def make_solver(cfg):
     """Problem, backend and :class:`~hpcinv.solvers.DarcySolver` for a validated config."""
-    from .solvers import DarcySolver
-    return DarcySolver(make_problem(cfg), make_backend_for(cfg), cfg.pt_params(),
-                       **solver_options(cfg))
+    from .solvers import make_darcy_solver
+    return make_darcy_solver(make_problem(cfg), make_backend_for(cfg), cfg.pt_params(),
+                             **solver_options(cfg))
 
 
 class Progress:
@@ -158,7 +159,7 @@ def cmd_forward(args) -> int:
     d, g = solver.decomp, solver.grid
     say(f"hpcinv forward: {cfg.problem.name} {'x'.join(map(str, g.shape))} cells on {d.size} "
         f"rank(s) {'x'.join(map(str, d.dims))}, backend {solver.backend.name}, "
-        f"cfl {solver.params.cfl:.4g}, Re {solver.params.re:.4g}, tol {solver.params.tol:g}")
+        f"{_describe_method(cfg, solver.params)}")
     t0 = time.perf_counter()
     state = solver.solve(progress=Progress(args.quiet))
     wall = time.perf_counter() - t0
@@ -178,12 +179,19 @@ def cmd_forward(args) -> int:
     return 0
 
 
+def _describe_method(cfg, params) -> str:
+    if cfg.solver.method == "apt":
+        return f"APT cfl {params.cfl:.4g}, Re {params.re:.4g}, tol {params.tol:g}"
+    return f"PETSc {params.ksp_type}+{params.pc_type}, tol {params.tol:g}"
+
+
 def _record_resolved(cfg, solver):
     """Write the grid and solver values the run used (defaults resolved) into the config;
     dims stay as given so the config also runs on another rank count."""
     for a, n in zip("xyz", solver.grid.shape):
         setattr(cfg.grid, f"n{a}", n)
-    cfg.solver.cfl, cfg.solver.maxiter = solver.params.cfl, solver.params.maxiter
+    if cfg.solver.method == "apt":
+        cfg.solver.cfl, cfg.solver.maxiter = solver.params.cfl, solver.params.maxiter
 
 
 def cmd_gradient(args) -> int:
@@ -195,7 +203,7 @@ def cmd_gradient(args) -> int:
     from .inverse import AdjointGradient
     from .inverse.regularisation import GradientSmoother, Tikhonov
     from .io.fields import grid_attrs, write_h5
-    from .solvers import DarcySolver
+    from .solvers import make_darcy_solver
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     if not args.output and not (args.config and "dir" in _raw_output(args.config)):
         cfg.output.dir = "runs/gradient"
@@ -209,7 +217,7 @@ def cmd_gradient(args) -> int:
     from .scenario import make_observations, needs_synthetic_values
     truth = None
     if needs_synthetic_values(cfg):
-        truth = DarcySolver(true, backend, cfg.pt_params(), **opts).solve(progress).Pf
+        truth = make_darcy_solver(true, backend, cfg.pt_params(), **opts).solve(progress).Pf
     obs = make_observations(cfg, grid, backend, truth, demean=true.gauge_free)
     del truth
     model = make_problem(cfg, k_background=1.0, k_barrier=1.0)
@@ -318,6 +326,7 @@ def cmd_info(args) -> int:
                    "numpy": numpy.__version__, "mpi4py": mpi4py.__version__,
                    "mpi_library": lib, "mpi_standard": "%d.%d" % MPI.Get_version(),
                    "cuda_aware_mpi": aware, "cuda_aware_reason": why,
+                   "petsc4py": _petsc_version(),
                    "ranks": world.Get_size(), "dims": list(decomp.dims),
                    "example_problem": args.problem, "example_shape": list(shape)}
         for k, v in summary.items():
@@ -327,6 +336,14 @@ def cmd_info(args) -> int:
             print("  " + json.dumps(r))
     node.Free()
     return 0
+
+
+def _petsc_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("petsc4py")
+    except Exception:
+        return "not installed (solver.method = 'petsc' needs pip install 'hpcinv[petsc]')"
 
 
 def _version():

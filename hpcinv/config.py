@@ -85,6 +85,7 @@ class GridConfig:
 
 @dataclass
 class SolverConfig:
+    method: str = "apt"
     cfl: float | None = None
     re: float = 2 * math.pi
     tol: float = 1e-8
@@ -285,6 +286,9 @@ class Config:
                 raise ConfigError(f"problem.{key} must be a finite permeability > 0, got {v}")
         self._validate_grid()
         ndim = self.ndim()
+        if self.solver.method not in ("apt", "petsc"):
+            raise ConfigError(f"solver.method must be 'apt' or 'petsc', got "
+                              f"{self.solver.method!r}{_hint(self.solver.method, ('apt', 'petsc'))}")
         if self.solver.dtype not in ("float64", "float32"):
             raise ConfigError(f"solver.dtype must be 'float64' or 'float32', "
                               f"got {self.solver.dtype!r}")

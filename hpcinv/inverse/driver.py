@@ -120,8 +120,8 @@ class Inversion:
         self.grid, self.decomp = true.grid, true.grid.decomp
         true_Pf = None
         if scenario.needs_synthetic_values(cfg):
-            from ..solvers import DarcySolver
-            true_Pf = DarcySolver(true, backend, cfg.pt_params(), **kw).solve().Pf
+            from ..solvers import make_darcy_solver
+            true_Pf = make_darcy_solver(true, backend, cfg.pt_params(), **kw).solve().Pf
         self.obs = scenario.make_observations(cfg, self.grid, backend, true_Pf,
                                               demean=true.gauge_free)
         self.true_logK = np.zeros(true.K.shape)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..physics.residuals import flux_residual_adjoint_kernel, pressure_residual_adjoint_kernel
 from ..solvers.apt import PTParams
-from ..solvers.forward import DarcySolver
+from ..solvers import make_darcy_solver
 
 
 class AdjointGradient:
@@ -34,7 +34,8 @@ class AdjointGradient:
             its gradient.
         warm_start: start each forward and adjoint solve from the previous call's solution
             (the model changes little between outer iterations); costs ``2 (ndim + 1)`` fields.
-        solver_kwargs: passed to :class:`~hpcinv.solvers.DarcySolver` (``overlap``, ``dtype``).
+        solver_kwargs: passed to :func:`~hpcinv.solvers.make_darcy_solver` (``method`` "apt"
+            or "petsc", ``overlap``, ``dtype``).
     """
 
     def __init__(self, problem, observations, backend=None, params=None, adjoint_params=None,
@@ -44,7 +45,7 @@ class AdjointGradient:
             from ..errors import ConfigError
             raise ConfigError("no side fixes the pressure, so Pf is defined up to a constant: "
                               "the misfit must be demeaned (Observations(..., demean=True))")
-        self.solver = DarcySolver(problem, backend, params, **solver_kwargs)
+        self.solver = make_darcy_solver(problem, backend, params, **solver_kwargs)
         self.forward_params = self.solver.params
         self.adjoint_params = adjoint_params if adjoint_params is not None else PTParams()
         self.backend = bk = self.solver.backend
