@@ -151,7 +151,7 @@ class HaloExchange:
         if self._field is None:
             return
         MPI.Request.Waitall(self._reqs)
-        field, xp = self._field, self.xp
+        field = self._field
         with self.backend.boundary():
             for (_, _, _, _, ridx, _, rbuf, _, hr) in self._links:
                 if self.staged:

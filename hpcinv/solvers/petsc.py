@@ -50,12 +50,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
-from ..backend import Backend, make_backend
+from ..backend import Backend
 from ..errors import ConfigError, SolverDivergedError
-from ..parallel import HaloExchange, split_extent
+from ..parallel import split_extent
 from ..physics.residuals import flux_residual_kernel, pressure_residual_kernel
 from .apt import PTParams, PTResult
-from .forward import ForwardState, boundary_bits
+from .fields import DarcyFields, ForwardState
 
 _PETSC = None
 
@@ -174,7 +174,7 @@ def global_ids(decomp) -> np.ndarray:
     return np.where(ok, ids, -1)
 
 
-class PetscDarcySolver:
+class PetscDarcySolver(DarcyFields):
     """KSP solver (CG + GAMG by default) of the discrete Darcy problem on a PETSc DMDA with
     hpcinv's decomposition; the same public interface as :class:`~hpcinv.solvers.DarcySolver`.
 
@@ -202,36 +202,15 @@ class PetscDarcySolver:
         if np.dtype(PETSc.ScalarType) != np.float64:
             raise ImportError(f"the PETSc build uses scalars of type {PETSc.ScalarType}; hpcinv "
                               f"needs real double precision")
-        problem.validate()
-        self.problem = problem
-        grid = problem.grid
-        self.grid, self.decomp = grid, grid.decomp
-        d = self.decomp
-        self.backend = bk = backend if backend is not None else make_backend("auto")
-        self.dtype = np.dtype(dtype)
-        nd, shape = grid.ndim, d.padded_shape
-        self.halo = HaloExchange(d, bk, self.dtype, cuda_aware=cuda_aware)
-        self.K = bk.asarray(problem.K, dtype=self.dtype)
-        self._complete_ghosts(self.K)
-        self.Qf = bk.asarray(problem.Qf, dtype=self.dtype)
-        self.Pf, self.Pf_new = bk.zeros(shape, self.dtype), bk.zeros(shape, self.dtype)
-        self.q = [bk.zeros(shape, self.dtype) for _ in range(nd)]
-        self.q_new = [bk.zeros(shape, self.dtype) for _ in range(nd)]
-        self.R = bk.zeros(shape, self.dtype)
+        super().__init__(problem, backend, dtype, cuda_aware)
+        nd, bk = self.grid.ndim, self.backend
         self._flux = bk.kernel(flux_residual_kernel(nd), nd, self.dtype)
         self._presid = bk.kernel(pressure_residual_kernel(nd), nd, self.dtype)
-        self.inv_d = tuple(1.0 / s for s in grid.spacing)
-        self.last = tuple(d.local_shape)
-        self.wall, self.fixed = boundary_bits(d, problem.fixed_pressure)
-        self.homogeneous = False
-        self.cold = True
         self.gauge_free = problem.gauge_free
         self.timings = {"assemble": 0.0, "setup": 0.0, "solve": 0.0}
         self.ksp_reason = None
         self._create_petsc_objects()
         self.set_params(params if params is not None else PetscParams())
-        self._apply_boundary_pressure()
-        self._set_scale()
         self._dirty = True          # matrix values need (re)assembly
         self._pc_dirty = True       # preconditioner needs (re)setup
 
@@ -358,25 +337,10 @@ class PetscDarcySolver:
         elif params.norm == "l2":
             self.ksp.setTolerances(rtol=params.tol)
 
-    @property
-    def geometry(self) -> tuple:
-        """Trailing kernel arguments: ``(*inv_d, *last_owned_index, wall, fixed)``."""
-        return (*self.inv_d, *self.last, self.wall, self.fixed)
-
-    def _set_scale(self):
-        qmax = self.decomp.comm.allreduce(self.backend.max_abs(self.Qf), op=MPI.MAX)
-        self.scale = qmax if qmax > 0 else 1.0
-
-    def set_source(self, Qf):
-        """Replace the source term (padded local array); the adjoint solve passes dJ/dPf."""
-        self.backend.xp.copyto(self.Qf, self.backend.xp.asarray(Qf, dtype=self.dtype))
-        self._set_scale()
-
     def set_permeability(self, K):
         """Replace K (padded local array, owned cells read): the matrix is reassembled and the
         preconditioner rebuilt at the next solve."""
-        self.backend.xp.copyto(self.K, self.backend.xp.asarray(K, dtype=self.dtype))
-        self._complete_ghosts(self.K)
+        super().set_permeability(K)
         self._dirty = self._pc_dirty = True
 
     def set_state(self, Pf=None, q=None, homogeneous: bool = False):
@@ -511,29 +475,6 @@ class PetscDarcySolver:
         self._presid(*box, *self.q, self.Qf, self.R, *self.geometry)
         self.backend.synchronize()
         return self.decomp.comm.allreduce(self.backend.max_abs(self.R), op=MPI.MAX) / self.scale
-
-    def _apply_boundary_pressure(self):
-        """Fixed-pressure sides: Pb (0 if ``homogeneous``) in the ghost layer of Pf."""
-        nd = self.grid.ndim
-        for (axis, side), value in self.problem.fixed_pressure.items():
-            if not (self.decomp.at_upper_boundary(axis) if side else
-                    self.decomp.at_lower_boundary(axis)):
-                continue
-            idx = tuple((-1 if side else 0) if b == axis else slice(None) for b in range(nd))
-            for P in (self.Pf, self.Pf_new):
-                P[idx] = 0.0 if self.homogeneous else value
-
-    def _complete_ghosts(self, a):
-        """Neighbours' values in the ghost layers, wall ghosts mirrored (as DarcySolver)."""
-        self.halo.exchange(a)
-        nd = self.grid.ndim
-        for ax in range(nd):
-            def idx(i):
-                return tuple(i if b == ax else slice(None) for b in range(nd))
-            if self.decomp.at_lower_boundary(ax):
-                a[idx(0)] = a[idx(1)]
-            if self.decomp.at_upper_boundary(ax):
-                a[idx(-1)] = a[idx(-2)]
 
     def describe(self) -> dict:
         """KSP and PC types and the PETSc version (for benchmark records)."""

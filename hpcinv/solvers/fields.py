@@ -1,0 +1,148 @@
+"""The fields and boundary handling every Darcy solver shares (APT and PETSc).
+
+:class:`DarcyFields` owns the padded local arrays on the backend (``K`` with complete ghosts,
+``Qf``, ``Pf`` and ``q`` with their second buffers, the scratch ``R``), the halo exchange of
+cell fields, the side masks and fixed-pressure ghosts, the residual scale and the state setters.
+A solver adds its iteration (``solve``) and its parameters (``set_params``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from ..backend import Backend, make_backend
+from ..parallel import HaloExchange
+from ..physics.darcy import WALL_BITS
+from .apt import PTResult
+
+
+@dataclass
+class ForwardState:
+    """A forward solution on this rank's block (backend arrays of the padded local shape).
+
+    Attributes:
+        Pf: pressure (cell centres), ghosts valid.
+        q: fluxes ``[qx, qy(, qz)]``; ``q[a]`` at padded index ``j`` along ``a`` is the face
+           between cells ``j-1`` and ``j``.
+        result: iteration count, residual, convergence and history.
+    """
+    Pf: object
+    q: list
+    result: PTResult
+
+
+def boundary_bits(decomp, fixed_pressure) -> tuple[int, int]:
+    """``(wall, fixed)`` side masks of this rank's block: the physical sides it touches that are
+    no-flux and fixed-pressure (``fixed_pressure`` maps ``(axis, side)`` to a pressure)."""
+    wall = fixed = 0
+    for a in range(decomp.ndim):
+        for side, touches in ((0, decomp.at_lower_boundary(a)), (1, decomp.at_upper_boundary(a))):
+            if touches:
+                if (a, side) in fixed_pressure:
+                    fixed |= WALL_BITS[(a, side)]
+                else:
+                    wall |= WALL_BITS[(a, side)]
+    return wall, fixed
+
+
+class DarcyFields:
+    """Fields, ghosts and boundary values of a Darcy problem on this rank's block.
+
+    Args:
+        problem: a :class:`~hpcinv.problems.Problem` (validated here, collectively).
+        backend: a :class:`~hpcinv.backend.Backend` (default: ``make_backend("auto")``).
+        dtype: field dtype, ``float64`` (default) or ``float32``.
+        cuda_aware: force CUDA-aware MPI on or off for the halo exchange (``None``: detect).
+    """
+
+    def __init__(self, problem, backend: Backend | None = None, dtype=np.float64,
+                 cuda_aware: bool | None = None):
+        problem.validate()
+        self.problem = problem
+        grid = problem.grid
+        self.grid, self.decomp = grid, grid.decomp
+        self.backend = bk = backend if backend is not None else make_backend("auto")
+        self.dtype = np.dtype(dtype)
+        nd, shape = grid.ndim, self.decomp.padded_shape
+        self.halo = HaloExchange(self.decomp, bk, self.dtype, cuda_aware=cuda_aware)
+        self.K = bk.asarray(problem.K, dtype=self.dtype)
+        self._complete_ghosts(self.K)
+        self.Qf = bk.asarray(problem.Qf, dtype=self.dtype)
+        self.Pf, self.Pf_new = bk.zeros(shape, self.dtype), bk.zeros(shape, self.dtype)
+        self.q = [bk.zeros(shape, self.dtype) for _ in range(nd)]
+        self.q_new = [bk.zeros(shape, self.dtype) for _ in range(nd)]
+        self.R = bk.zeros(shape, self.dtype)
+        self.inv_d = tuple(1.0 / d for d in grid.spacing)
+        self.last = tuple(self.decomp.local_shape)      # last owned padded index per axis
+        self.wall, self.fixed = boundary_bits(self.decomp, problem.fixed_pressure)
+        self.homogeneous = False
+        self.cold = True
+        self._apply_boundary_pressure()
+        self._set_scale()
+
+    @property
+    def geometry(self) -> tuple:
+        """Trailing kernel arguments: ``(*inv_d, *last_owned_index, wall, fixed)``."""
+        return (*self.inv_d, *self.last, self.wall, self.fixed)
+
+    def _set_scale(self):
+        qmax = self.decomp.comm.allreduce(self.backend.max_abs(self.Qf), op=MPI.MAX)
+        self.scale = qmax if qmax > 0 else 1.0
+
+    def set_source(self, Qf):
+        """Replace the source term (padded local array, 1/time); the adjoint solve uses this
+        with ``Qf = dJ/dPf`` (the operator is symmetric, see ``docs/theory.md``)."""
+        self.backend.xp.copyto(self.Qf, self.backend.xp.asarray(Qf, dtype=self.dtype))
+        self._set_scale()
+
+    def set_permeability(self, K):
+        """Replace K (padded local array, owned cells read); ghosts are refreshed."""
+        self.backend.xp.copyto(self.K, self.backend.xp.asarray(K, dtype=self.dtype))
+        self._complete_ghosts(self.K)
+
+    def set_state(self, Pf=None, q=None, homogeneous: bool = False):
+        """Start the next solve from given fields (warm start); ``None`` resets to zero.
+
+        ``homogeneous``: fixed-pressure sides hold 0 instead of their value (adjoint solves).
+        """
+        xp = self.backend.xp
+        self.cold = Pf is None and q is None
+        if Pf is None:
+            self.Pf[...] = 0
+        else:
+            xp.copyto(self.Pf, xp.asarray(Pf, dtype=self.dtype))
+            self.halo.exchange(self.Pf)
+        self.homogeneous = homogeneous
+        self._apply_boundary_pressure()
+        for a in range(self.grid.ndim):
+            if q is None:
+                self.q[a][...] = 0
+            else:
+                xp.copyto(self.q[a], xp.asarray(q[a], dtype=self.dtype))
+
+    def _complete_ghosts(self, a):
+        """Neighbours' values in the ghost layers, wall ghosts mirrored (for Kmax_loc)."""
+        self.halo.exchange(a)
+        nd = self.grid.ndim
+        for ax in range(nd):
+            def idx(i):
+                return tuple(i if b == ax else slice(None) for b in range(nd))
+            if self.decomp.at_lower_boundary(ax):
+                a[idx(0)] = a[idx(1)]
+            if self.decomp.at_upper_boundary(ax):
+                a[idx(-1)] = a[idx(-2)]
+
+    def _apply_boundary_pressure(self):
+        """Fixed-pressure sides: the boundary pressure (0 if ``homogeneous``, as the adjoint
+        needs) in the ghost layer of both Pf buffers. Kernels and halo exchanges never write
+        ghost layers on physical sides, so this holds for the whole solve."""
+        nd = self.grid.ndim
+        for (axis, side), value in self.problem.fixed_pressure.items():
+            if not (self.decomp.at_upper_boundary(axis) if side else
+                    self.decomp.at_lower_boundary(axis)):
+                continue
+            idx = tuple((-1 if side else 0) if b == axis else slice(None) for b in range(nd))
+            for P in (self.Pf, self.Pf_new):
+                P[idx] = 0.0 if self.homogeneous else value
