@@ -20,7 +20,7 @@ import pytest
 from mpi4py import MPI
 
 from hpcinv.grid import Grid
-from hpcinv.io import h5io
+from hpcinv.io import h5io, h5read, h5write
 from hpcinv.io.gather import owned_face_block
 from hpcinv.io.h5io import (check_xdmf, read_attrs, read_cells, read_faces, read_global,
                             read_replicated, write_h5, write_xdmf)
@@ -212,7 +212,7 @@ def test_reader_racing_a_rewrite_rereads_new_master(tmp_path, monkeypatch):
     old master: the reader notices the missing part, re-opens and returns the new data."""
     d = Decomposition(SHAPES[2], comm=MPI.COMM_SELF)
     p = write(tmp_path / "f.h5", d, np.float64, mode="vds")
-    real = h5io._check_sources
+    real = h5read._check_sources
     calls = []
 
     def racing(path, ds, sel):
@@ -220,7 +220,7 @@ def test_reader_racing_a_rewrite_rereads_new_master(tmp_path, monkeypatch):
             write(p, d, np.float64, salt=4.0, mode="vds")      # concurrent rewrite
         calls.append(1)
         return real(path, ds, sel)
-    monkeypatch.setattr(h5io, "_check_sources", racing)
+    monkeypatch.setattr(h5read, "_check_sources", racing)
     got = read_cells(p, "K", d)
     assert len(calls) == 3                                     # failed once, then before+after
     assert np.array_equal(got[d.owned()], expected(SHAPES[2], np.float64, 4.0)["K"])
@@ -261,7 +261,7 @@ def test_crash_keeps_previous_file(tmp_path, monkeypatch, mode, where):
 
     def boom(*a, **k):
         raise OSError("simulated crash")
-    monkeypatch.setattr(h5io, where, boom)
+    monkeypatch.setattr(h5write, where, boom)      # the writer's own bindings
     with pytest.raises(OSError, match="simulated crash"):
         write(p, d, np.float64, salt=5.0, mode=mode)
     monkeypatch.undo()
@@ -282,8 +282,8 @@ def test_hard_crash_leftovers_are_invisible_and_cleaned(tmp_path, monkeypatch):
 
     def killed(tmp, path, keep):
         raise KeyboardInterrupt   # dies right before the rename
-    monkeypatch.setattr(h5io, "_publish", killed)
-    monkeypatch.setattr(h5io, "_discard", lambda *a: None)
+    monkeypatch.setattr(h5write, "_publish", killed)
+    monkeypatch.setattr(h5write, "_discard", lambda *a: None)
     with pytest.raises(KeyboardInterrupt):
         write(p, d, np.float64, salt=3.0, mode="vds")
     monkeypatch.undo()

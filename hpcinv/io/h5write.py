@@ -1,0 +1,379 @@
+"""Scalable, atomic HDF5 writer of distributed fields: global datasets written without a gather.
+
+Every rank writes only the cells (and faces) it owns. Readers see one global array per field,
+``Pf[ix, iy(, iz)]`` of shape ``(nx, ny[, nz])``, face arrays ``q_a`` with ``n_a + 1`` entries
+along their axis ``a``, whatever the number of ranks that wrote the file. Three strategies,
+chosen by :func:`choose_mode` (override with ``mode=`` or ``HPCINV_H5_MODE``):
+
+``mpio``
+    h5py built with MPI and more than one rank: one shared file opened with the ``mpio``
+    driver; dataset creation and attribute writes are collective (identical arguments on
+    every rank, taken from rank 0), each rank writes its hyperslab with a collective write.
+``vds``
+    the default on several ranks with a serial h5py (the pip wheel): each rank writes its
+    blocks to a part file, rank 0 writes a master file whose HDF5 *virtual datasets* stitch
+    the blocks into the global arrays. Any HDF5 >= 1.10 reader (h5py, h5dump, ParaView) sees
+    one global array. On disk::
+
+        run/fields.h5                              master (virtual datasets, attributes)
+        run/fields.h5.parts-<uid>/rank00000.h5     rank 0's blocks, one dataset per field
+        run/fields.h5.parts-<uid>/rank00001.h5     ...
+
+    The master stores the source file names *relative* (``fields.h5.parts-<uid>/rankNNNNN.h5``);
+    HDF5 resolves a relative source against the directory of the master file (after
+    ``HDF5_VDS_PREFIX`` and the access property prefix, which we never set), so the run directory
+    can be moved or read from any working directory. Copy the ``*.parts-*`` folder with the
+    master; :func:`~hpcinv.io.h5read.consolidate` turns a master into a plain self-contained file.
+``single``
+    one rank: a plain file holding the arrays themselves.
+
+Atomicity (checkpoints rely on it). Everything is written under new names first: the master
+as ``.<name>.tmp-<uid>`` and the parts into a new, uniquely named ``<name>.parts-<uid>``
+directory; files are flushed and fsynced, the master is then renamed onto ``path`` with
+``os.replace`` (atomic on POSIX) and the directory fsynced. Only after that are the previous
+write's parts directory and the leftovers of crashed writes removed. A reader therefore sees
+either the complete previous file or the complete new one, and a crash at any point leaves
+the previous file intact (at worst an orphaned ``.tmp-``/``.parts-`` entry, removed by the
+next successful write to the same path). One writer per path at a time.
+
+Reading back: :mod:`hpcinv.io.h5read`; XDMF sidecars: :mod:`hpcinv.io.xdmf`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .h5util import _fsync_dir, _fsync_path, _h5py
+
+MODES = ("auto", "mpio", "vds", "single", "sequential")
+PART_DIR_RE = r"\.parts-[0-9a-f]{12}$"
+
+
+# --- mode selection and helpers ---------------------------------------------------------
+
+def h5py_has_mpi() -> bool:
+    """True if the installed h5py was built against parallel HDF5 (``driver='mpio'``)."""
+    return bool(_h5py().get_config().mpi)
+
+
+def choose_mode(comm, mode: str | None = None) -> str:
+    """The write strategy for ``comm``: ``mode`` or ``$HPCINV_H5_MODE`` unless ``auto``.
+
+    ``auto``: ``single`` on one rank, ``mpio`` where h5py has MPI, else ``vds``. ``vds`` may be
+    forced on any rank count (tests use it on one rank); ``mpio`` needs a parallel h5py.
+    ``sequential`` (testing aid, not scalable): one shared plain file written by the ranks in
+    turn with the same hyperslab code as ``mpio``.
+    """
+    mode = (mode or os.environ.get("HPCINV_H5_MODE") or "auto").lower()
+    if mode not in MODES:
+        raise ValueError(f"HDF5 write mode must be one of {MODES}, got {mode!r}")
+    size = comm.Get_size()
+    if mode == "auto":
+        if size == 1:
+            return "single"
+        return "mpio" if h5py_has_mpi() else "vds"
+    if mode == "mpio" and not h5py_has_mpi():
+        raise ValueError("HDF5 write mode 'mpio' needs h5py built with MPI (parallel HDF5)")
+    if mode == "single" and size > 1:
+        raise ValueError("HDF5 write mode 'single' needs a one-rank communicator")
+    return mode
+
+
+def _sync(comm, err: BaseException | None, what: str) -> None:
+    """Collective error check: if any rank failed, raise on every rank (no deadlock)."""
+    failed = comm.allgather(None if err is None else f"{type(err).__name__}: {err}")
+    if err is not None:
+        raise err
+    bad = [(r, m) for r, m in enumerate(failed) if m is not None]
+    if bad:
+        r, m = bad[0]
+        raise RuntimeError(f"{what} failed on rank {r}: {m}")
+
+
+@dataclass
+class _Item:
+    name: str
+    block: np.ndarray            # this rank's owned block (host, C-contiguous)
+    offset: tuple                # global index of block[0, 0(, 0)]
+    global_shape: tuple
+
+    @property
+    def selection(self) -> tuple:
+        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.block.shape))
+
+
+def _items(decomp, cells, faces, to_host) -> list[_Item]:
+    from .gather import owned_face_block
+    to_host = to_host or np.asarray
+    out = []
+    for name, v in (cells or {}).items():
+        b = np.ascontiguousarray(to_host(v[decomp.owned()]))
+        out.append(_Item(name, b, tuple(decomp.offset), tuple(decomp.global_shape)))
+    for name, (v, axis) in (faces or {}).items():
+        sl, off, gshape = owned_face_block(decomp, axis)
+        b = np.ascontiguousarray(to_host(v[sl]))
+        out.append(_Item(name, b, tuple(off), tuple(gshape)))
+    names = [it.name for it in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate dataset names in {names}")
+    return out
+
+
+def _check_consistent(comm, items, replicated) -> None:
+    """Every rank must pass the same names, dtypes and global shapes in the same order."""
+    mine = [(it.name, it.block.dtype.str, it.global_shape) for it in items]
+    ref = comm.bcast(mine, root=0)
+    err = None
+    if mine != ref:
+        err = ValueError(f"write_h5: rank {comm.Get_rank()} passes datasets {mine}, "
+                         f"rank 0 passes {ref}")
+    elif replicated and set(replicated) & {it.name for it in items}:
+        err = ValueError(f"replicated names {sorted(set(replicated) & set(n for n, *_ in mine))}"
+                         " clash with field names")
+    _sync(comm, err, "write_h5")
+
+
+def _write_attrs(f, attrs) -> None:
+    for k, v in (attrs or {}).items():
+        f.attrs[k] = v
+
+
+def _fillvalue(dtype):
+    return np.nan if np.dtype(dtype).kind in "fc" else 0
+
+
+def _cleanup(path: Path, keep: str | None) -> None:
+    """Remove parts directories and temporary masters of ``path`` except ``keep``."""
+    pat = re.compile(re.escape(path.name) + PART_DIR_RE)
+    tmp = re.compile(r"\." + re.escape(path.name) + r"\.tmp-[0-9a-f]{12}$")
+    for p in path.parent.iterdir():
+        if p.name == keep:
+            continue
+        if pat.match(p.name) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif tmp.match(p.name):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+def _new_uid(comm) -> str:
+    return comm.bcast(uuid.uuid4().hex[:12] if comm.Get_rank() == 0 else None, root=0)
+
+
+# --- the writer ---------------------------------------------------------------------------
+
+def write_h5(path, decomp, cells=None, faces=None, attrs=None, to_host=None, replicated=None,
+             mode=None):
+    """Write distributed fields as global HDF5 datasets (collective: every rank calls it).
+
+    Args:
+        path: output file; its directory is created if missing.
+        decomp: the :class:`~hpcinv.parallel.Decomposition` of the fields.
+        cells: ``{name: padded local cell array}`` -> dataset of shape ``global_shape``.
+        faces: ``{name: (padded local face array, axis)}`` -> ``global_shape`` plus one along
+            ``axis`` (padded index ``j`` is the face between cells ``j-1`` and ``j``).
+        attrs: attributes of the file's root group (rank 0's values are written).
+        to_host: backend array -> numpy copy (default ``np.asarray``).
+        replicated: ``{name: small numpy array}`` written once from rank 0 as a root dataset
+            (e.g. observation coordinates); read back with
+            :func:`~hpcinv.io.h5read.read_replicated`.
+        mode: write strategy, see :func:`choose_mode` (default: automatic).
+
+    The dtype of each array is preserved. Returns ``Path(path)`` on every rank. A failure on any
+    rank raises on every rank and leaves an existing file at ``path`` untouched.
+    """
+    path = Path(path)
+    comm = decomp.comm
+    mode = choose_mode(comm, mode)
+    err, items = None, []
+    try:
+        items = _items(decomp, cells, faces, to_host)
+    except Exception as e:   # noqa: BLE001 - re-raised collectively below
+        err = e
+    _sync(comm, err, "write_h5")
+    _check_consistent(comm, items, replicated)
+    if comm.Get_rank() == 0:
+        replicated = {k: np.asarray(v) for k, v in (replicated or {}).items()}
+    else:
+        replicated = None
+    if mode == "vds":
+        _write_vds(path, comm, items, attrs, replicated)
+    else:
+        _write_shared(path, comm, items, attrs, replicated, mode)
+    return path
+
+
+def _prepare_dir(comm, path: Path) -> None:
+    err = None
+    if comm.Get_rank() == 0:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except Exception as e:   # noqa: BLE001
+            err = e
+    _sync(comm, err, "write_h5 (creating the output directory)")
+
+
+def _publish(tmp: Path, path: Path, keep_parts: str | None) -> None:
+    """Rank 0: fsync ``tmp``, rename it onto ``path``, fsync the directory, clean up."""
+    _fsync_path(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    _cleanup(path, keep_parts)
+
+
+def _write_shared(path, comm, items, attrs, replicated, mode) -> None:
+    """One shared file: ``single`` (1 rank), ``mpio`` (parallel h5py) or ``sequential``."""
+    h5py = _h5py()
+    rank = comm.Get_rank()
+    _prepare_dir(comm, path)
+    uid = _new_uid(comm)
+    tmp = path.parent / f".{path.name}.tmp-{uid}"
+    # collective metadata must be identical on all ranks: take rank 0's
+    attrs = comm.bcast(dict(attrs or {}) if rank == 0 else None, root=0)
+    rep_meta = comm.bcast({k: (v.shape, v.dtype) for k, v in replicated.items()}
+                          if rank == 0 else None, root=0)
+
+    def create(f):
+        dsets = [f.create_dataset(it.name, shape=it.global_shape, dtype=it.block.dtype,
+                                  fillvalue=_fillvalue(it.block.dtype)) for it in items]
+        reps = {k: f.create_dataset(k, shape=s, dtype=t) for k, (s, t) in rep_meta.items()}
+        _write_attrs(f, attrs)
+        return dsets, reps
+
+    err = None
+    try:
+        if mode == "mpio":
+            with h5py.File(tmp, "w", driver="mpio", comm=comm) as f:
+                dsets, reps = create(f)                       # collective
+                for ds, it in zip(dsets, items):
+                    with ds.collective:                         # every rank writes its slab
+                        ds[it.selection] = it.block
+                if rank == 0:
+                    for k, ds in reps.items():                  # independent, rank 0 only
+                        ds[...] = replicated[k]
+                f.flush()                                       # MPI_File_sync
+        else:
+            if rank == 0:
+                with h5py.File(tmp, "w") as f:
+                    _, reps = create(f)
+                    for k, ds in reps.items():
+                        ds[...] = replicated[k]
+    except Exception as e:   # noqa: BLE001
+        err = e
+    if mode == "sequential":   # ranks take turns writing their hyperslabs (testing aid)
+        for r in range(comm.Get_size()):
+            if any(comm.allgather(err is not None)):
+                break                                   # _finish raises everywhere
+            if r == rank:
+                try:
+                    with h5py.File(tmp, "r+") as f:
+                        for it in items:
+                            f[it.name][it.selection] = it.block
+                except Exception as e:   # noqa: BLE001
+                    err = e
+    elif mode == "single":
+        try:
+            if err is None:
+                with h5py.File(tmp, "r+") as f:
+                    for it in items:
+                        f[it.name][it.selection] = it.block
+        except Exception as e:   # noqa: BLE001
+            err = e
+    _finish(comm, err, path, tmp, None, None)
+
+
+def _finish(comm, err, path, tmp, parts_dir, parts_name) -> None:
+    """Collective tail: publish on rank 0 if every rank succeeded, else clean up and raise."""
+    try:
+        _sync(comm, err, "write_h5")
+    except BaseException:
+        if comm.Get_rank() == 0:
+            _discard(tmp, parts_dir)
+        raise
+    err = None
+    if comm.Get_rank() == 0:
+        try:
+            _publish(tmp, path, parts_name)
+        except Exception as e:   # noqa: BLE001
+            err = e
+            _discard(tmp, parts_dir)
+    err_msg = comm.bcast(None if err is None else f"{type(err).__name__}: {err}", root=0)
+    if err is not None:
+        raise err
+    if err_msg is not None:
+        raise RuntimeError(f"write_h5 failed on rank 0: {err_msg}")
+
+
+def _discard(tmp: Path, parts_dir: Path | None) -> None:
+    try:
+        if tmp.exists():
+            tmp.unlink()
+    except OSError:
+        pass
+    if parts_dir is not None:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+
+
+def _write_vds(path, comm, items, attrs, replicated) -> None:
+    """Part file per rank plus a master of virtual datasets (serial h5py, several ranks)."""
+    h5py = _h5py()
+    rank = comm.Get_rank()
+    _prepare_dir(comm, path)
+    uid = _new_uid(comm)
+    parts_name = f"{path.name}.parts-{uid}"
+    parts_dir = path.parent / parts_name
+    tmp = path.parent / f".{path.name}.tmp-{uid}"
+    err = None
+    if rank == 0:
+        try:
+            parts_dir.mkdir()
+        except Exception as e:   # noqa: BLE001
+            err = e
+    _sync(comm, err, "write_h5 (creating the parts directory)")
+    part = parts_dir / f"rank{rank:05d}.h5"
+    try:
+        with h5py.File(part, "w") as f:
+            f.attrs["rank"] = rank
+            f.attrs["size"] = comm.Get_size()
+            for it in items:
+                ds = f.create_dataset(it.name, data=it.block)
+                ds.attrs["offset"] = np.asarray(it.offset, dtype=np.int64)
+                ds.attrs["global_shape"] = np.asarray(it.global_shape, dtype=np.int64)
+        _fsync_path(part)
+    except Exception as e:   # noqa: BLE001
+        err = e
+    # every rank's (offset, shape) per dataset; metadata only, a few integers per rank
+    meta = comm.gather([(it.offset, it.block.shape) for it in items], root=0)
+    try:
+        _sync(comm, err, "write_h5 (part files)")
+    except BaseException:
+        if rank == 0:
+            _discard(tmp, parts_dir)
+        raise
+    if rank == 0:
+        try:
+            _fsync_dir(parts_dir)
+            with h5py.File(tmp, "w") as f:
+                for k, it in enumerate(items):
+                    layout = h5py.VirtualLayout(shape=it.global_shape, dtype=it.block.dtype)
+                    for r, m in enumerate(meta):
+                        off, shape = m[k]
+                        src = h5py.VirtualSource(f"{parts_name}/rank{r:05d}.h5", it.name,
+                                                 shape=shape, dtype=it.block.dtype)
+                        layout[tuple(slice(o, o + n) for o, n in zip(off, shape))] = src
+                    f.create_virtual_dataset(it.name, layout,
+                                             fillvalue=_fillvalue(it.block.dtype))
+                for k, v in replicated.items():
+                    f.create_dataset(k, data=v)
+                _write_attrs(f, attrs)
+        except Exception as e:   # noqa: BLE001
+            err = e
+    _finish(comm, err, path, tmp, parts_dir, parts_name)
