@@ -66,6 +66,11 @@ def _config(run: Path) -> dict:
         return {}
 
 
+def _section(cfg: dict, name: str) -> dict:
+    sec = cfg.get(name)
+    return sec if isinstance(sec, dict) else {}
+
+
 def _setup(run: Path) -> dict:
     """Wells, observations and grid attributes of setup.h5 ({} if missing or unreadable)."""
     path = run / "setup.h5"
@@ -118,7 +123,7 @@ def read_history(path: Path) -> list[dict]:
 def _extent(setup: dict, cfg: dict, shape) -> np.ndarray:
     """Flat [x0, x1, y0, y1(, z0, z1)]: setup.h5, else config [grid] extent, else cell indices."""
     ndim = len(shape)
-    for ext in (setup.get("extent"), cfg.get("grid", {}).get("extent")):
+    for ext in (setup.get("extent"), _section(cfg, "grid").get("extent")):
         if ext is not None:
             ext = np.asarray(ext, dtype=float).ravel()
             if ext.size == 2 * ndim:
@@ -142,16 +147,23 @@ def _plane(shape, ext: np.ndarray, setup: dict):
     return (slice(None), slice(None), iz), f"x-y slice at z = {z0 + (iz + 0.5) * dz:.3g}"
 
 
-def _show(fig, ax, field2d, ext, cmap, label, vmin=None, vmax=None):
-    """``field2d[ix, iy]`` on physical axes (x right, y up), equal aspect, with a colourbar."""
+def _show(ax, field2d, ext, cmap, vmin=None, vmax=None):
+    """``field2d[ix, iy]`` on physical axes (x right, y up), equal aspect."""
     im = ax.imshow(field2d.T, origin="lower", extent=tuple(ext[:4]), cmap=cmap,
                    vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal")
-    fig.colorbar(im, ax=ax, label=label, shrink=0.85)
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_xlim(ext[0], ext[1])
     ax.set_ylim(ext[2], ext[3])
     return im
+
+
+def _legend(fig, ax):
+    """The wells' and observations' legend, below the axes (it would hide data inside)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(handles),
+                   fontsize="small", frameon=False)
 
 
 def _mark_wells(ax, setup: dict, legend=True):
@@ -206,15 +218,15 @@ def plot_model(out: Path, title: str, ext, setup: dict, model: dict, which: str,
     finite = np.concatenate([a[np.isfinite(a)] for _, a in panels])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
     aspect = (ext[3] - ext[2]) / (ext[1] - ext[0])
-    fig = _figure(len(panels), 5.5, 5.5 * aspect + 1.2)
+    fig = _figure(len(panels), 5.5, 5.5 * aspect + 1.4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, field) in zip(axes, panels):
-        _show(fig, ax, field, ext, "viridis", "log10 K", vmin, vmax)
+        im = _show(ax, field, ext, "viridis", vmin, vmax)
         _mark_obs(ax, setup, projected=bool(where))
         _mark_wells(ax, setup)
         ax.set_title(name + (f"\n{where}" if where else ""))
-    if axes[-1].get_legend_handles_labels()[0]:
-        axes[-1].legend(loc="upper right", fontsize="small", framealpha=0.8)
+    fig.colorbar(im, ax=list(axes), label="log10 K", shrink=0.75)   # one scale for both panels
+    _legend(fig, axes[-1])
     fig.suptitle(f"{title}: permeability log10 K")
     return _save(fig, out / "model.png")
 
@@ -225,20 +237,20 @@ def plot_pressure(out: Path, title: str, ext, setup: dict, model: dict, which: s
         raise _Skip(f"no Pf dataset in the {which} model file")
     field, where = model["Pf"], model.get("where", "")
     aspect = (ext[3] - ext[2]) / (ext[1] - ext[0])
-    fig = _figure(1, 7.0, 7.0 * aspect + 1.2)
+    fig = _figure(1, 7.0, 7.0 * aspect + 1.4)
     ax = fig.subplots()
     finite = np.isfinite(field)
     lim = float(np.abs(field[finite]).max()) if finite.any() else 0.0
     lim = lim or None                     # symmetric limits about 0 (Pf has zero-sum gauge)
-    _show(fig, ax, field, ext, "RdBu_r", "Pf", -lim if lim else None, lim)
+    fig.colorbar(_show(ax, field, ext, "RdBu_r", -lim if lim else None, lim), ax=ax,
+                 label="Pf", shrink=0.75)
     nx, ny = field.shape
     xc = ext[0] + (np.arange(nx) + 0.5) * (ext[1] - ext[0]) / nx
     yc = ext[2] + (np.arange(ny) + 0.5) * (ext[3] - ext[2]) / ny
     if finite.all() and np.ptp(field) > 0 and min(nx, ny) > 1:
         ax.contour(xc, yc, field.T, levels=15, colors="k", linewidths=0.5, alpha=0.6)
     _mark_wells(ax, setup)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right", fontsize="small", framealpha=0.8)
+    _legend(fig, ax)
     ax.set_title(f"{title}: pressure Pf ({which} model{_iteration(model)})"
                  + (f"\n{where}" if where else ""))
     return _save(fig, out / "pressure.png")
@@ -249,7 +261,10 @@ def plot_misfit(run: Path, out: Path, title: str) -> Path:
     path = run / "history.jsonl"
     if not path.exists():
         raise _Skip(f"no history.jsonl in {run} yet")
-    recs = read_history(path)
+    try:
+        recs = read_history(path)
+    except (OSError, ValueError) as exc:
+        raise _Skip(f"cannot read {path}: {exc}") from None
     j0 = next((r["misfit"] for r in recs if r.get("iteration") == 0 and "misfit" in r), None)
     it, ratio, notes = [], [], []
     for r in recs:
@@ -303,7 +318,7 @@ def plot_run(run_dir, out_dir=None) -> list[Path]:
     out = Path(out_dir) if out_dir is not None else run / "figures"
     out.mkdir(parents=True, exist_ok=True)
     cfg, setup = _config(run), _setup(run)
-    title = str(cfg.get("problem", {}).get("name") or run.name)
+    title = str(_section(cfg, "problem").get("name") or run.name)
     written = []
 
     def plane(shape):

@@ -42,7 +42,7 @@ def fields(shape, extent):
     axes = [np.linspace(lo, hi, 2 * n + 1)[1::2] for n, lo, hi in
             zip(shape, extent[0::2], extent[1::2])]
     c = np.meshgrid(*axes, indexing="ij")
-    barrier = (np.abs(c[0]) < 0.04 + 1e-12) & (c[1] > 0.3) & (c[1] <= 0.8)
+    barrier = (np.abs(c[0]) < 0.1) & (c[1] > 0.3) & (c[1] <= 0.8)
     true = np.where(barrier, math.log(1e-2), 0.0)
     inv = true * 0.6 * np.exp(-c[0] ** 2 / 0.02)
     r1 = np.hypot(c[0] + 0.6, c[1] - 0.45) + 0.05
