@@ -1,0 +1,166 @@
+"""The run configuration's schema: one dataclass per TOML section (defaults, small
+helpers), and the constants naming the valid choices. :mod:`hpcinv.config` builds on it."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+PROBLEM_EXTENTS = {"geothermal2d": ((-1.0, 1.0), (0.0, 1.0)),
+                   "geothermal3d": ((-1.0, 1.0), (0.0, 1.0), (0.0, 1.0))}
+PERMEABILITY_TYPES = ("constant", "barrier", "layered", "file")
+POINT_KINDS = ("workshop", "grid", "file")
+OBS_FILE_SUFFIXES = (".csv", ".h5", ".hdf5")
+INVERSION_METHODS = ("gd", "lbfgs")
+PRECONDITIONERS = ("smoothing", "none")
+AXES = "xyz"
+#: keys holding data-file paths: resolved against the config file's directory by :func:`load`
+PATH_KEYS = (("permeability", "file"), ("observations", "file"), ("inversion", "initial_file"))
+
+
+@dataclass
+class ProblemConfig:
+    name: str = "geothermal2d"
+    k_background: float = 1.0
+    k_barrier: float = 1e-6
+
+
+@dataclass
+class GridConfig:
+    nx: int | None = None
+    ny: int | None = None
+    nz: int | None = None
+    extent: list | None = None
+
+    def shape(self, default):
+        """The grid shape: given sizes override the problem's ``default`` shape."""
+        given = (self.nx, self.ny, self.nz)
+        if self.nz is not None and len(default) == 2:
+            raise ConfigError("grid.nz given for a 2D problem")
+        return tuple(g if g is not None else d for g, d in zip(given, default))
+
+
+@dataclass
+class SolverConfig:
+    method: str = "apt"
+    cfl: float | None = None
+    re: float = 2 * math.pi
+    tol: float = 1e-8
+    maxiter: int | None = None
+    ncheck: int = 100
+    dtype: str = "float64"
+
+
+@dataclass
+class AdjointConfig:
+    """PT parameters of the adjoint solve (its own damping; defaults as the forward's)."""
+    cfl: float | None = None
+    re: float = 2 * math.pi
+    tol: float = 1e-8
+    maxiter: int | None = None
+    ncheck: int = 100
+
+
+SIDES = ("x_lo", "x_hi", "y_lo", "y_hi", "z_lo", "z_hi")
+
+
+@dataclass
+class BoundaryConfig:
+    """Each side: "no-flux" or a fixed pressure (a number)."""
+    x_lo: object = "no-flux"
+    x_hi: object = "no-flux"
+    y_lo: object = "no-flux"
+    y_hi: object = "no-flux"
+    z_lo: object = "no-flux"
+    z_hi: object = "no-flux"
+
+    def fixed_pressure(self, ndim: int) -> dict:
+        """``{(axis, side): pressure}`` of the fixed-pressure sides."""
+        out = {}
+        for name in SIDES:
+            v = getattr(self, name)
+            axis, side = "xyz".index(name[0]), int(name.endswith("hi"))
+            if v != "no-flux":
+                if axis >= ndim:
+                    raise ConfigError(f"boundary.{name} given for a {ndim}D problem")
+                out[(axis, side)] = float(v)
+        return out
+
+
+@dataclass
+class PermeabilityConfig:
+    """The true permeability model. ``type = None`` (section left out): the problem's own
+    model (geothermal: the built-in barrier from ``[problem]``; an error for ``custom``)."""
+    type: str | None = None
+    value: float | None = None       # constant / background K; None: problem.k_background
+    barrier: dict | None = None      # {x = [a, b], y = [c, d], z = [e, f], value = K}
+    layers: list | None = None       # [{axis = "y", range = [a, b], value = K}, ...]
+    file: str | None = None          # HDF5 file with a global (nx, ny[, nz]) array
+    dataset: str = "K"
+    log10: bool = False
+
+    def background(self, problem: ProblemConfig) -> float:
+        return float(self.value) if self.value is not None else float(problem.k_background)
+
+
+@dataclass
+class WellConfig:
+    """One ``[[wells]]`` entry: a point (or, with ``z_range``, a column) source."""
+    position: list | None = None
+    rate: float | None = None
+    z_range: list | None = None
+
+
+@dataclass
+class ObservationsConfig:
+    """Observation points and the misfit (values synthesised from the true model unless a file
+    gives them)."""
+    method: str = "nearest"
+    sigma: float = 1.0
+    points: str = "workshop"
+    grid: dict | None = None         # {x = [a, b, n], y = [c, d, m](, z = [e, f, k])}
+    file: str | None = None          # .csv or .h5/.hdf5
+
+
+@dataclass
+class RegularisationConfig:
+    smoothing_steps: int = 49
+    smoothing_coefficient: float | None = None     # None: 0.8/(2 ndim), 0.2 in 2D
+    tikhonov: float = 0.0
+
+
+@dataclass
+class InversionConfig:
+    """Optimiser parameters (``hpcinv invert``)."""
+    method: str = "gd"
+    iterations: int = 50
+    dgamma: float = 0.2
+    line_search: bool = False
+    misfit_ratio: float = 0.0
+    step_tol: float = 0.0
+    logK_min: float = -math.inf
+    logK_max: float = math.inf
+    warm_start: bool = True
+    lbfgs_memory: int = 5
+    precondition: str = "smoothing"
+    initial_logK: float | None = None    # None: 0.0 (K = 1), unless initial_file is given
+    initial_file: str | None = None
+    initial_dataset: str = "logK"
+    checkpoint_every: int = 10
+
+
+@dataclass
+class ParallelConfig:
+    backend: str = "auto"
+    dims: list | None = None
+    overlap: bool = True
+    cuda_aware: object = "auto"
+    threads: int = 0
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/forward"
+    figures: bool = True
+    overwrite: bool = False

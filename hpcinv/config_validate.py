@@ -1,0 +1,376 @@
+"""Validation of a :class:`~hpcinv.config.Config`: value ranges and combinations, with
+one-line :class:`ConfigError` messages naming the closest valid choice."""
+from __future__ import annotations
+
+import difflib
+import math
+from typing import TYPE_CHECKING
+
+from .config_schema import (AXES, INVERSION_METHODS, OBS_FILE_SUFFIXES, PERMEABILITY_TYPES,
+                            POINT_KINDS, PRECONDITIONERS, PROBLEM_EXTENTS, SIDES, WellConfig)
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config
+
+
+def validate(cfg: Config) -> Config:
+    """Check value ranges and combinations of ``cfg`` (returned); raises :class:`ConfigError`."""
+    from .backend import BACKENDS
+    names = (*PROBLEM_EXTENTS, "custom")
+    if cfg.problem.name not in names:
+        raise ConfigError(f"problem.name: unknown problem {cfg.problem.name!r}"
+                          f"{_hint(cfg.problem.name, names)}; choose one of "
+                          f"{', '.join(names)}")
+    for key in ("k_background", "k_barrier"):
+        v = getattr(cfg.problem, key)
+        if not (v > 0 and math.isfinite(v)):
+            raise ConfigError(f"problem.{key} must be a finite permeability > 0, got {v}")
+    _validate_grid(cfg)
+    ndim = cfg.ndim()
+    if cfg.solver.method not in ("apt", "petsc"):
+        raise ConfigError(f"solver.method must be 'apt' or 'petsc', got "
+                          f"{cfg.solver.method!r}{_hint(cfg.solver.method, ('apt', 'petsc'))}")
+    if cfg.solver.dtype not in ("float64", "float32"):
+        raise ConfigError(f"solver.dtype must be 'float64' or 'float32', "
+                          f"got {cfg.solver.dtype!r}")
+    cfg.pt_params().validate()
+    cfg.adjoint_pt_params().validate("adjoint")
+    for name in SIDES:
+        v = getattr(cfg.boundary, name)
+        if not (v == "no-flux" or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                   and math.isfinite(v))):
+            raise ConfigError(f"boundary.{name} must be \"no-flux\" or a finite pressure, "
+                              f"got {v!r}")
+    _validate_permeability(cfg, ndim)
+    _validate_wells(cfg, ndim)
+    _validate_observations(cfg, ndim)
+    r = cfg.regularisation
+    if r.smoothing_steps < 0:
+        raise ConfigError(f"regularisation.smoothing_steps must be >= 0, got "
+                          f"{r.smoothing_steps}")
+    if r.smoothing_coefficient is not None and not 0 < r.smoothing_coefficient <= 0.25:
+        raise ConfigError(f"regularisation.smoothing_coefficient must be in (0, 0.25] "
+                          f"(explicit stability: <= 1/(2 ndim)), got "
+                          f"{r.smoothing_coefficient}")
+    if r.smoothing_coefficient is not None and r.smoothing_coefficient > 1 / (2 * ndim):
+        raise ConfigError(f"regularisation.smoothing_coefficient must be <= 1/(2 ndim) = "
+                          f"{1 / (2 * ndim):.4g} for the {ndim}D problem (explicit "
+                          f"stability), got {r.smoothing_coefficient}")
+    if not (r.tikhonov >= 0 and math.isfinite(r.tikhonov)):
+        raise ConfigError(f"regularisation.tikhonov must be >= 0, got {r.tikhonov}")
+    _validate_inversion(cfg)
+    if cfg.parallel.backend not in BACKENDS:
+        raise ConfigError(f"parallel.backend: unknown backend {cfg.parallel.backend!r}"
+                          f"{_hint(cfg.parallel.backend, BACKENDS)}; choose one of "
+                          f"{', '.join(BACKENDS)}")
+    aware = cfg.parallel.cuda_aware
+    if not (isinstance(aware, bool) or aware == "auto"):
+        raise ConfigError(f"parallel.cuda_aware must be \"auto\", true or false, "
+                          f"got {cfg.parallel.cuda_aware!r}")
+    if cfg.parallel.threads < 0:
+        raise ConfigError(f"parallel.threads must be >= 0, got {cfg.parallel.threads}")
+    if cfg.parallel.dims is not None and (
+            not isinstance(cfg.parallel.dims, list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                       for d in cfg.parallel.dims)):
+        raise ConfigError(f"parallel.dims must be a list of integers >= 0 (0: automatic), "
+                          f"got {cfg.parallel.dims!r}")
+    return cfg
+
+
+def _validate_grid(cfg):
+    g = cfg.grid
+    if cfg.problem.name == "custom":
+        cfg.grid_shape()             # extent well formed, every size given
+    elif g.extent is not None:
+        raise ConfigError(f"grid.extent is only for problem.name = \"custom\"; "
+                          f"{cfg.problem.name} has its own domain "
+                          f"{_box(PROBLEM_EXTENTS[cfg.problem.name])}")
+
+
+def _validate_permeability(cfg, ndim):
+    p, where = cfg.permeability, "permeability"
+    if p.type is None:
+        given = [k for k in ("value", "barrier", "layers", "file")
+                 if getattr(p, k) is not None]
+        given += [k for k, d in (("dataset", "K"), ("log10", False)) if getattr(p, k) != d]
+        if given:
+            raise ConfigError(f"permeability.type is required with permeability.{given[0]} "
+                              f"(one of {', '.join(PERMEABILITY_TYPES)})")
+        if cfg.problem.name == "custom":
+            raise ConfigError("permeability.type is required for problem.name = \"custom\" "
+                              f"(the true model: {', '.join(PERMEABILITY_TYPES)})")
+        return
+    if p.type not in PERMEABILITY_TYPES:
+        raise ConfigError(f"permeability.type must be one of "
+                          f"{', '.join(PERMEABILITY_TYPES)}, got {p.type!r}"
+                          f"{_hint(p.type, PERMEABILITY_TYPES)}")
+    users = {"barrier": "barrier", "layers": "layered", "file": "file"}
+    for key, kind in users.items():
+        if getattr(p, key) is not None and p.type != kind:
+            raise ConfigError(f"permeability.{key} is only used with type = \"{kind}\" "
+                              f"(type is \"{p.type}\")")
+    for key, default in (("dataset", "K"), ("log10", False)):
+        if getattr(p, key) != default and p.type != "file":
+            raise ConfigError(f"permeability.{key} is only used with type = \"file\" "
+                              f"(type is \"{p.type}\")")
+    if p.value is not None:
+        if p.type == "file":
+            raise ConfigError("permeability.value is not used with type = \"file\" "
+                              "(the file holds every cell's K)")
+        _check_k("permeability.value", p.value)
+    if p.type == "barrier":
+        if p.barrier is None:
+            if cfg.problem.name == "custom":
+                raise ConfigError("permeability.barrier is required with type = \"barrier\" "
+                                  "for a custom problem: {x = [a, b], y = [c, d], "
+                                  "value = 1e-6}")
+        else:
+            b = _check_table(f"{where}.barrier", p.barrier, (*AXES[:3], "value"))
+            axes = [a for a in AXES if a in b]
+            if not axes:
+                raise ConfigError("permeability.barrier needs at least one of "
+                                  f"{', '.join(AXES[:ndim])}: the cells with centre a < x "
+                                  "<= b (every given axis)")
+            for a in axes:
+                if AXES.index(a) >= ndim:
+                    raise ConfigError(f"permeability.barrier.{a} given for a {ndim}D problem")
+                _check_interval(f"permeability.barrier.{a}", b[a])
+            if "value" in b:
+                _check_k("permeability.barrier.value", b["value"])
+    elif p.type == "layered":
+        if p.layers is None:
+            raise ConfigError("permeability.layers is required with type = \"layered\": "
+                              "[{axis = \"y\", range = [a, b], value = 1e-2}, ...]")
+        if not isinstance(p.layers, list) or not p.layers:
+            raise ConfigError(f"permeability.layers must be a non-empty list of tables "
+                              f"{{axis, range, value}}, got {p.layers!r}")
+        for i, layer in enumerate(p.layers):
+            w = f"permeability.layers[{i}]"
+            _check_table(w, layer, ("axis", "range", "value"), required=True)
+            if layer["axis"] not in AXES[:ndim]:
+                raise ConfigError(f"{w}.axis must be one of "
+                                  f"{', '.join(repr(a) for a in AXES[:ndim])}, "
+                                  f"got {layer['axis']!r}")
+            _check_interval(f"{w}.range", layer["range"])
+            _check_k(f"{w}.value", layer["value"])
+    elif p.type == "file":
+        if p.file is None:
+            raise ConfigError("permeability.file is required with type = \"file\" "
+                              "(an HDF5 file holding the global K array)")
+        if not p.file:
+            raise ConfigError("permeability.file must not be empty")
+        if not p.dataset:
+            raise ConfigError("permeability.dataset must not be empty")
+
+
+def _validate_wells(cfg, ndim):
+    ext = cfg.extent()
+    if cfg.problem.name == "custom" and not cfg.wells:
+        raise ConfigError("a custom problem needs at least one [[wells]] entry (position, "
+                          "rate)")
+    rates = []
+    for i, w in enumerate(cfg.wells):
+        where = f"wells[{i}]"
+        if not isinstance(w, WellConfig):
+            raise ConfigError(f"{where} must be a table (position, rate, z_range)")
+        if w.position is None:
+            raise ConfigError(f"{where}.position is required: [x, y] or [x, y, z]")
+        if w.rate is None:
+            raise ConfigError(f"{where}.rate is required (total volume rate: > 0 injection, "
+                              f"< 0 extraction)")
+        if not (_is_num(w.rate) and math.isfinite(w.rate)):
+            raise ConfigError(f"{where}.rate must be a finite number, got {w.rate!r}")
+        rates.append(float(w.rate))
+        pos = w.position
+        lens = (ndim,) if w.z_range is None or ndim == 2 else (2, 3)
+        if (not isinstance(pos, list) or len(pos) not in lens
+                or not all(_is_num(v) and math.isfinite(v) for v in pos)):
+            want = " or ".join(f"{n} numbers" for n in lens)
+            raise ConfigError(f"{where}.position must be {want} for a {ndim}D problem, "
+                              f"got {pos!r}")
+        if w.z_range is not None:
+            if ndim != 3:
+                raise ConfigError(f"{where}.z_range is only for 3D problems")
+            _check_interval(f"{where}.z_range", w.z_range)
+            if len(pos) == 3 and not w.z_range[0] <= pos[2] <= w.z_range[1]:
+                raise ConfigError(f"{where}.position z = {pos[2]} lies outside its z_range "
+                                  f"{w.z_range}")
+        for ax, v in enumerate(pos[:2] if w.z_range is not None else pos):
+            lo, hi = ext[ax]
+            if not lo <= v <= hi:
+                raise ConfigError(f"{where}.position {_fmt(pos)} lies outside the domain "
+                                  f"{_box(ext)}")
+    if cfg.wells and cfg.gauge_free():
+        total, scale = math.fsum(rates), math.fsum(abs(r) for r in rates)
+        if abs(total) > 1e-12 * max(scale, 1e-300):
+            raise ConfigError(f"wells: the rates sum to {total:g}, but every side is no-flux, "
+                              "so no steady solution exists; make the rates sum to 0 or fix "
+                              "the pressure on a side in [boundary]")
+
+
+def _validate_observations(cfg, ndim):
+    o = cfg.observations
+    if o.method not in ("nearest", "linear"):
+        raise ConfigError(f"observations.method must be 'nearest' or 'linear', got "
+                          f"{o.method!r}")
+    if not (o.sigma > 0 and math.isfinite(o.sigma)):
+        raise ConfigError(f"observations.sigma must be > 0, got {o.sigma}")
+    if o.points not in POINT_KINDS:
+        raise ConfigError(f"observations.points must be one of "
+                          f"{', '.join(repr(k) for k in POINT_KINDS)}, got {o.points!r}"
+                          f"{_hint(o.points, POINT_KINDS)}")
+    for key in ("grid", "file"):
+        if getattr(o, key) is not None and o.points != key:
+            raise ConfigError(f"observations.{key} is only used with points = \"{key}\" "
+                              f"(points is \"{o.points}\")")
+    if o.points == "grid":
+        if o.grid is None:
+            raise ConfigError("observations.grid is required with points = \"grid\": "
+                              "{x = [x0, x1, nx], y = [y0, y1, ny]}")
+        g = _check_table("observations.grid", o.grid, AXES)
+        ext = cfg.extent()
+        for ax, a in enumerate(AXES):
+            w = f"observations.grid.{a}"
+            if ax >= ndim:
+                if a in g:
+                    raise ConfigError(f"{w} given for a {ndim}D problem")
+                continue
+            if a not in g:
+                raise ConfigError(f"{w} is required: [{a}0, {a}1, n{a}]")
+            s = g[a]
+            if (not isinstance(s, list) or len(s) != 3 or not _is_num(s[0])
+                    or not _is_num(s[1]) or not _is_int(s[2])):
+                raise ConfigError(f"{w} must be [{a}0, {a}1, n] (two numbers and an "
+                                  f"integer), got {s!r}")
+            if not (math.isfinite(s[0]) and math.isfinite(s[1]) and s[0] <= s[1]):
+                raise ConfigError(f"{w} must have finite {a}0 <= {a}1, got {s!r}")
+            if s[2] < 1:
+                raise ConfigError(f"{w}: the number of points must be >= 1, got {s[2]}")
+            lo, hi = ext[ax]
+            if s[0] < lo or s[1] > hi:
+                raise ConfigError(f"{w} = {s!r} reaches outside the domain "
+                                  f"{a} in [{lo:g}, {hi:g}]")
+    elif o.points == "file":
+        if not o.file:
+            raise ConfigError("observations.file is required with points = \"file\" "
+                              "(a .csv or .h5 file of points and optional values, sigma)")
+        if not o.file.lower().endswith(OBS_FILE_SUFFIXES):
+            raise ConfigError(f"observations.file must end in .csv, .h5 or .hdf5, "
+                              f"got {o.file!r}")
+
+
+def _validate_inversion(cfg):
+    v = cfg.inversion
+    if v.method not in INVERSION_METHODS:
+        raise ConfigError(f"inversion.method must be 'gd' or 'lbfgs', got {v.method!r}"
+                          f"{_hint(v.method, INVERSION_METHODS)}")
+    if v.iterations < 1:
+        raise ConfigError(f"inversion.iterations must be >= 1, got {v.iterations}")
+    if not (v.dgamma > 0 and math.isfinite(v.dgamma)):
+        raise ConfigError(f"inversion.dgamma must be > 0 and finite, got {v.dgamma}")
+    if not 0 <= v.misfit_ratio < 1:
+        raise ConfigError(f"inversion.misfit_ratio must be in [0, 1) (0: off), "
+                          f"got {v.misfit_ratio}")
+    if not (v.step_tol >= 0 and math.isfinite(v.step_tol)):
+        raise ConfigError(f"inversion.step_tol must be >= 0 and finite (0: off), "
+                          f"got {v.step_tol}")
+    for key in ("logK_min", "logK_max"):
+        if math.isnan(getattr(v, key)):
+            raise ConfigError(f"inversion.{key} must be a number or +-inf, got nan")
+    if not v.logK_min < v.logK_max:
+        raise ConfigError(f"inversion.logK_min must be < inversion.logK_max, got "
+                          f"{v.logK_min} >= {v.logK_max}")
+    if v.lbfgs_memory < 1:
+        raise ConfigError(f"inversion.lbfgs_memory must be >= 1, got {v.lbfgs_memory}")
+    if v.precondition not in PRECONDITIONERS:
+        raise ConfigError(f"inversion.precondition must be 'smoothing' or 'none', got "
+                          f"{v.precondition!r}{_hint(v.precondition, PRECONDITIONERS)}")
+    if v.initial_logK is not None and not math.isfinite(v.initial_logK):
+        raise ConfigError(f"inversion.initial_logK must be finite, got {v.initial_logK}")
+    if v.initial_logK is not None and v.initial_file is not None:
+        raise ConfigError("inversion.initial_logK and inversion.initial_file are exclusive: "
+                          "give a constant initial model or a file, not both")
+    if v.initial_file is not None and not v.initial_file:
+        raise ConfigError("inversion.initial_file must not be empty")
+    if v.initial_file is None and v.initial_dataset != "logK":
+        raise ConfigError("inversion.initial_dataset is only used with inversion.initial_file")
+    if not v.initial_dataset:
+        raise ConfigError("inversion.initial_dataset must not be empty")
+    if v.checkpoint_every < 0:
+        raise ConfigError(f"inversion.checkpoint_every must be >= 0 (0: only at the end and "
+                          f"on SIGTERM), got {v.checkpoint_every}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _fmt(p) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in p) + ")"
+
+
+def _box(ext) -> str:
+    return " x ".join(f"[{a:g}, {b:g}]" for a, b in ext)
+
+
+def _check_k(where, v):
+    if not (_is_num(v) and math.isfinite(v) and v > 0):
+        raise ConfigError(f"{where} must be a finite permeability > 0, got {v!r}")
+
+
+def _check_interval(where, v):
+    if not (isinstance(v, list) and len(v) == 2 and all(_is_num(x) for x in v)):
+        raise ConfigError(f"{where} must be [a, b] (two numbers), got {v!r}")
+    if not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] < v[1]):
+        raise ConfigError(f"{where} must have finite a < b, got {v!r}")
+
+
+def _check_table(where, t, valid, required=False) -> dict:
+    """An inline table: a dict with keys from ``valid`` (all of them when ``required``)."""
+    if not isinstance(t, dict):
+        raise ConfigError(f"{where} must be a table {{{', '.join(valid)}}}, got {t!r}")
+    for k in t:
+        if k not in valid:
+            raise ConfigError(f"unknown key {where}.{k}{_hint(k, valid)}; valid: "
+                              f"{', '.join(valid)}")
+    if required:
+        for k in valid:
+            if k not in t:
+                raise ConfigError(f"{where}.{k} is required ({{{', '.join(valid)}}})")
+    return t
+
+
+def _hint(name, valid) -> str:
+    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_type(where: str, value, annotation: str):
+    """Check a TOML value against a dataclass field annotation (as a string)."""
+    ok = True
+    if annotation.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif annotation.startswith("str"):
+        ok = isinstance(value, str)
+    elif annotation.startswith("bool"):
+        ok = isinstance(value, bool)
+    elif annotation.startswith("list"):
+        ok = isinstance(value, list)
+    elif annotation.startswith("dict"):
+        ok = isinstance(value, dict)
+    if not ok:
+        kind = annotation.split(" ")[0]
+        kind = "table" if kind == "dict" else kind
+        raise ConfigError(f"{where} must be of type {kind}, got {value!r}")
+    return value
