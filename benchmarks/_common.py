@@ -55,3 +55,17 @@ def emit(record: dict):
 
 def log(msg: str):
     print(msg, file=sys.stderr, flush=True)
+
+
+def timed(fn, n, comm, sync):
+    """Seconds per call of ``fn`` over ``n`` calls; the slowest rank's time (one MPI MAX)."""
+    import time
+
+    from mpi4py import MPI
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    dt = (time.perf_counter() - t0) / n
+    return comm.allreduce(dt, op=MPI.MAX)

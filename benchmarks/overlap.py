@@ -30,13 +30,12 @@ import argparse
 import math
 import os
 import sys
-import time
 
 import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, log, machine, parse_sizes  # noqa: E402
+from _common import emit, log, machine, parse_sizes, timed  # noqa: E402
 
 from hpcinv.backend import make_backend  # noqa: E402
 from hpcinv.problems import geothermal2d, geothermal3d  # noqa: E402
@@ -44,16 +43,6 @@ from hpcinv.solvers import DarcySolver, PTParams  # noqa: E402
 
 DEFAULT_SIZES = "2048x2048,192x192x192"
 MODES = ("overlap", "blocking", "no_exchange")
-
-
-def timed(fn, n, comm, sync):
-    comm.Barrier()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    sync()
-    dt = (time.perf_counter() - t0) / n
-    return comm.allreduce(dt, op=MPI.MAX)
 
 
 def bench_size(shape, args, backend, world):

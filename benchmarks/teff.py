@@ -35,13 +35,12 @@ import argparse
 import math
 import os
 import sys
-import time
 
 import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, log, machine, parse_sizes  # noqa: E402
+from _common import emit, log, machine, parse_sizes, timed  # noqa: E402
 
 from hpcinv.backend import make_backend  # noqa: E402
 from hpcinv.backend.kernel import Kernel  # noqa: E402
@@ -120,17 +119,6 @@ def owned_views(solver):
 
 
 # --------------------------------------------------------------------------------------------
-def timed(fn, n, comm, sync):
-    """Seconds per call of ``fn`` over ``n`` calls; the slowest rank's time."""
-    comm.Barrier()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    sync()
-    dt = (time.perf_counter() - t0) / n
-    return comm.allreduce(dt, op=MPI.MAX)
-
-
 def auto_iters(fn, comm, sync, target):
     """Calls per sample so that one sample lasts about ``target`` seconds (at least 2)."""
     t = timed(fn, 1, comm, sync)
