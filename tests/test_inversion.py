@@ -100,7 +100,7 @@ def _kill_after(cmd_args, run, lines, ranks):
 
 @pytest.mark.parametrize("restart_ranks", [1, 3])
 def test_sigkill_and_restart_on_other_rank_counts(tmp_path, restart_ranks):
-    cfg = small_config(tmp_path, checkpoint_every=2)
+    cfg = small_config(tmp_path, iterations=30, checkpoint_every=2)   # long enough to kill mid-run
     ref = tmp_path / "ref"
     assert main(["invert", str(cfg), "-q", "-o", str(ref)]) == 0
     run = tmp_path / "run"
