@@ -149,6 +149,20 @@ def test_lbfgs_decreases_the_misfit_monotonically(tmp_path):
     assert J[-1] < 0.1 * J[0]
 
 
+def test_lbfgs_precondition_none_is_honoured(tmp_path):
+    """precondition = "none": L-BFGS on logK with the raw gradient, a different path than the
+    smoothing-preconditioned one."""
+    runs = {}
+    for pre in ("smoothing", "none"):
+        cfg = small_config(tmp_path, {"smoothing_steps": 8}, method="lbfgs", iterations=3,
+                           precondition=pre)
+        run = tmp_path / f"pre_{pre}"
+        assert main(["invert", str(cfg), "-q", "-o", str(run)]) == 0
+        runs[pre] = history(run)
+        assert runs[pre][-1]["misfit"] < runs[pre][0]["misfit"]
+    assert runs["none"][1]["misfit"] != runs["smoothing"][1]["misfit"]
+
+
 def test_warm_starts_cut_pt_iterations(tmp_path):
     """Warm starts save the decades of residual reduction the previous solution already has;
     with a fixed tolerance that is a fraction, not a multiple (see docs/performance.md)."""

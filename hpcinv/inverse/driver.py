@@ -137,6 +137,8 @@ class Inversion:
         smoother = (GradientSmoother(self.grid, backend, reg.smoothing_steps,
                                      reg.smoothing_coefficient, dt)
                     if reg.smoothing_steps > 0 else None)
+        if cfg.inversion.method == "lbfgs" and cfg.inversion.precondition == "none":
+            smoother = None          # L-BFGS directly on logK with the raw gradient
         self.opt = make_optimiser(self.G, smoother, optimiser_settings(cfg))
         self.restart = restart
         self.iteration = 0
