@@ -44,6 +44,9 @@ def test_taylor(make, shape, alpha):
     G, m, dm, d = _setup(make, shape, MPI.COMM_SELF, alpha)
     J0, g, info = G(m)
     assert info["forward_converged"] and info["adjoint_converged"]
+    ghosts = np.ones(d.padded_shape, bool)
+    ghosts[d.owned()] = False
+    assert not np.any(np.asarray(g)[ghosts])          # the gradient lives on owned cells only
     gdm = float(np.sum(np.asarray(g)[d.owned()] * dm[d.owned()]))
     hs = [0.02 / 2**k for k in range(6)]
     r1, r2 = [], []

@@ -181,8 +181,7 @@ class AdjointGradient:
         self._D_T(*box, psi_P, *minus_psi_q, *s.geometry)                 # -psi_q = D^T psi_P
         self._dRq_dK_T(*box, self.Pf_forward, s.K, P_bar, K_bar, *minus_psi_q, *q_bar,
                        *s.geometry)                                       # dJ/dK
-        g = K_bar * s.K
-        g *= _owned_mask(s)
+        g = K_bar * s.K          # K_bar was zeroed and is written on owned cells: ghosts stay 0
         if self.tikhonov is not None:
             J += self.tikhonov.value_and_gradient(bk.asarray(self.logK, dtype=s.dtype), out=g,
                                                   accumulate=True)[0]
@@ -192,10 +191,3 @@ class AdjointGradient:
                 "forward_residual": fwd.residual, "adjoint_residual": adj.residual}
         return J, g, info
 
-
-def _owned_mask(solver):
-    if not hasattr(solver, "_owned_mask"):
-        m = np.zeros(solver.K.shape)
-        m[solver.decomp.owned()] = 1.0
-        solver._owned_mask = solver.backend.asarray(m, dtype=solver.dtype)
-    return solver._owned_mask

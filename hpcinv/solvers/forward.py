@@ -57,7 +57,7 @@ class DarcySolver(DarcyFields):
         self.backend.synchronize()
         res = pt_iterate(self.step, self.decomp.comm, self.params, self.scale,
                          "adjoint" if self.homogeneous else "forward", progress,
-                         cold=getattr(self, "cold", True))
+                         cold=self.cold)
         self.backend.synchronize()
         return ForwardState(self.Pf, list(self.q), res)
 
