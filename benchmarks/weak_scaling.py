@@ -35,13 +35,12 @@ import datetime
 import json
 import os
 import sys
-import time
 
 import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import log, machine, parse_sizes  # noqa: E402
+from _common import log, machine, parse_sizes, timed  # noqa: E402
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "weak.jsonl")
 
@@ -86,15 +85,6 @@ def adjoint_rhs(solver, rng_seed=0):
         if loc is not None:
             rhs[loc] = rng.standard_normal()
     return rhs
-
-
-def _timed(fn, n, comm, sync):
-    comm.Barrier()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    sync()
-    return comm.allreduce(time.perf_counter() - t0, op=MPI.MAX) / n
 
 
 def run_case(global_shape, dims, args, backend, world, kind: str, requested_local=None):
@@ -157,7 +147,7 @@ def run_case(global_shape, dims, args, backend, world, kind: str, requested_loca
         for key, fn in steps.items():
             prepare(*key)
             sync()
-            times[key].append(_timed(fn, args.iters, comm, sync))
+            times[key].append(timed(fn, args.iters, comm, sync))
 
     ranks = world.Get_size()
     local = tuple(dec.local_shape)
