@@ -19,3 +19,7 @@ class DecompositionError(HpcinvError):
 
 class SolverDivergedError(HpcinvError):
     """The pseudo-transient iteration produced NaN or a growing residual."""
+
+
+class MissingExtraError(HpcinvError, ImportError):
+    """An optional dependency (a pip extra such as ``torch`` or ``jax``) is not installed."""

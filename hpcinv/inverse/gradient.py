@@ -110,12 +110,13 @@ class AdjointGradient:
                 xp.copyto(qa, xp.asarray(fields[f"{kind}_q{'xyz'[a]}"], dtype=qa.dtype))
         self._warm_valid = True
 
-    def _solve(self, kind: str, progress):
-        """Forward or adjoint solve in the shared solver, warm-started when enabled."""
+    def _solve(self, kind: str, progress, cold: bool = False):
+        """Forward or adjoint solve in the shared solver, warm-started when enabled (and not
+        ``cold``)."""
         s = self.solver
         homogeneous = kind == "adjoint"
         s.set_params(self.adjoint_params if homogeneous else self.forward_params)
-        if self.warm is not None and self._warm_valid:
+        if self.warm is not None and self._warm_valid and not cold:
             P, q = self.warm[kind]
             s.set_state(P, q, homogeneous=homogeneous)
         else:
@@ -147,30 +148,44 @@ class AdjointGradient:
 
     def misfit(self, logK=None, progress=None):
         """``(J, info)``: the misfit alone (one forward solve), e.g. for line-search trials."""
-        if logK is not None:
-            self.set_logK(logK)
+        fwd = self.forward_solve(logK, progress)
         s, bk = self.solver, self.backend
-        s.set_source(self.problem.Qf)
-        fwd = self._solve("forward", progress)
         J, _ = self.obs.misfit_and_source(s.Pf, bk.xp, bk.to_host)
         if self.tikhonov is not None:
             J += self.tikhonov.value(bk.asarray(self.logK, dtype=s.dtype))
         return J, {"forward_iterations": fwd.iterations, "adjoint_iterations": 0,
                    "forward_converged": fwd.converged, "adjoint_converged": True}
 
-    def __call__(self, logK=None, progress=None):
-        """``(J, dJ/dlogK, info)``; ``dJ/dlogK`` is a padded local backend array (owned cells
-        valid, ghosts zero)."""
+    def forward_solve(self, logK=None, progress=None):
+        """Forward solve at ``logK`` (default: the current model); the pressure is kept in
+        :attr:`Pf_forward` (padded local backend array, ghosts valid) for
+        :meth:`adjoint_gradient`. Returns the :class:`~hpcinv.solvers.apt.PTResult`."""
         if logK is not None:
             self.set_logK(logK)
-        s, bk, xp = self.solver, self.backend, self.backend.xp
+        s = self.solver
         s.set_source(self.problem.Qf)
         fwd = self._solve("forward", progress)
-        xp.copyto(self.Pf_forward, s.Pf)
-        J, _, w = self.obs.misfit_from_values(self.obs.sample(s.Pf, bk.to_host))
-        s.set_source(self.obs.spread(w, xp, dtype=s.dtype))
-        self._rescale_adjoint_warm_start(w)
-        adj = self._solve("adjoint", progress)
+        self.backend.xp.copyto(self.Pf_forward, s.Pf)
+        return fwd
+
+    def adjoint_gradient(self, source, w=None, progress=None):
+        """``(dJ/dlogK, PTResult)`` for an adjoint source ``dJ/dPf`` at the current model and
+        the forward pressure in :attr:`Pf_forward`.
+
+        Args:
+            source: ``dJ/dPf``, padded local array (owned cells read). Without a fixed-pressure
+                side it must sum to zero over the grid (solvability of the adjoint system).
+            w: the replicated observation weights ``dJ/dP`` ``(nobs,)`` the source was spread
+                from, used to rescale the adjoint warm start; ``None`` starts the adjoint cold.
+        Returns ``dJ/dlogK`` as a new padded local backend array (owned cells, ghosts zero).
+        """
+        s, bk = self.solver, self.backend
+        s.set_source(source)
+        if w is not None:
+            self._rescale_adjoint_warm_start(w)
+        else:                    # a source of unknown shape: no basis for the next rescale
+            self._w_old = None
+        adj = self._solve("adjoint", progress, cold=w is None)
         self._warm_valid = self.warm is not None
         psi_P = s.Pf
         # Scratch from the solver's buffers, free once the adjoint solve is done.
@@ -182,12 +197,21 @@ class AdjointGradient:
         self._dRq_dK_T(*box, self.Pf_forward, s.K, P_bar, K_bar, *minus_psi_q, *q_bar,
                        *s.geometry)                                       # dJ/dK
         g = K_bar * s.K          # K_bar was zeroed and is written on owned cells: ghosts stay 0
+        bk.synchronize()
+        return g, adj
+
+    def __call__(self, logK=None, progress=None):
+        """``(J, dJ/dlogK, info)``; ``dJ/dlogK`` is a padded local backend array (owned cells
+        valid, ghosts zero)."""
+        fwd = self.forward_solve(logK, progress)
+        s, bk, xp = self.solver, self.backend, self.backend.xp
+        J, _, w = self.obs.misfit_from_values(self.obs.sample(s.Pf, bk.to_host))
+        g, adj = self.adjoint_gradient(self.obs.spread(w, xp, dtype=s.dtype), w, progress)
         if self.tikhonov is not None:
             J += self.tikhonov.value_and_gradient(bk.asarray(self.logK, dtype=s.dtype), out=g,
                                                   accumulate=True)[0]
-        bk.synchronize()
+            bk.synchronize()
         info = {"forward_iterations": fwd.iterations, "adjoint_iterations": adj.iterations,
                 "forward_converged": fwd.converged, "adjoint_converged": adj.converged,
                 "forward_residual": fwd.residual, "adjoint_residual": adj.residual}
         return J, g, info
-

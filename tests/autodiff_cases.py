@@ -1,0 +1,61 @@
+"""Shared set-ups of the autodiff tests (PyTorch and JAX): small problems, reference gradients
+from :class:`~hpcinv.inverse.AdjointGradient` and a block-wise random model."""
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcinv.inverse import AdjointGradient, Observations, workshop_points
+from hpcinv.problems import geothermal2d, geothermal3d
+from hpcinv.solvers import PTParams, solve_forward
+
+#: Tight tolerances: finite differences of the map need solves far below their step size.
+TIGHT = PTParams(tol=1e-13, ncheck=10)
+
+
+def make_case(backend, shape=(31, 15), comm=MPI.COMM_SELF, fixed_side=False, every=1,
+              sigma=None):
+    """``(new_model, observations with values, target values)``: ``new_model()`` builds a fresh
+    K = 1 problem (each map or gradient mutates its problem's K); the target is demeaned
+    unless a side is fixed. Problems are on ``geothermal2d`` or
+    ``geothermal3d`` (by ``len(shape)``). ``fixed_side``: the left side holds ``Pf = 0.5``
+    (plain misfit) instead of all no-flux (demeaned misfit). ``every``: keep every n-th of
+    the workshop's observation points."""
+    make = geothermal2d if len(shape) == 2 else geothermal3d
+
+    def problem(**kw):
+        p = make(shape, comm=comm, **kw)
+        if fixed_side:
+            p.fixed_pressure = {(0, 0): 0.5}
+        return p
+    true = problem()
+    obs = Observations(true.grid, workshop_points(len(shape))[::every], sigma=sigma,
+                       demean=not fixed_side)
+    obs.record(solve_forward(true, backend, TIGHT).Pf)
+    target = obs.values
+    if not fixed_side:
+        W = 1.0 / obs.sigma**2
+        target = target - W @ target / W.sum()
+    return (lambda: problem(k_barrier=1.0)), obs, target
+
+
+def random_block(decomp, seed=0, scale=0.3):
+    """This rank's owned block of one global random field (same field for any decomposition)."""
+    g = scale * np.random.default_rng(seed).standard_normal(decomp.global_shape)
+    return g[tuple(slice(o, o + n) for o, n in zip(decomp.offset, decomp.local_shape))].copy()
+
+
+def reference_gradient(backend, problem, obs, block):
+    """``(J, dJ/dlogK owned block)`` from hpcinv's own gradient at the model ``block``."""
+    d = problem.grid.decomp
+    padded = np.zeros(d.padded_shape)
+    padded[d.owned()] = block
+    J, g, _ = AdjointGradient(problem, obs, backend, TIGHT, TIGHT)(padded)
+    return J, np.asarray(g)[d.owned()]
+
+
+def relative_difference(comm, a, b) -> float:
+    """Global ``||a - b||_2 / ||b||_2`` over the ranks' blocks."""
+    num = comm.allreduce(float(np.sum((a - b) ** 2)), op=MPI.SUM)
+    den = comm.allreduce(float(np.sum(b**2)), op=MPI.SUM)
+    return (num / den) ** 0.5
