@@ -26,10 +26,11 @@ from .core import ObservationMap, Tape
 def _check_device(x):
     """Concrete arrays must be on the CPU (tracers carry no placement: the callback moves the
     data to the host itself)."""
-    devices = getattr(x, "devices", None)
-    if isinstance(x, jax.core.Tracer) or devices is None:
+    try:
+        devices = x.devices()
+    except (AttributeError, jax.errors.ConcretizationTypeError):   # numpy input, or a tracer
         return
-    off = sorted({d.platform for d in devices()} - {"cpu"})
+    off = sorted({d.platform for d in devices} - {"cpu"})
     if off:
         raise ConfigError(f"logK lives on {', '.join(off)}, but the JAX rule hands the model "
                           "to hpcinv's solver through a host callback on the CPU: move it with "
@@ -49,7 +50,7 @@ def darcy_observations_jax(problem, observations, **kwargs):
     """
     op = ObservationMap(problem, observations, **kwargs)
     dt = op.dtype
-    if dt == np.float64 and not jax.config.jax_enable_x64:
+    if dt == np.float64 and jnp.asarray(0.0).dtype != np.float64:      # x64 disabled
         raise ConfigError("the solver computes in float64 but JAX has 64-bit types disabled: "
                           "call jax.config.update('jax_enable_x64', True) first, or build the "
                           "map with dtype=numpy.float32")
