@@ -326,7 +326,9 @@ def cmd_info(args) -> int:
                    "numpy": numpy.__version__, "mpi4py": mpi4py.__version__,
                    "mpi_library": lib, "mpi_standard": "%d.%d" % MPI.Get_version(),
                    "cuda_aware_mpi": aware, "cuda_aware_reason": why,
-                   "petsc4py": _petsc_version(),
+                   "petsc4py": _extra_version("petsc4py", "petsc", "solver.method = 'petsc'"),
+                   "torch": _extra_version("torch", "torch", "hpcinv.autodiff's PyTorch layer"),
+                   "jax": _extra_version("jax", "jax", "hpcinv.autodiff's JAX rule"),
                    "ranks": world.Get_size(), "dims": list(decomp.dims),
                    "example_problem": args.problem, "example_shape": list(shape)}
         for k, v in summary.items():
@@ -338,12 +340,13 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _petsc_version() -> str:
+def _extra_version(dist: str, extra: str, needed_by: str) -> str:
+    """Installed version of an optional dependency, or how to get it."""
     try:
         from importlib.metadata import version
-        return version("petsc4py")
+        return version(dist)
     except Exception:
-        return "not installed (solver.method = 'petsc' needs pip install 'hpcinv[petsc]')"
+        return f"not installed ({needed_by} needs pip install 'hpcinv[{extra}]')"
 
 
 def _version():
