@@ -90,6 +90,30 @@ class _Signals:
             signal.signal(signal.SIGTERM, self._old)
 
 
+def write_setup_file(path, grid, obs, wells, true_logK) -> Path:
+    """A run directory's ``setup.h5`` (collective): the true model ``logK_true`` (padded local
+    array), the observations (points, values, sigma) and the wells, with the grid attributes."""
+    replicated = {"obs_points": obs.points, "obs_values": np.asarray(obs.values),
+                  "obs_sigma": np.asarray(obs.sigma),
+                  "well_positions": np.array([w.position for w in wells], float)
+                  .reshape(-1, grid.ndim),
+                  "well_rates": np.array([w.rate for w in wells], float)}
+    return write_h5(path, grid.decomp, {"logK_true": true_logK}, attrs=grid_attrs(grid),
+                    replicated=replicated)
+
+
+def write_model_file(path, grid, logK, Pf, attrs, to_host=None) -> Path:
+    """A model file of a run directory (``model_final.h5``; collective): ``logK`` and its
+    pressure ``Pf`` (padded local arrays), ``attrs`` (e.g. iteration, misfit) plus the grid
+    attributes, and the XDMF sidecar (written by rank 0)."""
+    path = Path(path)
+    write_h5(path, grid.decomp, {"logK": logK, "Pf": Pf},
+             attrs={**attrs, **grid_attrs(grid)}, to_host=to_host)
+    if grid.decomp.rank == 0:
+        write_xdmf(path, grid, ["logK", "Pf"])
+    return path
+
+
 def optimiser_settings(cfg) -> OptimiserSettings:
     i = cfg.inversion
     return OptimiserSettings(method=i.method, dgamma=i.dgamma, line_search=i.line_search,
@@ -194,24 +218,13 @@ class Inversion:
 
     # --- output -----------------------------------------------------------------------------
     def write_setup(self):
-        o = self.obs
-        replicated = {"obs_points": o.points, "obs_values": np.asarray(o.values),
-                      "obs_sigma": np.asarray(o.sigma),
-                      "well_positions": np.array([w.position for w in self.wells], float)
-                      .reshape(-1, self.grid.ndim),
-                      "well_rates": np.array([w.rate for w in self.wells], float)}
-        write_h5(self.dir / "setup.h5", self.decomp, {"logK_true": self.true_logK},
-                 attrs=grid_attrs(self.grid), replicated=replicated)
+        write_setup_file(self.dir / "setup.h5", self.grid, self.obs, self.wells, self.true_logK)
 
     def write_model(self, name):
         x = self.opt.arrays["x"]
         J, _ = self.G.misfit(x)              # the pressure of the accepted model
-        path = self.dir / name
-        write_h5(path, self.decomp, {"logK": x, "Pf": self.G.solver.Pf},
-                 attrs={"iteration": self.iteration, "misfit": J, **grid_attrs(self.grid)},
-                 to_host=self.bk.to_host)
-        if self.decomp.rank == 0:
-            write_xdmf(path, self.grid, ["logK", "Pf"])
+        write_model_file(self.dir / name, self.grid, x, self.G.solver.Pf,
+                         {"iteration": self.iteration, "misfit": J}, self.bk.to_host)
 
     def progress(self, rec, t0, total):
         if self.quiet:
