@@ -69,3 +69,23 @@ def timed(fn, n, comm, sync):
     sync()
     dt = (time.perf_counter() - t0) / n
     return comm.allreduce(dt, op=MPI.MAX)
+
+
+# --- memory of this process (KiB, Linux /proc) ----------------------------------------------
+def status_kib(field: str) -> int | None:
+    """A field of ``/proc/self/status`` in KiB (``VmRSS``, ``VmHWM``), ``None`` if unreadable."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (``clear_refs`` 5, Linux >= 4.0); False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

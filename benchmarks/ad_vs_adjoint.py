@@ -70,7 +70,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import log, machine, parse_sizes, timed  # noqa: E402
+from _common import log, machine, parse_sizes, reset_peak, status_kib, timed  # noqa: E402
 
 import hpcinv  # noqa: E402
 from hpcinv import problems  # noqa: E402
@@ -95,28 +95,10 @@ def import_jax():
 
 
 # --- memory of this process (KiB, Linux /proc) ------------------------------------------------
-def status_kib(field: str):
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith(field + ":"))
-    except (OSError, StopIteration):
-        return None
-
-
 def meminfo_kib(field: str):
     """A field of ``/proc/meminfo`` (KiB), e.g. ``MemAvailable``."""
     with open("/proc/meminfo") as f:
         return next((int(l.split()[1]) for l in f if l.startswith(field + ":")), None)
-
-
-def reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (``clear_refs`` 5, Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def measure_peak(fn):

@@ -60,7 +60,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, log, machine, parse_sizes  # noqa: E402
+from _common import emit, log, machine, parse_sizes, reset_peak, status_kib  # noqa: E402
 
 from hpcinv.backend import make_backend  # noqa: E402
 from hpcinv.inverse import AdjointGradient, Observations  # noqa: E402
@@ -96,26 +96,6 @@ def setup(shape, values):
 
 
 # --- memory: one operation in a fresh process ---------------------------------------------------
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def child(args):
     """Run one operation (``base``, ``forward`` or ``gradient``) and print its memory."""
     shape = tuple(args.size)
@@ -124,8 +104,8 @@ def child(args):
     prob, obs, logK = setup(shape, values)
     params = PTParams(maxiter=args.maxiter or None)
     gc.collect()
-    reset = _reset_peak()
-    rss0 = _status_kib("VmRSS")
+    reset = reset_peak()
+    rss0 = status_kib("VmRSS")
     tracemalloc.start()
     tracemalloc.reset_peak()
     info = {}
@@ -139,7 +119,7 @@ def child(args):
     _, tm_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(json.dumps({"op": args._child, "hwm_reset": reset, "rss_before_kib": rss0,
-                      "hwm_kib": _status_kib("VmHWM"),
+                      "hwm_kib": status_kib("VmHWM"),
                       "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "tracemalloc_peak_bytes": tm_peak, **info}), flush=True)
 
