@@ -3,6 +3,7 @@ from :class:`~hpcinv.inverse.AdjointGradient` and a block-wise random model."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from mpi4py import MPI
 
 from hpcinv.inverse import AdjointGradient, Observations, workshop_points
@@ -39,10 +40,16 @@ def make_case(backend, shape=(31, 15), comm=MPI.COMM_SELF, fixed_side=False, eve
     return (lambda: problem(k_barrier=1.0)), obs, target
 
 
+def block_of(decomp, global_array):
+    """This rank's owned block of a global array."""
+    return global_array[tuple(slice(o, o + n) for o, n in zip(decomp.offset,
+                                                               decomp.local_shape))].copy()
+
+
 def random_block(decomp, seed=0, scale=0.3):
     """This rank's owned block of one global random field (same field for any decomposition)."""
-    g = scale * np.random.default_rng(seed).standard_normal(decomp.global_shape)
-    return g[tuple(slice(o, o + n) for o, n in zip(decomp.offset, decomp.local_shape))].copy()
+    return block_of(decomp, scale * np.random.default_rng(seed).standard_normal(
+        decomp.global_shape))
 
 
 def reference_gradient(backend, problem, obs, block):
@@ -59,3 +66,16 @@ def relative_difference(comm, a, b) -> float:
     num = comm.allreduce(float(np.sum((a - b) ** 2)), op=MPI.SUM)
     den = comm.allreduce(float(np.sum(b**2)), op=MPI.SUM)
     return (num / den) ** 0.5
+
+
+def check_against_hpcinv(backend, loss_and_grad, shape=(31, 15), comm=MPI.COMM_SELF, **case):
+    """Assert that a framework's ``loss_and_grad(new_model, obs, target, block) -> (J, g)``
+    equals hpcinv's misfit (1e-12) and gradient (1e-10, global relative 2-norm) at a random
+    model; returns ``g`` (this rank's block). ``case``: options of :func:`make_case`."""
+    new_model, obs, target = make_case(backend, shape, comm=comm, **case)
+    block = random_block(new_model().grid.decomp)
+    J_ref, g_ref = reference_gradient(backend, new_model(), obs, block)
+    J, g = loss_and_grad(new_model, obs, target, block)
+    assert float(J) == pytest.approx(J_ref, rel=1e-12)
+    assert relative_difference(comm, np.asarray(g), g_ref) < 1e-10
+    return np.asarray(g)

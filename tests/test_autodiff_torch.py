@@ -7,7 +7,8 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from autodiff_cases import TIGHT, make_case, random_block, reference_gradient, relative_difference
+from autodiff_cases import (TIGHT, block_of, check_against_hpcinv, make_case, random_block,
+                            reference_gradient, relative_difference)
 from hpcinv.autodiff import DarcyObservationsTorch
 from hpcinv.errors import ConfigError, MissingExtraError
 from hpcinv.solvers import PTParams
@@ -16,6 +17,14 @@ from hpcinv.solvers import PTParams
 def _layer(backend, new_model, obs, **kw):
     return DarcyObservationsTorch(new_model(), obs, backend=backend, params=TIGHT,
                                   adjoint_params=TIGHT, **kw)
+
+
+def _torch_loss_and_grad(backend):
+    """``(new_model, obs, target, block) -> (J, g)`` through a fresh layer (for
+    :func:`check_against_hpcinv`)."""
+    def run(new_model, obs, target, block):
+        return _loss_and_grad(_layer(backend, new_model, obs), block, target, 1 / obs.sigma**2)
+    return run
 
 
 def _loss_and_grad(layer, block, target, W):
@@ -42,31 +51,20 @@ def test_gradcheck(backend, fixed_side, return_pressure):
 def test_equals_hpcinv_gradient(backend, shape, fixed_side, sigma):
     nobs = len(make_case(backend, (5, 5) if len(shape) == 2 else (5, 5, 5))[1])
     sig = np.linspace(0.5, 2.0, nobs) if sigma else None
-    new_model, obs, target = make_case(backend, shape, fixed_side=fixed_side, sigma=sig)
-    block = random_block(new_model().grid.decomp)
-    J_ref, g_ref = reference_gradient(backend, new_model(), obs, block)
-    J, g = _loss_and_grad(_layer(backend, new_model, obs), block, target, 1 / obs.sigma**2)
-    assert J == pytest.approx(J_ref, rel=1e-12)
-    assert relative_difference(MPI.COMM_SELF, g, g_ref) < 1e-10
+    check_against_hpcinv(backend, _torch_loss_and_grad(backend), shape, fixed_side=fixed_side,
+                         sigma=sig)
 
 
 @pytest.mark.mpi(min_size=2)
 def test_equals_hpcinv_gradient_mpi(backend):
     comm = MPI.COMM_WORLD
-    new_model, obs, target = make_case(backend, (31, 15), comm=comm)
-    block = random_block(new_model().grid.decomp)
-    J_ref, g_ref = reference_gradient(backend, new_model(), obs, block)
-    layer = _layer(backend, new_model, obs)
-    J, g = _loss_and_grad(layer, block, target, 1 / obs.sigma**2)
-    assert J == pytest.approx(J_ref, rel=1e-12)
-    assert relative_difference(comm, g, g_ref) < 1e-10
+    g = check_against_hpcinv(backend, _torch_loss_and_grad(backend), comm=comm)
     # and the same numbers as one rank holding the whole grid
     serial_model, serial_obs, _ = make_case(backend, (31, 15))
     _, g_serial = reference_gradient(backend, serial_model(), serial_obs,
                                      random_block(serial_model().grid.decomp))
-    mine = g_serial[tuple(slice(o, o + n) for o, n in zip(layer.op.decomp.offset,
-                                                           layer.op.local_shape))]
-    assert relative_difference(comm, g, mine) < 1e-10
+    decomp = make_case(backend, (31, 15), comm=comm)[0]().grid.decomp
+    assert relative_difference(comm, g, block_of(decomp, g_serial)) < 1e-10
 
 
 @pytest.mark.mpi(min_size=2)
