@@ -150,7 +150,7 @@ class AdjointGradient:
         """``(J, info)``: the misfit alone (one forward solve), e.g. for line-search trials."""
         fwd = self.forward_solve(logK, progress)
         s, bk = self.solver, self.backend
-        J, _ = self.obs.misfit_and_source(s.Pf, bk.xp, bk.to_host)
+        J = self.obs.misfit(s.Pf, bk.to_host)
         if self.tikhonov is not None:
             J += self.tikhonov.value(bk.asarray(self.logK, dtype=s.dtype))
         return J, {"forward_iterations": fwd.iterations, "adjoint_iterations": 0,
