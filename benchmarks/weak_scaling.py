@@ -230,31 +230,48 @@ def setup(args):
     return world, backend, dims
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def scaling_main(argv, doc: str, kind: str, size_option: str, default_sizes: str,
+                 size_help: str, default_out: str, global_and_local):
+    """The shared driver of weak and strong scaling (``doc``: the script's docstring, whose
+    first paragraph is the ``--help`` description): parse the options, and for every size of
+    ``--<size_option>`` (2D/3D filtered) split it over the ranks, time it (:func:`run_case`) and
+    append the records. ``global_and_local(size, dims) -> (global shape, requested local or
+    None, log line)`` says what a size means for ``kind``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--local", default="1024x1024,96x96x96",
-                   help="comma-separated local grid per rank (default 1024x1024,96x96x96)")
+    p.add_argument(f"--{size_option}", dest="sizes", default=default_sizes,
+                   help=f"{size_help} (default {default_sizes})")
     p.add_argument("--2d", dest="only2d", action="store_true", help="only the 2D sizes")
     p.add_argument("--3d", dest="only3d", action="store_true", help="only the 3D sizes")
     add_common_args(p)
     args = p.parse_args(argv)
     if args.out is None:
-        args.out = DEFAULT_OUT
+        args.out = default_out
     world, backend, dims = setup(args)
-    for local in parse_sizes(args.local):
-        nd = len(local)
+    for size in parse_sizes(args.sizes):
+        nd = len(size)
         if (args.only2d and nd != 2) or (args.only3d and nd != 3):
             continue
         d = list(MPI.Compute_dims(world.Get_size(), dims if dims and len(dims) == nd
                                   else [0] * nd))
-        global_shape = tuple(n * k for n, k in zip(local, d))
+        global_shape, local, message = global_and_local(size, d)
         if world.Get_rank() == 0:
-            log(f"weak_scaling: local {'x'.join(map(str, local))} x dims {d} = global "
-                f"{'x'.join(map(str, global_shape))} on {world.Get_size()} rank(s)")
-        recs = run_case(global_shape, d, args, backend, world, "weak", requested_local=local)
+            log(f"{kind}_scaling: {message} on {world.Get_size()} rank(s)")
+        recs = run_case(global_shape, d, args, backend, world, kind, requested_local=local)
         if world.Get_rank() == 0:
             write_records(recs, args.out)
+
+
+def _weak_sizes(local, d):
+    """A weak-scaling size is the local block: the global grid is ``local * dims``."""
+    global_shape = tuple(n * k for n, k in zip(local, d))
+    return global_shape, local, (f"local {'x'.join(map(str, local))} x dims {d} = global "
+                                 f"{'x'.join(map(str, global_shape))}")
+
+
+def main(argv=None):
+    scaling_main(argv, __doc__, "weak", "local", "1024x1024,96x96x96",
+                 "comma-separated local grid per rank", DEFAULT_OUT, _weak_sizes)
 
 
 if __name__ == "__main__":
