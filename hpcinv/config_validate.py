@@ -261,21 +261,15 @@ def _validate_observations(cfg, ndim):
                               f"got {o.file!r}")
 
 
-def _validate_inversion(cfg):
-    v = cfg.inversion
+def check_optimiser_settings(v):
+    """The ``[inversion]`` keys the optimisers themselves need (``method``, ``dgamma``,
+    ``logK_min``/``logK_max``, ``lbfgs_memory``) on any object that has them: the config
+    section, or :class:`~hpcinv.inverse.optimise.OptimiserSettings` built through the API."""
     if v.method not in INVERSION_METHODS:
         raise ConfigError(f"inversion.method must be 'gd' or 'lbfgs', got {v.method!r}"
                           f"{_hint(v.method, INVERSION_METHODS)}")
-    if v.iterations < 1:
-        raise ConfigError(f"inversion.iterations must be >= 1, got {v.iterations}")
     if not (v.dgamma > 0 and math.isfinite(v.dgamma)):
         raise ConfigError(f"inversion.dgamma must be > 0 and finite, got {v.dgamma}")
-    if not 0 <= v.misfit_ratio < 1:
-        raise ConfigError(f"inversion.misfit_ratio must be in [0, 1) (0: off), "
-                          f"got {v.misfit_ratio}")
-    if not (v.step_tol >= 0 and math.isfinite(v.step_tol)):
-        raise ConfigError(f"inversion.step_tol must be >= 0 and finite (0: off), "
-                          f"got {v.step_tol}")
     for key in ("logK_min", "logK_max"):
         if math.isnan(getattr(v, key)):
             raise ConfigError(f"inversion.{key} must be a number or +-inf, got nan")
@@ -284,6 +278,19 @@ def _validate_inversion(cfg):
                           f"{v.logK_min} >= {v.logK_max}")
     if v.lbfgs_memory < 1:
         raise ConfigError(f"inversion.lbfgs_memory must be >= 1, got {v.lbfgs_memory}")
+
+
+def _validate_inversion(cfg):
+    v = cfg.inversion
+    check_optimiser_settings(v)
+    if v.iterations < 1:
+        raise ConfigError(f"inversion.iterations must be >= 1, got {v.iterations}")
+    if not 0 <= v.misfit_ratio < 1:
+        raise ConfigError(f"inversion.misfit_ratio must be in [0, 1) (0: off), "
+                          f"got {v.misfit_ratio}")
+    if not (v.step_tol >= 0 and math.isfinite(v.step_tol)):
+        raise ConfigError(f"inversion.step_tol must be >= 0 and finite (0: off), "
+                          f"got {v.step_tol}")
     if v.precondition not in PRECONDITIONERS:
         raise ConfigError(f"inversion.precondition must be 'smoothing' or 'none', got "
                           f"{v.precondition!r}{_hint(v.precondition, PRECONDITIONERS)}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from mpi4py import MPI
 
-from ..errors import ConfigError
+from ..config_validate import check_optimiser_settings
 
 
 @dataclass
@@ -37,15 +37,8 @@ class OptimiserSettings:
     max_step: float = 1.0       # L-BFGS: largest max|dlogK| of a trial step
 
     def validate(self):
-        if self.method not in ("gd", "lbfgs"):
-            raise ConfigError(f"inversion.method must be 'gd' or 'lbfgs', got {self.method!r}")
-        if not (self.dgamma > 0 and math.isfinite(self.dgamma)):
-            raise ConfigError(f"inversion.dgamma must be > 0, got {self.dgamma}")
-        if not self.logK_min < self.logK_max:
-            raise ConfigError(f"inversion.logK_min ({self.logK_min}) must be below "
-                              f"inversion.logK_max ({self.logK_max})")
-        if self.lbfgs_memory < 1:
-            raise ConfigError(f"inversion.lbfgs_memory must be >= 1, got {self.lbfgs_memory}")
+        """The same checks and messages as the config's ``[inversion]`` section."""
+        check_optimiser_settings(self)
 
 
 class Optimiser:
