@@ -89,3 +89,18 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def kernel_bench_parser(doc: str, default_sizes: str):
+    """An ``argparse`` parser (description: the first paragraph of ``doc``) with the options of
+    the kernel benchmarks: ``--sizes``, ``--dtype``, ``--backend``, ``--threads``."""
+    import argparse
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default=default_sizes,
+                   help=f"comma-separated global grid sizes (default {default_sizes})")
+    p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    p.add_argument("--backend", default="host", choices=("auto", "host", "cupy"))
+    p.add_argument("--threads", type=int, default=None,
+                   help="host threads per rank (default: usable cores / ranks per node)")
+    return p

@@ -251,7 +251,8 @@ def main(argv=None):
     for shape in parse_sizes(args.sizes):
         rec = {"benchmark": "gradient_cost", "problem": problem_name(shape), "size": list(shape),
                "ranks": 1, "backend": "host", "threads": args.threads, "dtype": "float64",
-               "params": "PTParams() defaults", "observations": len(observation_points(len(shape)))}
+               "params": "PTParams() defaults",
+               "observations": len(observation_points(len(shape)))}
         if not args.no_time or not args.no_memory:
             values, t = timing(shape, args, backend) if not args.no_time else (None, {})
             rec.update(t)

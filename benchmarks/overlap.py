@@ -26,7 +26,6 @@ a node with a spare core per rank (or of GPUs, where the interior runs on a seco
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -35,7 +34,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, log, machine, parse_sizes, timed  # noqa: E402
+from _common import emit, kernel_bench_parser, log, machine, parse_sizes, timed  # noqa: E402
 
 from hpcinv.backend import make_backend  # noqa: E402
 from hpcinv.problems import geothermal2d, geothermal3d  # noqa: E402
@@ -129,16 +128,9 @@ def bench_size(shape, args, backend, world):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default=DEFAULT_SIZES,
-                   help=f"comma-separated global grid sizes (default {DEFAULT_SIZES})")
+    p = kernel_bench_parser(__doc__, DEFAULT_SIZES)
     p.add_argument("--dims", default=None,
                    help="ranks per dimension, e.g. 2,1 (default: MPI.Compute_dims)")
-    p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
-    p.add_argument("--backend", default="host", choices=("auto", "host", "cupy"))
-    p.add_argument("--threads", type=int, default=None,
-                   help="host threads per rank (default: usable cores / ranks per node)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=0,

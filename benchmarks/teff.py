@@ -31,7 +31,6 @@ sizes are global, and the copy bandwidth is the aggregate of all ranks.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -40,7 +39,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, log, machine, parse_sizes, timed  # noqa: E402
+from _common import emit, kernel_bench_parser, log, machine, parse_sizes, timed  # noqa: E402
 
 from hpcinv.backend import make_backend  # noqa: E402
 from hpcinv.backend.kernel import Kernel  # noqa: E402
@@ -262,14 +261,7 @@ def bench_size(shape, args, backend, comm):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default=DEFAULT_SIZES,
-                   help=f"comma-separated global grid sizes (default {DEFAULT_SIZES})")
-    p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
-    p.add_argument("--backend", default="host", choices=("auto", "host", "cupy"))
-    p.add_argument("--threads", type=int, default=None,
-                   help="host threads per rank (default: usable cores / ranks per node)")
+    p = kernel_bench_parser(__doc__, DEFAULT_SIZES)
     p.add_argument("--repeats", type=int, default=10, help="timed samples (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     p.add_argument("--iters", type=int, default=0,
