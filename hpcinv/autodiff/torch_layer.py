@@ -32,8 +32,8 @@ def _numpy_dtype(t: torch.Tensor, what: str):
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A host copy of a (detached) tensor on the layer's device."""
-    return t.detach().to("cpu").numpy().copy()
+    """The tensor's values on the host (a view for CPU tensors: the map copies what it keeps)."""
+    return t.detach().to("cpu").numpy()
 
 
 class _DarcyFunction(torch.autograd.Function):
