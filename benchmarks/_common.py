@@ -104,3 +104,17 @@ def kernel_bench_parser(doc: str, default_sizes: str):
     p.add_argument("--threads", type=int, default=None,
                    help="host threads per rank (default: usable cores / ranks per node)")
     return p
+
+
+def node_backend(args, comm=None):
+    """The compute backend of this rank from ``args.backend`` and ``args.threads``, told its
+    node-local rank and rank count (GPU choice, threads per rank)."""
+    from mpi4py import MPI
+
+    from hpcinv.backend import make_backend
+    node = (comm or MPI.COMM_WORLD).Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return make_backend(args.backend, local_rank=node.Get_rank(),
+                            local_size=node.Get_size(), threads=args.threads)
+    finally:
+        node.Free()

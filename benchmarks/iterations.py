@@ -27,9 +27,8 @@ import sys
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, log, machine, parse_sizes  # noqa: E402
+from _common import emit, log, machine, node_backend, parse_sizes  # noqa: E402
 
-from hpcinv.backend import make_backend  # noqa: E402
 from hpcinv.errors import SolverDivergedError  # noqa: E402
 from hpcinv.problems import geothermal2d  # noqa: E402
 from hpcinv.solvers import DarcySolver, PTParams  # noqa: E402
@@ -81,9 +80,7 @@ def main(argv=None):
                    help="comma-separated Re values, as multiples of pi")
     args = p.parse_args(argv)
     comm = MPI.COMM_WORLD
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    backend = make_backend(args.backend, local_rank=node.Get_rank(), local_size=node.Get_size(),
-                           threads=args.threads)
+    backend = node_backend(args, comm)
     root = comm.Get_rank() == 0
 
     def out(rec):

@@ -34,9 +34,9 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, kernel_bench_parser, log, machine, parse_sizes, timed  # noqa: E402
+from _common import (emit, kernel_bench_parser,
+                     log, machine, node_backend, parse_sizes, timed)  # noqa: E402
 
-from hpcinv.backend import make_backend  # noqa: E402
 from hpcinv.problems import geothermal2d, geothermal3d  # noqa: E402
 from hpcinv.solvers import DarcySolver, PTParams  # noqa: E402
 
@@ -143,9 +143,7 @@ def main(argv=None):
     world = MPI.COMM_WORLD
     if world.Get_size() < 2 and world.Get_rank() == 0:
         log("overlap: warning: 1 rank, no messages; run under mpiexec -n 2 (or more)")
-    node = world.Split_type(MPI.COMM_TYPE_SHARED)
-    backend = make_backend(args.backend, local_rank=node.Get_rank(), local_size=node.Get_size(),
-                           threads=args.threads)
+    backend = node_backend(args, world)
     for shape in parse_sizes(args.sizes):
         if world.Get_rank() == 0:
             log(f"overlap: {'x'.join(map(str, shape))} on {world.Get_size()} rank(s)")

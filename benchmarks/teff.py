@@ -39,9 +39,9 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, kernel_bench_parser, log, machine, parse_sizes, timed  # noqa: E402
+from _common import (emit, kernel_bench_parser,
+                     log, machine, node_backend, parse_sizes, timed)  # noqa: E402
 
-from hpcinv.backend import make_backend  # noqa: E402
 from hpcinv.backend.kernel import Kernel  # noqa: E402
 from hpcinv.problems import geothermal2d, geothermal3d  # noqa: E402
 from hpcinv.solvers import DarcySolver, PTParams  # noqa: E402
@@ -279,9 +279,7 @@ def main(argv=None):
     if args.repeats < 1 or args.warmup < 0 or args.numpy_repeats < 1:
         p.error("--repeats and --numpy-repeats must be >= 1, --warmup >= 0")
     comm = MPI.COMM_WORLD
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    backend = make_backend(args.backend, local_rank=node.Get_rank(), local_size=node.Get_size(),
-                           threads=args.threads)
+    backend = node_backend(args, comm)
     for shape in parse_sizes(args.sizes):
         if comm.Get_rank() == 0:
             log(f"teff: {'x'.join(map(str, shape))} {args.dtype} on {comm.Get_size()} rank(s)")

@@ -40,7 +40,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import log, machine, parse_sizes, timed  # noqa: E402
+from _common import log, machine, node_backend, parse_sizes, timed  # noqa: E402
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "weak.jsonl")
 
@@ -220,12 +220,8 @@ def write_records(recs, out):
 
 
 def setup(args):
-    from hpcinv.backend import make_backend
     world = MPI.COMM_WORLD
-    node = world.Split_type(MPI.COMM_TYPE_SHARED)
-    backend = make_backend(args.backend, local_rank=node.Get_rank(), local_size=node.Get_size(),
-                           threads=args.threads)
-    node.Free()
+    backend = node_backend(args, world)
     dims = [int(v) for v in args.dims.split(",")] if args.dims else None
     return world, backend, dims
 
