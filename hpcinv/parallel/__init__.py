@@ -3,6 +3,7 @@
 Nothing here knows about Darcy flow; physics code never calls MPI directly.
 """
 from .decomposition import Decomposition, split_extent
-from .halo import HaloExchange, cuda_aware_mpi
+from .cuda_aware import cuda_aware_mpi
+from .halo import HaloExchange
 
 __all__ = ["Decomposition", "split_extent", "HaloExchange", "cuda_aware_mpi"]
