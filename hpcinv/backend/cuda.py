@@ -6,10 +6,12 @@ text with ``nvcc`` on machines without a GPU (see ``tests/test_nvcc.py`` and
 :mod:`hpcinv.backend.nvcc_check`).
 
 Every array is passed as a flat 1-D view (``raw``), so ``A[idx]`` is a plain pointer offset.
-Arrays are CuPy *out_params*: CuPy declares every in_param ``const`` (``const CArray<...>``,
-whose ``operator[]`` yields a ``const T&``), and a kernel writes some of its arrays. The
-scalars, ints and launch geometry are the in_params, so the call order is
-``(*scalars, *ints, *geometry, *arrays)``.
+The arrays a kernel writes (``Kernel.writes``) are CuPy *out_params*; the others are raw
+*in_params*, which CuPy declares ``const`` (``const CArray<...>``, whose ``operator[]`` yields a
+``const T&``), so a body that writes an array it did not declare does not compile. The launch
+geometry is a raw ``int64`` array of boxes (see :func:`~hpcinv.backend.kernel.launch_geometry`)
+uploaded once per binding; the flat launch index ``i`` runs over the boxes one after the other.
+The call order is ``(*scalars, *ints, boxes, nbox, Ny, Nz, *read arrays, *written arrays)``.
 
 CuPy's ``cupy/complex.cuh``, included in every kernel, has ``using thrust::real;`` at global
 scope, so ``typedef double real;`` does not compile there: the CUDA preamble first defines
@@ -23,38 +25,46 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError
-from .kernel import Kernel, box_args, header
+from .binding import CompiledKernel
+from .kernel import BOX_INTS, Kernel, header, launch_geometry
 
 NVRTC_OPTIONS = ("-fmad=false",)
 
-#: Unravels CuPy's flat index ``i`` over the box into padded-array indices.
+#: Finds the box of CuPy's flat index ``i`` and unravels it into padded-array indices.
 _PRELUDE = r"""
 const ptrdiff_t sz = 1, sy = Nz, sx = (ptrdiff_t)Ny * Nz;
+ptrdiff_t ib = 0;
+while (ib + 1 < hpcinv_nbox && (ptrdiff_t)i >= (ptrdiff_t)hpcinv_boxes[7 * (ib + 1) + 6]) ++ib;
+const ptrdiff_t ox = hpcinv_boxes[7 * ib], oy = hpcinv_boxes[7 * ib + 1];
+const ptrdiff_t oz = hpcinv_boxes[7 * ib + 2];
+const ptrdiff_t ey = hpcinv_boxes[7 * ib + 4], ez = hpcinv_boxes[7 * ib + 5];
+const ptrdiff_t i_all = (ptrdiff_t)i;
+const ptrdiff_t _l = i_all - (ptrdiff_t)hpcinv_boxes[7 * ib + 6];
 #if NDIM == 3
-const ptrdiff_t iz = oz + (ptrdiff_t)(i % ez);
-const ptrdiff_t _t = (ptrdiff_t)(i / ez);
+const ptrdiff_t iz = oz + _l % ez;
+const ptrdiff_t _t = _l / ez;
 #else
 const ptrdiff_t iz = 0;
-const ptrdiff_t _t = (ptrdiff_t)i;
+const ptrdiff_t _t = _l;
 #endif
 const ptrdiff_t iy = oy + _t % ey;
 const ptrdiff_t ix = ox + _t / ey;
 const ptrdiff_t idx = ix * sx + iy * sy + iz;
-(void)sz; (void)iz;
+(void)sz; (void)iz; (void)oz; (void)ez; (void)i_all;
 """
 
-_GEOMETRY = ("ox", "oy", "oz", "ex", "ey", "ez", "Ny", "Nz")
+_GEOMETRY = ("raw int64 hpcinv_boxes", "int64 hpcinv_nbox", "int64 Ny", "int64 Nz")
 
 
 def elementwise_parts(kernel: Kernel, ndim: int, dtype):
     """``(in_params, out_params, operation, preamble)`` of the ElementwiseKernel for this kernel.
 
-    Launch as ``ek(*scalars, *ints, *geometry, *arrays, size=n)``.
+    Launch as ``ek(*scalars, *ints, boxes, nbox, Ny, Nz, *reads, *writes, size=cells)``.
     """
     t = np.dtype(dtype).name
     in_params = ([f"{t} {s}" for s in kernel.scalars] + [f"int64 {s}" for s in kernel.ints]
-                 + [f"int64 {g}" for g in _GEOMETRY])
-    out_params = [f"raw {t} {a}" for a in kernel.arrays]
+                 + list(_GEOMETRY) + [f"raw {t} {a}" for a in kernel.reads])
+    out_params = [f"raw {t} {a}" for a in kernel.writes]
     preamble = ("#define HPCINV_INLINE __device__ __forceinline__\n"
                 "#define real hpcinv_real\n" + header(kernel, ndim, dtype))
     operation = _PRELUDE + "{\n" + kernel.body + "\n}\n"
@@ -77,28 +87,33 @@ def import_cupy():
     return cupy
 
 
-class CudaKernel:
-    """A CuPy ElementwiseKernel: ``k(lo, hi, *arrays, *scalars, *ints)`` on the current stream."""
+class CudaKernel(CompiledKernel):
+    """A CuPy ElementwiseKernel; ``bind(**names)`` it, then ``backend.launch(bound, boxes)``."""
 
     def __init__(self, kernel: Kernel, ndim: int, dtype):
         cupy = import_cupy()
+        self._cp = cupy
         self.kernel, self.dtype = kernel, np.dtype(dtype)
         in_params, out_params, operation, preamble = elementwise_parts(kernel, ndim, dtype)
         self._ek = cupy.ElementwiseKernel(in_params, out_params, operation, name=kernel.name,
                                           preamble=preamble, options=NVRTC_OPTIONS,
                                           no_return=True)
-        self._na = len(kernel.arrays)
 
-    def __call__(self, lo, hi, *args):
-        arrays = args[:self._na]
-        shape = arrays[0].shape
-        geom = box_args(lo, hi, shape)
-        size = geom[3] * geom[4] * geom[5]
-        if size == 0:
-            return
-        for a in arrays:   # reshape(-1) of a non-contiguous array would copy: writes lost
-            if a.shape != shape or a.dtype != self.dtype or not a.flags.c_contiguous:
-                raise ValueError(f"kernel {self.kernel.name}: arrays must be C-contiguous "
-                                 f"{self.dtype} of one shape {shape}, got {a.shape} {a.dtype}")
-        flat = [a.reshape(-1) for a in arrays]   # views: arrays are C-contiguous
-        self._ek(*args[self._na:], *geom, *flat, size=size)
+    def prepare(self, values: dict) -> tuple:
+        """``(leading scalars and ints, flat arrays)`` in the ElementwiseKernel's order."""
+        k = self.kernel
+        head = tuple(values[s] for s in k.scalars) + tuple(int(values[i]) for i in k.ints)
+        flat = tuple(values[a].reshape(-1) for a in k.reads + k.writes)   # views: contiguous
+        return head, flat
+
+    def geometry(self, boxes, shape):
+        geom, cells = launch_geometry(boxes, shape)
+        dev = self._cp.asarray(np.asarray(geom or [0], dtype=np.int64))
+        ny, nz = shape[1], (shape[2] if len(shape) == 3 else 1)
+        return dev, len(geom) // BOX_INTS, ny, nz, cells
+
+    def run(self, prepared, geometry):
+        head, flat = prepared
+        dev, nbox, ny, nz, cells = geometry
+        if cells:
+            self._ek(*head, dev, nbox, ny, nz, *flat, size=cells)

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError
-from .kernel import Kernel, box_args, c_type, header, source_hash
+from .binding import CompiledKernel
+from .kernel import BOX_INTS, Kernel, c_type, header, launch_geometry, source_hash
 
 DEFAULT_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-fast-math",
                  "-fPIC", "-shared", "-std=c++17")
@@ -67,12 +68,17 @@ namespace std { using ::hpcinv_fmax; using ::hpcinv_fmin; }   /* std::fmax in ke
     __asm__ __volatile__("" : : "r"(arr) : "memory");
 %(header)s
 extern "C" void %(name)s(%(params)s
-    long long ox, long long oy, long long oz, long long ex, long long ey, long long ez,
-    long long Ny, long long Nz, int nthreads)
+    const long long* hpcinv_boxes, long long hpcinv_nbox, long long Ny, long long Nz,
+    int nthreads)
 {
-    (void)oz; (void)ez; (void)Nz;
+    (void)Nz;
+  for (ptrdiff_t ib = 0; ib < hpcinv_nbox; ++ib) {
+    const long long* box_ = hpcinv_boxes + 7 * ib;
+    const ptrdiff_t ox = box_[0], oy = box_[1], oz = box_[2];
+    const ptrdiff_t ex = box_[3], ey = box_[4], ez = box_[5], start_ = box_[6];
+    (void)oz; (void)ez; (void)start_;
 #if NDIM == 2
-    /* Unit stride known at compile time (box_args passes Nz = 1 in 2D): contiguous vector
+    /* Unit stride known at compile time (2D launches have Nz = 1): contiguous vector
        loads and stores along iy. */
     const ptrdiff_t sz = 1, sy = 1, sx = (ptrdiff_t)Ny;
     (void)sz;
@@ -86,6 +92,7 @@ extern "C" void %(name)s(%(params)s
             for (ptrdiff_t iy = y0; iy < y1; ++iy) {
                 const ptrdiff_t ix = lane_ix[iy - y0], iz = 0; (void)ix; (void)iz;
                 const ptrdiff_t idx = jx * sx + iy;
+                const ptrdiff_t i_all = start_ + (jx - ox) * ey + (iy - oy); (void)i_all;
                 %(body)s
             }
         }
@@ -106,12 +113,16 @@ extern "C" void %(name)s(%(params)s
                     const ptrdiff_t ix = lane_ix[iz - z0], iy = lane_iy[iz - z0];
                     (void)ix; (void)iy;
                     const ptrdiff_t idx = jx * sx + jy * sy + iz;
+                    const ptrdiff_t i_all = start_ + ((jx - ox) * ey + (jy - oy)) * ez
+                                            + (iz - oz);
+                    (void)i_all;
                     %(body)s
                 }
             }
         }
     }
 #endif
+  }
 }
 """
 
@@ -119,7 +130,8 @@ extern "C" void %(name)s(%(params)s
 def host_source(kernel: Kernel, ndim: int, dtype) -> str:
     """The complete C++ translation unit for one kernel (exposed for inspection and tests)."""
     real = c_type(dtype)
-    params = "".join([f"{real}* __restrict__ {a}, " for a in kernel.arrays]
+    params = "".join([f"{'' if a in kernel.writes else 'const '}{real}* __restrict__ {a}, "
+                      for a in kernel.arrays]
                      + [f"{real} {s}, " for s in kernel.scalars]
                      + [f"long long {s}, " for s in kernel.ints])
     return _WRAPPER % dict(header=header(kernel, ndim, dtype), name=kernel.name, params=params,
@@ -207,8 +219,8 @@ def compile_library(source: str, flags=DEFAULT_FLAGS) -> Path:
     return lib
 
 
-class HostKernel:
-    """A compiled host kernel: ``k(lo, hi, *arrays, *scalars, *ints)`` runs the body over a box."""
+class HostKernel(CompiledKernel):
+    """A compiled host kernel; ``bind(**names)`` it, then ``backend.launch(bound, boxes)``."""
 
     def __init__(self, kernel: Kernel, ndim: int, dtype, nthreads: int):
         self.kernel, self.ndim, self.dtype = kernel, ndim, np.dtype(dtype)
@@ -216,21 +228,26 @@ class HostKernel:
         lib = ctypes.CDLL(str(compile_library(host_source(kernel, ndim, dtype))))
         self._fn = getattr(lib, kernel.name)
         real = ctypes.c_double if self.dtype == np.float64 else ctypes.c_float
+        self._real = real
         self._fn.argtypes = ([ctypes.c_void_p] * len(kernel.arrays) + [real] * len(kernel.scalars)
-                             + [ctypes.c_longlong] * (len(kernel.ints) + 8) + [ctypes.c_int])
+                             + [ctypes.c_longlong] * len(kernel.ints)
+                             + [ctypes.c_void_p] + [ctypes.c_longlong] * 3 + [ctypes.c_int])
         self._fn.restype = None
-        self._na, self._ns = len(kernel.arrays), len(kernel.scalars)
 
-    def __call__(self, lo, hi, *args):
-        arrays = args[:self._na]
-        shape = arrays[0].shape
-        geom = box_args(lo, hi, shape)
-        if geom[3] * geom[4] * geom[5] == 0:
-            return
-        ptrs = []
-        for a in arrays:
-            if a.shape != shape or a.dtype != self.dtype or not a.flags.c_contiguous:
-                raise ValueError(f"kernel {self.kernel.name}: arrays must be C-contiguous "
-                                 f"{self.dtype} of one shape {shape}, got {a.shape} {a.dtype}")
-            ptrs.append(a.ctypes.data)
-        self._fn(*ptrs, *args[self._na:], *geom, self.nthreads)
+    def prepare(self, values: dict) -> tuple:
+        """Pointers, scalars and ints in the C function's order (made once per binding)."""
+        k = self.kernel
+        return (tuple(values[a].ctypes.data for a in k.arrays)
+                + tuple(float(values[s]) for s in k.scalars)
+                + tuple(int(values[i]) for i in k.ints))
+
+    def geometry(self, boxes, shape):
+        geom, cells = launch_geometry(boxes, shape)
+        buf = (ctypes.c_longlong * max(1, len(geom)))(*geom)
+        ny, nz = shape[1], (shape[2] if len(shape) == 3 else 1)
+        return (buf, ctypes.addressof(buf), len(geom) // BOX_INTS, ny, nz, cells)
+
+    def run(self, prepared, geometry):
+        buf, addr, nbox, ny, nz, cells = geometry
+        if cells:
+            self._fn(*prepared, addr, nbox, ny, nz, self.nthreads)

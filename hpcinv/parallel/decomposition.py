@@ -79,6 +79,9 @@ class Decomposition:
             self._d.append(_Dim(shape[ax], nl, off, lo, hi))
         self.ndim = ndim
         self.global_shape = shape
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.node_ranks = node.Get_size()     # ranks sharing this node (and its cores)
+        node.Free()
 
     # --- sizes and index maps ------------------------------------------------------------
     @property

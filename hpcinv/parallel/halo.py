@@ -1,29 +1,68 @@
 """Split-phase halo exchange of cell-centred fields with one ghost layer.
 
-``start(field)`` packs the owned boundary layers of ``field`` into contiguous buffers, waits for
-the backend's boundary stream (a send must never read a buffer that a kernel is still writing)
-and posts non-blocking receives and sends to the face neighbours along every axis; ``finish()``
-waits and unpacks the received layers into the ghost layers. Work placed between the two calls
-(the interior update) overlaps the messages.
+``start(field, stream)`` packs the owned boundary layers of ``field`` for every neighbour into
+one contiguous send buffer (one kernel launch on ``stream``), stages it to a host buffer when
+MPI cannot read device memory, waits for ``stream`` (MPI must not read a buffer that the
+device is still writing) and posts the non-blocking receives and sends. ``finish()`` waits for
+the messages, stages the receive buffer back if needed and unpacks it into the ghost layers
+(one launch on the same stream). Work issued between the two calls on other streams (the
+interior update) overlaps the messages. Ordering, per exchange:
+
+* pack after the field's producer: the caller issues ``start`` on the producer's stream or
+  makes that stream wait for the producer's event;
+* MPI reads the send buffer after ``sync(stream)`` in ``start``; MPI writes the receive buffer
+  only between the posting of the receives (after that sync, so the previous unpack has read
+  it) and ``Waitall``;
+* the unpack runs on ``stream`` after ``Waitall``; a consumer on another stream waits for an
+  event recorded on ``stream`` after ``finish``.
 
 Only face layers are exchanged (no edge or corner ghosts): hpcinv's stencils reach face
 neighbours only. Messages to ``MPI.PROC_NULL`` are skipped; a periodic self-neighbour on one
 rank goes through MPI like any other, which lets the halo logic be tested on one rank.
-
-GPU arrays go to MPI directly when the MPI library is CUDA-aware, otherwise they are staged
-through pinned host buffers (see :func:`cuda_aware_mpi`).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from mpi4py import MPI
 
-from .cuda_aware import cuda_aware_mpi
+from .pack import PACK, UNPACK
 
 
-def _face(ndim: int, axis: int, index: int) -> tuple[slice | int, ...]:
-    """Index of the layer ``index`` along ``axis``, owned cells only along the other axes."""
-    return tuple(index if a == axis else slice(1, -1) for a in range(ndim))
+class HaloLink(NamedTuple):
+    """One message each way with one face neighbour.
+
+    Attributes:
+        axis, side: the face (side 0 = lower, 1 = upper).
+        neighbour: rank of the neighbour in the communicator.
+        send_box, recv_box: ``(lo, hi)`` of the owned layer sent and of the ghost layer filled.
+        offset, count: position and length of this face in the send and receive buffers.
+    """
+    axis: int
+    side: int
+    neighbour: int
+    send_box: tuple
+    recv_box: tuple
+    offset: int
+    count: int
+
+    @property
+    def send_tag(self) -> int:
+        """Messages travelling towards the upper side carry tag ``2 axis``, downwards
+        ``2 axis + 1``."""
+        return 2 * self.axis + (1 if self.side == 0 else 0)
+
+    @property
+    def recv_tag(self) -> int:
+        return 2 * self.axis + (0 if self.side == 0 else 1)
+
+
+def _layer(shape, axis: int, index: int):
+    """Box of the layer ``index`` along ``axis``, owned cells along the other axes."""
+    lo = tuple(index if a == axis else 1 for a in range(len(shape)))
+    hi = tuple(index + 1 if a == axis else n - 1 for a, n in enumerate(shape))
+    return lo, hi
 
 
 class HaloExchange:
@@ -31,94 +70,117 @@ class HaloExchange:
 
     Args:
         decomp: the :class:`~hpcinv.parallel.Decomposition`.
-        backend: the compute backend (array module, boundary-stream sync).
+        backend: the compute backend (streams, kernels, host syncs).
         dtype: field dtype.
-        cuda_aware: pass device buffers to MPI; ``None`` detects (GPU backends only).
+        cuda_aware: hand device buffers to MPI; ``None``: the backend's one decision for the
+            run (``backend.cuda_aware``). Host memory is always handed over directly.
     """
 
     def __init__(self, decomp, backend, dtype, cuda_aware: bool | None = None):
-        self.decomp, self.backend = decomp, backend
-        self.xp = backend.xp
+        self.decomp, self.backend, self.dtype = decomp, backend, np.dtype(dtype)
         self.comm = decomp.comm
         shape = decomp.padded_shape
-        on_gpu = self.xp is not np
-        if on_gpu and cuda_aware is None:
-            cuda_aware = cuda_aware_mpi()[0]
-        self.staged = on_gpu and not cuda_aware
-        self._links = []   # (axis, side, neighbour, send_idx, recv_idx, sbuf, rbuf, hs, hr)
+        if cuda_aware is None:
+            cuda_aware = getattr(backend, "cuda_aware", False)
+        self.staged = backend.device_memory and not cuda_aware
+        links, offset = [], 0
         for axis in range(decomp.ndim):
-            lo, hi = decomp.neighbours(axis)
-            face_shape = tuple(n - 2 for a, n in enumerate(shape) if a != axis)
-            for side, nb, send_i, recv_i in ((0, lo, 1, 0), (1, hi, -2, -1)):
+            lo_nb, hi_nb = decomp.neighbours(axis)
+            for side, nb, send_i, recv_i in ((0, lo_nb, 1, 0),
+                                             (1, hi_nb, shape[axis] - 2, shape[axis] - 1)):
                 if nb == MPI.PROC_NULL:
                     continue
-                sbuf = self.xp.empty(face_shape, dtype=dtype)
-                rbuf = self.xp.empty(face_shape, dtype=dtype)
-                hs = hr = None
-                if self.staged:
-                    hs, hr = self._pinned(face_shape, dtype), self._pinned(face_shape, dtype)
-                self._links.append((axis, side, nb, _face(decomp.ndim, axis, send_i),
-                                    _face(decomp.ndim, axis, recv_i), sbuf, rbuf, hs, hr))
-        self._field = None
-        self._reqs = []
-
-    def _pinned(self, shape, dtype):
-        import cupyx
-        return cupyx.empty_pinned(shape, dtype=dtype)
+                count = int(np.prod([n - 2 for a, n in enumerate(shape) if a != axis]))
+                links.append(HaloLink(axis, side, nb, _layer(shape, axis, send_i),
+                                      _layer(shape, axis, recv_i), offset, count))
+                offset += count
+        self.links = tuple(links)
+        n = max(1, offset)
+        bk = backend
+        self.send_buffer, self.recv_buffer = bk.empty((n,), self.dtype), bk.empty((n,), self.dtype)
+        if self.staged:
+            self.send_host, self.recv_host = bk.pinned((n,), self.dtype), bk.pinned((n,), self.dtype)
+        mpi_send = self.send_host if self.staged else self.send_buffer
+        mpi_recv = self.recv_host if self.staged else self.recv_buffer
+        self._mpi_send, self._mpi_recv = mpi_send, mpi_recv
+        self._send_views = [mpi_send[l.offset:l.offset + l.count] for l in self.links]
+        self._recv_views = [mpi_recv[l.offset:l.offset + l.count] for l in self.links]
+        self._send_boxes = [l.send_box for l in self.links]
+        self._recv_boxes = [l.recv_box for l in self.links]
+        if self.links:
+            self._pack = bk.kernel(PACK, decomp.ndim, self.dtype)
+            self._unpack = bk.kernel(UNPACK, decomp.ndim, self.dtype)
+        self._bound = {}
+        self._pending = None
 
     @property
     def messages(self) -> int:
         """Messages sent per exchange (faces with a neighbour, periodic self included)."""
-        return len(self._links)
+        return len(self.links)
 
     @property
     def bytes_sent(self) -> int:
         """Bytes sent per exchange (all faces together)."""
-        return sum(int(link[5].nbytes) for link in self._links)
+        return sum(l.count for l in self.links) * self.dtype.itemsize
 
     @property
     def active(self) -> bool:
         """True if this rank exchanges any message."""
-        return bool(self._links)
+        return bool(self.links)
 
-    def start(self, field):
-        """Pack ``field``'s boundary layers and post the messages (non-blocking)."""
-        if self._field is not None:
+    def _bindings(self, field):
+        """Pack and unpack launches bound to ``field`` (made once per field buffer)."""
+        key = (id(field), field.__array_interface__["data"][0] if hasattr(
+            field, "__array_interface__") else field.data.ptr)
+        b = self._bound.get(key)
+        if b is None:
+            if len(self._bound) > 8:
+                self._bound.clear()
+            b = self._bound[key] = (self._pack.bind(A=field, buf=self.send_buffer),
+                                    self._unpack.bind(A=field, buf=self.recv_buffer), field)
+        return b
+
+    def start(self, field, stream=None):
+        """Pack ``field``'s boundary layers on ``stream`` and post the messages."""
+        if self._pending is not None:
             raise RuntimeError("HaloExchange.start() called twice without finish()")
-        self._field = field
-        xp = self.xp
-        with self.backend.boundary():
-            for (_, _, _, sidx, _, sbuf, _, hs, _) in self._links:
-                xp.copyto(sbuf, field[sidx])
-                if self.staged:
-                    sbuf.get(out=hs, blocking=False)
-        self.backend.sync_boundary()   # packed (and staged) before any send reads the buffers
-        reqs = []
-        for (axis, side, nb, _, _, sbuf, rbuf, hs, hr) in self._links:
-            # A message travelling towards the upper side carries tag 2*axis, downwards 2*axis+1;
-            # the lower neighbour's upward message is what we receive from below.
-            rtag = 2 * axis + (0 if side == 0 else 1)
-            reqs.append(self.comm.Irecv(hr if self.staged else rbuf, source=nb, tag=rtag))
-        for (axis, side, nb, _, _, sbuf, rbuf, hs, hr) in self._links:
-            stag = 2 * axis + (1 if side == 0 else 0)
-            reqs.append(self.comm.Isend(hs if self.staged else sbuf, dest=nb, tag=stag))
+        bk = self.backend
+        stream = bk.compute if stream is None else stream
+        self._pending = (field, stream)
+        if not self.links:
+            return
+        pack, _, _ = self._bindings(field)
+        bk.launch(pack, self._send_boxes, stream)
+        if self.staged:
+            bk.copy(self.send_host, self.send_buffer, stream=stream)
+        bk.sync(stream)                 # packed (and staged) before MPI reads the buffer
+        bk.host_access(self._mpi_recv, True, "MPI_Irecv")
+        bk.host_access(self._mpi_send, False, "MPI_Isend")
+        reqs = [self.comm.Irecv(v, source=l.neighbour, tag=l.recv_tag)
+                for l, v in zip(self.links, self._recv_views)]
+        reqs += [self.comm.Isend(v, dest=l.neighbour, tag=l.send_tag)
+                 for l, v in zip(self.links, self._send_views)]
         self._reqs = reqs
 
     def finish(self):
-        """Wait for the messages and write the received layers into the ghost layers."""
-        if self._field is None:
+        """Wait for the messages and unpack them into the ghost layers (on the stream of
+        :meth:`start`)."""
+        if self._pending is None:
+            raise RuntimeError("HaloExchange.finish() called without start()")
+        field, stream = self._pending
+        self._pending = None
+        if not self.links:
             return
+        bk = self.backend
         MPI.Request.Waitall(self._reqs)
-        field = self._field
-        with self.backend.boundary():
-            for (_, _, _, _, ridx, _, rbuf, _, hr) in self._links:
-                if self.staged:
-                    rbuf.set(hr)
-                field[ridx] = rbuf
-        self.backend.sync_boundary()
-        self._field, self._reqs = None, []
+        self._reqs = []
+        bk.host_access(self._mpi_recv, True, "MPI_Waitall (received data)")
+        if self.staged:
+            bk.copy(self.recv_buffer, self.recv_host, stream=stream, snapshot=False)
+        _, unpack, _ = self._bindings(field)
+        bk.launch(unpack, self._recv_boxes, stream)
 
-    def exchange(self, field):
-        """Blocking exchange: ``start(field)`` then ``finish()``."""
-        self.start(field)
+    def exchange(self, field, stream=None):
+        """Blocking exchange on one stream: ``start(field, stream)`` then ``finish()``."""
+        self.start(field, stream)
         self.finish()

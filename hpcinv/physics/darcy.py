@@ -120,7 +120,8 @@ def apt_step_kernel(ndim: int, store_residual: bool = False) -> Kernel:
               + ("K", "Qf", "R"))
     k = Kernel(f"darcy_apt_step_{ndim}d", arrays,
                tuple(f"inv_d{a}" for a in ax) + ("damp", "beta"), _STEP_BODY,
-               ints=tuple(f"n{a}l" for a in ax) + ("wall", "fixed"), preamble=_PREAMBLE)
+               ints=tuple(f"n{a}l" for a in ax) + ("wall", "fixed"), preamble=_PREAMBLE,
+               writes=("Pf_new",) + tuple(f"q{a}_new" for a in ax) + ("R",))
     return k.variant("res", STORE_RESIDUAL="1") if store_residual else k
 
 

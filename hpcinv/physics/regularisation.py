@@ -90,20 +90,21 @@ _TIKHONOV_BODY = ("    const real mc = m[idx];\n    real gsum = (real)0, e = (re
 def smooth_kernel(ndim: int) -> Kernel:
     """One explicit diffusion step ``A2 = S A`` over a box of owned cells (ghosts of ``A``
     current). Scalar ``coef``; ints ``go*`` (rank offset - 1), ``gn*`` (global sizes)."""
-    return Kernel(f"reg_smooth_{ndim}d", ("A", "A2"), ("coef",), _SMOOTH_BODY, ints=_ints(ndim))
+    return Kernel(f"reg_smooth_{ndim}d", ("A", "A2"), ("coef",), _SMOOTH_BODY, ints=_ints(ndim),
+                  writes=("A2",))
 
 
 def smooth_transpose_kernel(ndim: int) -> Kernel:
     """``y2 = S^T y`` (ghosts of ``y`` current); same arguments as :func:`smooth_kernel`."""
     return Kernel(f"reg_smooth_transpose_{ndim}d", ("y", "y2"), ("coef",), _SMOOTH_T_BODY,
-                  ints=_ints(ndim))
+                  ints=_ints(ndim), writes=("y2",))
 
 
 def tikhonov_kernel(ndim: int) -> Kernel:
     """``G += scale * (-Lap_N m) `` and ``E = `` lower-interior-face energy per cell (ghosts of
     ``m`` current). Scalars ``inv_d*2`` (1/d_a**2), ``scale``; ints as :func:`smooth_kernel`."""
     return Kernel(f"reg_tikhonov_{ndim}d", ("m", "G", "E"), _names(ndim, "inv_d#2") + ("scale",),
-                  _TIKHONOV_BODY, ints=_ints(ndim))
+                  _TIKHONOV_BODY, ints=_ints(ndim), writes=("G", "E"))
 
 
 def all_kernels(ndim: int):

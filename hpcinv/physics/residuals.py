@@ -90,7 +90,8 @@ def flux_residual_kernel(ndim: int) -> Kernel:
     scal, ints = _geometry(ndim)
     return Kernel(f"darcy_flux_residual_{ndim}d",
                   ("Pf", "K") + _names(ndim, "q#") + _names(ndim, "Rq#"), scal,
-                  "    const real Kc = K[idx];\n" + all_axes(_FLUX_RESIDUAL), ints=ints)
+                  "    const real Kc = K[idx];\n" + all_axes(_FLUX_RESIDUAL), ints=ints,
+                  writes=_names(ndim, "Rq#"))
 
 
 def flux_residual_adjoint_kernel(ndim: int) -> Kernel:
@@ -102,7 +103,7 @@ def flux_residual_adjoint_kernel(ndim: int) -> Kernel:
             + "    Pf_bar[idx] += P_acc;\n    K_bar[idx] += K_acc;\n")
     return Kernel(f"darcy_flux_residual_adjoint_{ndim}d",
                   ("Pf", "K", "Pf_bar", "K_bar") + _names(ndim, "Rq#_bar") + _names(ndim, "q#_bar"),
-                  scal, body, ints=ints)
+                  scal, body, ints=ints, writes=("Pf_bar", "K_bar") + _names(ndim, "q#_bar"))
 
 
 def pressure_residual_kernel(ndim: int) -> Kernel:
@@ -111,7 +112,7 @@ def pressure_residual_kernel(ndim: int) -> Kernel:
     body = ("    real div = (real)0;\n" + all_axes(_PRESSURE_RESIDUAL)
             + "    RPf[idx] = div - Qf[idx];\n")
     return Kernel(f"darcy_pressure_residual_{ndim}d", _names(ndim, "q#") + ("Qf", "RPf"), scal,
-                  body, ints=ints)
+                  body, ints=ints, writes=("RPf",))
 
 
 def pressure_residual_adjoint_kernel(ndim: int) -> Kernel:
@@ -120,7 +121,7 @@ def pressure_residual_adjoint_kernel(ndim: int) -> Kernel:
     scal, ints = _geometry(ndim)
     return Kernel(f"darcy_pressure_residual_adjoint_{ndim}d",
                   ("RPf_bar",) + _names(ndim, "q#_bar"), scal,
-                  all_axes(_PRESSURE_RESIDUAL_ADJOINT), ints=ints)
+                  all_axes(_PRESSURE_RESIDUAL_ADJOINT), ints=ints, writes=_names(ndim, "q#_bar"))
 
 
 def all_kernels(ndim: int):

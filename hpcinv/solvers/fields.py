@@ -67,12 +67,13 @@ class DarcyFields:
         self.dtype = np.dtype(dtype)
         nd, shape = grid.ndim, self.decomp.padded_shape
         self.halo = HaloExchange(self.decomp, bk, self.dtype, cuda_aware=cuda_aware)
-        self.K = bk.asarray(problem.K, dtype=self.dtype)
+        self.K = bk.upload(problem.K, dtype=self.dtype)
         self._complete_ghosts(self.K)
-        self.Qf = bk.asarray(problem.Qf, dtype=self.dtype)
-        self.Pf, self.Pf_new = bk.zeros(shape, self.dtype), bk.zeros(shape, self.dtype)
-        self.q = [bk.zeros(shape, self.dtype) for _ in range(nd)]
-        self.q_new = [bk.zeros(shape, self.dtype) for _ in range(nd)]
+        self.Qf = bk.upload(problem.Qf, dtype=self.dtype)
+        # Ping-pong buffers: (Pf, q) of parity 0 and 1; the current state is _cur.
+        self._P = [bk.zeros(shape, self.dtype), bk.zeros(shape, self.dtype)]
+        self._Q = [[bk.zeros(shape, self.dtype) for _ in range(nd)] for _ in range(2)]
+        self._cur = 0
         self.R = bk.zeros(shape, self.dtype)
         self.inv_d = tuple(1.0 / d for d in grid.spacing)
         self.last = tuple(self.decomp.local_shape)      # last owned padded index per axis
@@ -82,10 +83,17 @@ class DarcyFields:
         self._apply_boundary_pressure()
         self._set_scale()
 
+    # The current state and the other ping-pong buffer (swapped by each APT step).
+    Pf = property(lambda self: self._P[self._cur])
+    Pf_new = property(lambda self: self._P[1 - self._cur])
+    q = property(lambda self: self._Q[self._cur])
+    q_new = property(lambda self: self._Q[1 - self._cur])
+
     @property
-    def geometry(self) -> tuple:
-        """Trailing kernel arguments: ``(*inv_d, *last_owned_index, wall, fixed)``."""
-        return (*self.inv_d, *self.last, self.wall, self.fixed)
+    def geometry(self) -> dict:
+        """Kernel arguments of the grid geometry: ``inv_d`` (1/m per axis), ``nl`` (last owned
+        padded index per axis), ``wall`` and ``fixed`` (side bits)."""
+        return {"inv_d": self.inv_d, "nl": self.last, "wall": self.wall, "fixed": self.fixed}
 
     def _set_scale(self):
         qmax = self.decomp.comm.allreduce(self.backend.max_abs(self.Qf), op=MPI.MAX)
@@ -94,12 +102,12 @@ class DarcyFields:
     def set_source(self, Qf):
         """Replace the source term (padded local array, 1/time); the adjoint solve uses this
         with ``Qf = dJ/dPf`` (the operator is symmetric, see ``docs/theory.md``)."""
-        self.backend.xp.copyto(self.Qf, self.backend.xp.asarray(Qf, dtype=self.dtype))
+        self.backend.copy(self.Qf, Qf)
         self._set_scale()
 
     def set_permeability(self, K):
         """Replace K (padded local array, owned cells read); ghosts are refreshed."""
-        self.backend.xp.copyto(self.K, self.backend.xp.asarray(K, dtype=self.dtype))
+        self.backend.copy(self.K, K)
         self._complete_ghosts(self.K)
 
     def set_state(self, Pf=None, q=None, homogeneous: bool = False):
@@ -107,20 +115,20 @@ class DarcyFields:
 
         ``homogeneous``: fixed-pressure sides hold 0 instead of their value (adjoint solves).
         """
-        xp = self.backend.xp
+        bk = self.backend
         self.cold = Pf is None and q is None
         if Pf is None:
-            self.Pf[...] = 0
+            bk.fill(self.Pf, 0)
         else:
-            xp.copyto(self.Pf, xp.asarray(Pf, dtype=self.dtype))
+            bk.copy(self.Pf, Pf)
             self.halo.exchange(self.Pf)
         self.homogeneous = homogeneous
         self._apply_boundary_pressure()
         for a in range(self.grid.ndim):
             if q is None:
-                self.q[a][...] = 0
+                bk.fill(self.q[a], 0)
             else:
-                xp.copyto(self.q[a], xp.asarray(q[a], dtype=self.dtype))
+                bk.copy(self.q[a], q[a])
 
     def _complete_ghosts(self, a):
         """Neighbours' values in the ghost layers, wall ghosts mirrored (for Kmax_loc)."""
@@ -130,9 +138,9 @@ class DarcyFields:
             def idx(i):
                 return tuple(i if b == ax else slice(None) for b in range(nd))
             if self.decomp.at_lower_boundary(ax):
-                a[idx(0)] = a[idx(1)]
+                self.backend.copy(a, a, region=idx(0), src_region=idx(1))
             if self.decomp.at_upper_boundary(ax):
-                a[idx(-1)] = a[idx(-2)]
+                self.backend.copy(a, a, region=idx(-1), src_region=idx(-2))
 
     def _apply_boundary_pressure(self):
         """Fixed-pressure sides: the boundary pressure (0 if ``homogeneous``, as the adjoint
@@ -144,5 +152,5 @@ class DarcyFields:
                     self.decomp.at_lower_boundary(axis)):
                 continue
             idx = tuple((-1 if side else 0) if b == axis else slice(None) for b in range(nd))
-            for P in (self.Pf, self.Pf_new):
-                P[idx] = 0.0 if self.homogeneous else value
+            for P in self._P:
+                self.backend.fill(P, 0.0 if self.homogeneous else value, region=idx)

@@ -7,7 +7,7 @@ from ..backend import Backend
 from ..physics.darcy import apt_step_kernel
 from .apt import PTParams, pt_coefficients, pt_iterate
 from .fields import DarcyFields, ForwardState, boundary_bits  # noqa: F401 (re-exported)
-from .overlap import OverlappedUpdate
+from .overlap import OverlappedUpdate, resolve_overlap
 
 
 class DarcySolver(DarcyFields):
@@ -18,16 +18,19 @@ class DarcySolver(DarcyFields):
         problem: a :class:`~hpcinv.problems.Problem` (grid, K, Qf).
         backend: a :class:`~hpcinv.backend.Backend` (default: ``make_backend("auto")``).
         params: :class:`PTParams` (defaults: ``cfl = 0.95/sqrt(ndim)``, ``Re = 2 pi``).
-        overlap: hide the halo exchange behind the interior update.
+        overlap: hide the halo exchange behind the interior update: ``True``, ``False`` or
+            ``"auto"`` (GPUs; the host where a core is spare, see :func:`resolve_overlap`).
         dtype: ``float64`` (default) or ``float32``.
         cuda_aware: force CUDA-aware MPI on or off (``None``: detect).
     """
 
     def __init__(self, problem, backend: Backend | None = None, params: PTParams | None = None,
-                 overlap: bool = True, dtype=np.float64, cuda_aware: bool | None = None):
+                 overlap=True, dtype=np.float64, cuda_aware: bool | None = None):
         super().__init__(problem, backend, dtype, cuda_aware)
         ndim, shape, bk = self.grid.ndim, self.decomp.padded_shape, self.backend
-        self.update = OverlappedUpdate(shape, bk, self.halo, overlap=overlap)
+        self.overlap, self.overlap_reason = resolve_overlap(overlap, bk,
+                                                            self.decomp.node_ranks)
+        self.update = OverlappedUpdate(shape, bk, self.halo, overlap=self.overlap)
         self._step = bk.kernel(apt_step_kernel(ndim, False), ndim, self.dtype)
         self._step_res = bk.kernel(apt_step_kernel(ndim, True), ndim, self.dtype)
         self.set_params(params if params is not None else PTParams())
@@ -38,27 +41,34 @@ class DarcySolver(DarcyFields):
         self.params = params.resolved(self.grid.shape)
         self.damp, self.beta = pt_coefficients(self.grid.spacing, self.grid.lengths,
                                                self.params.cfl, self.params.re)
+        self._bind_steps()
+
+    def _bind_steps(self):
+        """The step kernel bound by name for both ping-pong parities, with and without the
+        residual (made once per parameter set, so a step costs only its launches)."""
+        self._bound = {}
+        for check, k in ((False, self._step), (True, self._step_res)):
+            for cur in (0, 1):
+                self._bound[check, cur] = k.bind(
+                    Pf=self._P[cur], q=self._Q[cur], Pf_new=self._P[1 - cur],
+                    q_new=self._Q[1 - cur], K=self.K, Qf=self.Qf, R=self.R,
+                    damp=self.damp, beta=self.beta, **self.geometry)
 
     def step(self, check: bool = False):
         """One APT iteration (fused kernel + one overlapped halo exchange of Pf).
 
         Returns the local max-norm of ``div q - Qf`` when ``check`` is true, else ``None``.
         """
-        k = self._step_res if check else self._step
-        args = (self.Pf, *self.q, self.Pf_new, *self.q_new, self.K, self.Qf, self.R,
-                *self.inv_d, self.damp, self.beta, *self.last, self.wall, self.fixed)
-        self.update(lambda lo, hi: k(lo, hi, *args), self.Pf_new)
-        self.Pf, self.Pf_new = self.Pf_new, self.Pf
-        self.q, self.q_new = self.q_new, self.q
+        self.update(self._bound[check, self._cur], self.Pf_new)
+        self._cur = 1 - self._cur
         return self.backend.max_abs(self.R) if check else None
 
     def solve(self, progress=None) -> ForwardState:
         """Iterate from the current state until converged (or ``maxiter``)."""
-        self.backend.synchronize()
         res = pt_iterate(self.step, self.decomp.comm, self.params, self.scale,
                          "adjoint" if self.homogeneous else "forward", progress,
                          cold=self.cold)
-        self.backend.synchronize()
+        self.backend.sync()
         return ForwardState(self.Pf, list(self.q), res)
 
 

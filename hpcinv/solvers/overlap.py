@@ -37,36 +37,58 @@ def shell_and_interior(padded_shape):
     return shell, interior
 
 
+def resolve_overlap(overlap, backend, ranks_on_node: int = 1) -> tuple[bool, str]:
+    """``(overlap on?, why)`` for ``overlap`` = ``True``, ``False`` or ``"auto"``.
+
+    ``auto``: on for GPU backends (the interior runs on its own stream); on the host only where
+    a core is free for the interior's worker thread beside each rank's OpenMP team (measured on
+    2 cores, 2 ranks x 1 thread: the overlapped demo took 44.6 s against 23.3 s without).
+    """
+    if overlap is True or overlap is False:
+        return overlap, "set by parallel.overlap"
+    if overlap != "auto":
+        raise ValueError(f"overlap must be true, false or 'auto', got {overlap!r}")
+    on, why = backend.overlap_pays(ranks_on_node)
+    return on, f"auto: {why}"
+
+
 class OverlappedUpdate:
     """Update a cell field and refresh its ghosts, hiding the messages behind the interior.
 
-    ``update(launch, field)`` with ``launch(lo, hi)`` computing the new values of ``field``
-    (and anything else) over a box:
+    ``update(bound, field)`` launches the bound kernel ``bound`` (which computes the new values
+    of ``field``, and anything else) over the owned cells and refreshes ``field``'s ghosts:
 
-    * no neighbours: one launch over the owned box, no messages;
-    * ``overlap=True``: boundary slabs (on the backend's boundary stream), ``halo.start``,
-      interior concurrently (worker thread on CPUs, second stream on GPUs), ``halo.finish``;
-    * ``overlap=False``: one launch over the owned box, then a blocking exchange.
+    * no neighbours: one launch over the owned box on ``compute``, no messages;
+    * ``overlap=True``: ``compute`` records an event that ``boundary`` and ``interior`` wait
+      for; the boundary shell (all slabs in one launch) on ``boundary``; the interior on
+      ``interior``, launched before the host waits for anything; ``halo.start`` (pack, sync of
+      ``boundary``, messages) and ``halo.finish`` (unpack) on ``boundary``; ``compute`` waits
+      for events of both streams. Launches per step: shell, interior, pack, unpack.
+    * ``overlap=False``: one launch over the owned box, then the exchange, all on ``compute``.
     """
 
     def __init__(self, padded_shape, backend, halo, overlap: bool = True):
-        self.backend, self.halo, self.overlap = backend, halo, overlap
-        self.full = owned_box(padded_shape)
-        self.shell, self.interior = shell_and_interior(padded_shape)
+        self.backend, self.halo, self.overlap = backend, halo, bool(overlap)
+        self.full = [owned_box(padded_shape)]
+        shell, interior = shell_and_interior(padded_shape)
+        self.shell, self.interior = shell, [interior]
 
-    def __call__(self, launch, field):
+    def __call__(self, bound, field):
+        bk = self.backend
         if not self.halo.active:
-            launch(*self.full)
+            bk.launch(bound, self.full)
             return
         if not self.overlap:
-            launch(*self.full)
-            self.backend.synchronize()
+            bk.launch(bound, self.full)
             self.halo.exchange(field)
             return
-        with self.backend.boundary():
-            for lo, hi in self.shell:
-                launch(lo, hi)
-        self.halo.start(field)
-        pending = self.backend.start_interior(lambda: launch(*self.interior))
+        compute, boundary, interior = bk.compute, bk.streams["boundary"], bk.streams["interior"]
+        inputs_ready = bk.record(compute)
+        bk.wait(boundary, inputs_ready)
+        bk.wait(interior, inputs_ready)
+        bk.launch(bound, self.shell, boundary)
+        bk.launch(bound, self.interior, interior)    # before the host waits for the boundary
+        self.halo.start(field, boundary)
         self.halo.finish()
-        pending.wait()
+        bk.wait(compute, bk.record(boundary))
+        bk.wait(compute, bk.record(interior))

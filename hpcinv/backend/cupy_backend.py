@@ -1,0 +1,88 @@
+"""The CuPy backend: device arrays on one GPU per rank, ElementwiseKernels, CUDA streams.
+
+The three streams of :mod:`hpcinv.backend.base` are non-blocking CUDA streams (``boundary`` at
+the highest priority), and ``compute`` is made the thread's current stream, so that nothing of
+hpcinv's lands on the legacy default stream, which does not order with non-blocking streams.
+Every operation is issued inside ``with stream:`` of its named stream; cross-stream
+dependencies are CUDA events; host reads synchronise the stream they were issued on.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Backend, Stream
+
+
+class CudaStream(Stream):
+    def __init__(self, name, cp_stream):
+        super().__init__(name)
+        self.cp = cp_stream
+
+
+class CupyBackend(Backend):
+    """CuPy arrays on one GPU (chosen from the node-local rank); ElementwiseKernels."""
+
+    name = "cupy"
+    device_memory = True
+
+    def __init__(self, local_rank: int = 0):
+        from .cuda import import_cupy
+        cp = import_cupy()
+        self.xp = cp
+        ndev = cp.cuda.runtime.getDeviceCount()
+        self.device_id = local_rank % ndev
+        cp.cuda.Device(self.device_id).use()
+        self._lo, self._hi = cp.cuda.runtime.deviceGetStreamPriorityRange()
+        super().__init__()
+        self.compute.cp.use()       # stray work goes to compute, never to the legacy stream
+
+    def _make_stream(self, name):
+        cp = self.xp
+        prio = self._hi if name == "boundary" else self._lo
+        return CudaStream(name, cp.cuda.Stream(non_blocking=True, priority=prio))
+
+    def _compile(self, kernel, ndim, dtype):
+        from .cuda import CudaKernel
+        return CudaKernel(kernel, ndim, dtype)
+
+    def _issue(self, stream, fn, reads=(), writes=(), kind="copies", what=""):
+        with stream.cp:
+            fn()
+
+    def record(self, stream):
+        return stream.cp.record()
+
+    def wait(self, stream, event):
+        stream.cp.wait_event(event)
+
+    def _sync(self, stream):
+        stream.cp.synchronize()
+
+    def pinned(self, shape, dtype):
+        import cupyx
+        return cupyx.empty_pinned(shape, dtype=dtype)
+
+    def _copy(self, dst, region, src, src_region):
+        cp = self.xp
+        s = src[src_region]
+        if isinstance(s, np.ndarray):
+            # host -> device: pinned staging buffers copy asynchronously on this stream
+            dst[region].set(np.ascontiguousarray(s), stream=cp.cuda.get_current_stream()) \
+                if dst[region].flags.c_contiguous else cp.copyto(dst[region], cp.asarray(s))
+        elif isinstance(dst, np.ndarray):
+            s.get(out=dst[region], stream=cp.cuda.get_current_stream(), blocking=False)
+        else:
+            cp.copyto(dst[region], s, casting="unsafe")
+
+    def _is_device(self, a) -> bool:
+        return isinstance(a, self.xp.ndarray)
+
+    def _download(self, a):
+        return self.xp.asnumpy(a, stream=self.xp.cuda.get_current_stream())
+
+    def describe(self):
+        cp = self.xp
+        props = cp.cuda.runtime.getDeviceProperties(self.device_id)
+        name = props["name"]
+        return {"backend": "cupy", "device": name.decode() if isinstance(name, bytes) else name,
+                "device_id": self.device_id, "cupy": cp.__version__}
