@@ -15,8 +15,9 @@ boundary (issue 13). The rules, in the order they apply:
    the library was built. A library is used only if the SHA-256 of its bytes matches; one
    with a missing or different manifest, or not a regular file owned by the user, is rebuilt
    under the lock and replaced atomically (written in a private temporary directory, fsynced,
-   ``os.replace``\\d). :func:`load_library` loads the very bytes it verified (a sealed
-   in-memory copy), so swapping the file between check and load cannot inject code.
+   renamed into place with ``os.replace``). :func:`load_library` loads the very bytes it
+   verified (a sealed in-memory copy), so swapping the file between check and load cannot
+   inject code.
 
 The manifest guards against corruption, interrupted writes and files planted without one; it
 is not a signature: whoever can write the directory can write both, which is why rule 1 exists.
