@@ -3,6 +3,9 @@
 Each (kernel, ndim, dtype) is compiled once into a shared library cached on disk under
 ``$HPCINV_CACHE_DIR`` (default ``~/.cache/hpcinv``), keyed by a hash of the generated source,
 the compiler's version and the flags; concurrent ranks serialise the build with a file lock.
+The cache is code that later runs execute, so :mod:`.cache` keeps it private (owned by the
+user, mode 0700; a group- or world-writable one is refused), never follows links when it
+writes, and uses a library only if its SHA-256 matches the manifest written when it was built.
 The library is called through ctypes, which releases the GIL, so a kernel can run in a worker
 thread while the main thread drives MPI.
 
@@ -139,9 +142,9 @@ def host_source(kernel: Kernel, ndim: int, dtype) -> str:
 
 
 def cache_dir() -> Path:
-    d = Path(os.environ.get("HPCINV_CACHE_DIR", Path.home() / ".cache" / "hpcinv")) / "kernels"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    """The private kernel cache directory, ``$HPCINV_CACHE_DIR/kernels`` (see :mod:`.cache`)."""
+    from .cache import kernel_dir
+    return kernel_dir()
 
 
 def find_compiler() -> list[str]:
@@ -196,27 +199,8 @@ def compile_library(source: str, flags=DEFAULT_FLAGS) -> Path:
     # compute nodes): the CPU is part of the key then.
     cpu = _cpu_id() if any(f.startswith("-march=native") for f in flags) else ""
     key = source_hash(source, _compiler_id(cmd), " ".join(flags), cpu)
-    d = cache_dir()
-    lib = d / f"k_{key}.so"
-    if lib.exists():
-        return lib
-    with open(d / f"k_{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if lib.exists():          # another process built it while we waited
-                return lib
-            with tempfile.TemporaryDirectory(dir=d) as tmp:
-                src = Path(tmp) / "kernel.cpp"
-                src.write_text(source)
-                out = Path(tmp) / "kernel.so"
-                proc = subprocess.run(cmd + list(flags) + [str(src), "-o", str(out)],
-                                      capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise BackendError(f"host compiler failed ({' '.join(cmd)}):\n{proc.stderr}")
-                os.replace(out, lib)  # atomic: readers never see a half-written library
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return lib
+    from .cache import compile_and_install   # verified, locked, installed atomically
+    return compile_and_install(key, cmd, flags, source)
 
 
 class HostKernel(CompiledKernel):
