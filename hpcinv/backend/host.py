@@ -15,18 +15,17 @@ by two neighbouring ranks, or by one rank, is bitwise the same whatever the deco
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import shlex
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendError
 from .binding import CompiledKernel
+from .cache import load_library
 from .kernel import BOX_INTS, Kernel, c_type, header, launch_geometry, source_hash
 
 DEFAULT_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-fast-math",
@@ -209,7 +208,7 @@ class HostKernel(CompiledKernel):
     def __init__(self, kernel: Kernel, ndim: int, dtype, nthreads: int):
         self.kernel, self.ndim, self.dtype = kernel, ndim, np.dtype(dtype)
         self.nthreads = nthreads
-        lib = ctypes.CDLL(str(compile_library(host_source(kernel, ndim, dtype))))
+        lib = load_library(compile_library(host_source(kernel, ndim, dtype)))
         self._fn = getattr(lib, kernel.name)
         real = ctypes.c_double if self.dtype == np.float64 else ctypes.c_float
         self._real = real
