@@ -29,7 +29,8 @@ class Setup:
         self.inv_d = tuple(1.0 / h for h in self.grid.spacing)
         self.fixed_sides = fixed_sides
         wall, fixed = boundary_bits(self.d, {side: 0.0 for side in fixed_sides})
-        self.ints = tuple(self.d.local_shape) + (wall, fixed)
+        self.geometry = {"inv_d": self.inv_d, "nl": tuple(self.d.local_shape), "wall": wall,
+                         "fixed": fixed}
         self.lo, self.hi = (1,) * nd, tuple(n + 1 for n in self.d.local_shape)
 
     def cells(self, positive=False):
@@ -73,6 +74,11 @@ class Setup:
     def kernel(self, k):
         return self.bk.kernel(k, self.d.ndim, np.float64)
 
+    def launch(self, k, **arrays):
+        """Launch ``k`` over the owned cells with named arrays and the grid geometry."""
+        self.bk.launch(k.bind(**arrays, **self.geometry), (self.lo, self.hi))
+        self.bk.sync()
+
     def zeros(self):
         return np.zeros(self.d.padded_shape)
 
@@ -98,15 +104,15 @@ def _flux_pair(shape, comm, wrt, fixed_sides=()):
     Ax = [s.zeros() for _ in range(nd)]
     # the Jacobian action: Rq is linear in Pf (q = 0), in q (Pf = 0), in K (q = 0, Pf fixed)
     if wrt == "Pf":
-        fwd(s.lo, s.hi, x_P, K, *zero_q, *Ax, *s.inv_d, *s.ints)
+        s.launch(fwd, Pf=x_P, K=K, q=zero_q, Rq=Ax)
     elif wrt == "q":
-        fwd(s.lo, s.hi, s.zeros(), K, *x_q, *Ax, *s.inv_d, *s.ints)
+        s.launch(fwd, Pf=s.zeros(), K=K, q=x_q, Rq=Ax)
     else:
-        fwd(s.lo, s.hi, P, x_K, *zero_q, *Ax, *s.inv_d, *s.ints)
+        s.launch(fwd, Pf=P, K=x_K, q=zero_q, Rq=Ax)
     lhs = sum(s.dot_faces(Ax[a], y[a], a) for a in range(nd))
     P_bar, K_bar = s.zeros(), s.zeros()
     q_bar = [s.zeros() for _ in range(nd)]
-    adj(s.lo, s.hi, P, K, P_bar, K_bar, *y, *q_bar, *s.inv_d, *s.ints)
+    s.launch(adj, Pf=P, K=K, Pf_bar=P_bar, K_bar=K_bar, Rq_bar=y, q_bar=q_bar)
     if wrt == "Pf":
         rhs = s.dot_cells(x_P, P_bar)
     elif wrt == "q":
@@ -123,11 +129,12 @@ def _pressure_pair(shape, comm, fixed_sides=()):
     adj = s.kernel(R.pressure_residual_adjoint_kernel(nd))
     x_q = [s.faces(a) for a in range(nd)]
     Ax = s.zeros()
-    fwd(s.lo, s.hi, *x_q, s.zeros(), Ax, *s.inv_d, *s.ints)
+    s.launch(fwd, q=x_q, Qf=s.zeros(), RPf=Ax)
     y = s.cells()
     HaloExchange(s.d, s.bk, np.float64).exchange(y)   # the adjoint reads neighbours' y
+    s.bk.sync()
     q_bar = [s.zeros() for _ in range(nd)]
-    adj(s.lo, s.hi, y, *q_bar, *s.inv_d, *s.ints)
+    s.launch(adj, RPf_bar=y, q_bar=q_bar)
     return s.dot_cells(Ax, y), sum(s.dot_faces(x_q[a], q_bar[a], a) for a in range(nd))
 
 
@@ -156,7 +163,7 @@ def test_flux_residual_is_affine_in_q():
     K, P = s.cells(positive=True), s.cells()
     q = [s.faces(a) for a in range(2)]
     Rq = [s.zeros(), s.zeros()]
-    fwd(s.lo, s.hi, P, K, *q, *Rq, *s.inv_d, *s.ints)
+    s.launch(fwd, Pf=P, K=K, q=q, Rq=Rq)
     Kf = 0.5 * (K[:-1, 1:-1] + K[1:, 1:-1])
     expect = q[0][1:, 1:-1] + Kf * np.diff(P[:, 1:-1], axis=0) * s.inv_d[0]
     expect[0], expect[-1] = 0.0, 0.0      # no-flux walls

@@ -61,6 +61,7 @@ def test_periodic_self_neighbour(shape, backend):
     f = filled_field(d)
     h.start(f)
     h.finish()
+    h.backend.sync()   # the unpack runs on the compute stream
     # ghost layers equal the owned opposite layers, for every face
     for a in range(nd):
         def layer(i):
@@ -77,6 +78,7 @@ def test_periodic_mixed_axes(backend):
     h = HaloExchange(d, backend, np.float64)
     f = filled_field(d)
     h.exchange(f)
+    h.backend.sync()   # the unpack runs on the compute stream
     assert np.all(f[1:-1, 0, 1:-1] == SENTINEL) and np.all(f[1:-1, -1, 1:-1] == SENTINEL)
     assert check_ghosts(d, f) == 2 * 3 * 5 + 2 * 4 * 3
 
@@ -88,6 +90,7 @@ def test_non_periodic_single_rank_is_inactive(backend):
     f = filled_field(d)
     ref = f.copy()
     h.exchange(f)
+    h.backend.sync()   # the unpack runs on the compute stream
     np.testing.assert_array_equal(f, ref)
 
 
@@ -99,8 +102,10 @@ def test_start_twice_raises(backend):
     with pytest.raises(RuntimeError):
         h.start(f)
     h.finish()
+    h.backend.sync()   # the unpack runs on the compute stream
     assert check_ghosts(d, f) > 0
-    h.finish()   # a second finish() is a no-op
+    with pytest.raises(RuntimeError, match="without start"):   # a lifecycle error, not a no-op
+        h.finish()
 
 
 def test_send_buffers_are_packed_at_start(backend):
@@ -112,6 +117,7 @@ def test_send_buffers_are_packed_at_start(backend):
     h.start(f)
     f[1:-1, 1:-1] += 0.5
     h.finish()
+    h.backend.sync()   # the unpack runs on the compute stream
     np.testing.assert_array_equal(f[0, 1:-1], f[-2, 1:-1] - 0.5)
     np.testing.assert_array_equal(f[1:-1, -1], f[1:-1, 1] - 0.5)
 
@@ -121,6 +127,7 @@ def test_float32(backend):
     h = HaloExchange(d, backend, np.float32)
     f = filled_field(d).astype(np.float32)
     h.exchange(f)
+    h.backend.sync()   # the unpack runs on the compute stream
     np.testing.assert_array_equal(f[0, 1:-1, 1:-1], f[-2, 1:-1, 1:-1])
     np.testing.assert_array_equal(f[1:-1, 1:-1, -1], f[1:-1, 1:-1, 1])
 
@@ -150,6 +157,7 @@ def test_mpi_ghosts_equal_neighbour_owned(shape, along, periodic, backend):
     f = filled_field(d)
     h.start(f)
     h.finish()
+    h.backend.sync()   # the unpack runs on the compute stream
     n = check_ghosts(d, f)
     # something was really exchanged somewhere, and on every rank with a neighbour
     total = comm.allreduce(n, op=MPI.SUM)
@@ -160,6 +168,7 @@ def test_mpi_ghosts_equal_neighbour_owned(shape, along, periodic, backend):
     f2 = filled_field(d) * 2.0
     f2[f2 == 2 * SENTINEL] = SENTINEL
     h.exchange(f2)
+    h.backend.sync()   # the unpack runs on the compute stream
     own = d.owned()
     assert np.all(f2[own] == 2 * f[own])
     for a in range(nd):
@@ -184,6 +193,7 @@ def test_mpi_two_fields_in_flight(backend):
     h2.start(f2)
     h1.finish()
     h2.finish()
+    h2.backend.sync()   # the unpack runs on the compute stream
     check_ghosts(d, f1)
     for a in range(d.ndim):
         for side, i in ((0, 0), (1, -1)):

@@ -21,7 +21,8 @@ from hpcinv.backend.kernel import Kernel
 from hpcinv.errors import BackendError
 
 # A tiny kernel: A = v + a value identifying the cell.
-MARK = Kernel("test_cache_mark", ("A",), ("v",), "A[idx] = v + (real)(ix * 100 + iy);")
+MARK = Kernel("test_cache_mark", ("A",), ("v",), "A[idx] = v + (real)(ix * 100 + iy);",
+              writes=("A",))
 SRC = host_source(MARK, 2, np.float64)
 
 
@@ -36,9 +37,11 @@ def built(tmp_path, monkeypatch, name="cache") -> Path:
 
 
 def run_mark() -> np.ndarray:
-    k = make_backend("host", threads=1).kernel(MARK, 2, np.float64)
+    bk = make_backend("host", threads=1)
+    k = bk.kernel(MARK, 2, np.float64)
     A = np.zeros((3, 4))
-    k((0, 0), (3, 4), A, 0.5)
+    bk.launch(k.bind(A=A, v=0.5), ((0, 0), (3, 4)))
+    bk.sync()
     return A
 
 

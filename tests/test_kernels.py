@@ -12,7 +12,9 @@ from mpi4py import MPI
 
 from hpcinv.backend import make_backend
 from hpcinv.backend.host import compile_library, host_source
+from hpcinv.backend import KernelArgumentError
 from hpcinv.backend.kernel import Kernel
+from hpcinv.errors import BackendError
 from hpcinv.errors import SolverDivergedError
 from hpcinv.problems import geothermal2d, geothermal3d
 from hpcinv.solvers import PTParams, solve_forward
@@ -20,7 +22,8 @@ from hpcinv.solvers.overlap import owned_box, shell_and_interior
 
 # Writes a value identifying the cell (from ix, iy, iz) plus an offset, into the box only.
 MARK = Kernel("test_mark_cells", ("A",), ("v",),
-              "A[idx] = v + (real)(ix * 10000 + iy * 100 + iz) + (real)k;", ints=("k",))
+              "A[idx] = v + (real)(ix * 10000 + iy * 100 + iz) + (real)k;", ints=("k",),
+              writes=("A",))
 
 
 # --- Kernel argument validation ----------------------------------------------------------------
@@ -76,7 +79,8 @@ def test_backend_compiles_into_cache_dir(monkeypatch, tmp_path):
     libs = list((tmp_path / "kernels").glob("k_*.so"))
     assert len(libs) == 1
     A = np.zeros((3, 4))
-    k1((0, 0), (3, 4), A, 0.0, 0)
+    bk.launch(k1.bind(A=A, v=0.0, k=0), ((0, 0), (3, 4)))
+    bk.sync()
     assert A[2, 3] == 20300.0 and A[0, 0] == 0.0
 
 
@@ -103,7 +107,8 @@ def test_kernel_writes_exactly_the_box(lo, hi, nthreads):
     bk = make_backend("host", threads=nthreads)
     k = bk.kernel(MARK, len(shape), np.float64)
     A = np.zeros(shape)
-    k(lo, hi, A, 0.5, 3)
+    bk.launch(k.bind(A=A, v=0.5, k=3), (lo, hi))
+    bk.sync()
     E = _expected(shape, lo, hi, 0.5, 3)
     np.testing.assert_array_equal(A, E)
     ncells = math.prod(max(0, h - l) for l, h in zip(lo, hi))
@@ -113,35 +118,68 @@ def test_kernel_writes_exactly_the_box(lo, hi, nthreads):
 def test_kernel_float32_and_argument_checks(backend):
     k = backend.kernel(MARK, 2, np.float32)
     A = np.zeros((4, 3), dtype=np.float32)
-    k((1, 1), (3, 2), A, 0.25, 0)
+    backend.launch(k.bind(A=A, v=0.25, k=0), ((1, 1), (3, 2)))
+    backend.sync()
     assert A[1, 1] == np.float32(10100.25) and A[2, 1] == np.float32(20100.25)
     assert np.count_nonzero(A) == 2
     k64 = backend.kernel(MARK, 2, np.float64)
-    with pytest.raises(ValueError):
-        k64((0, 0), (2, 2), np.zeros((4, 3), dtype=np.float32), 0.0, 0)
-    with pytest.raises(ValueError):
-        k64((0, 0), (2, 2), np.zeros((3, 4)).T, 0.0, 0)   # not C-contiguous
-    two = Kernel("test_two_arrays", ("A", "B"), (), "A[idx] = B[idx + sx] - B[idx - sy];")
+    with pytest.raises(KernelArgumentError, match="float64"):
+        k64.bind(A=np.zeros((4, 3), dtype=np.float32), v=0.0, k=0)
+    with pytest.raises(KernelArgumentError, match="contiguous"):
+        k64.bind(A=np.zeros((3, 4)).T, v=0.0, k=0)
+    two = Kernel("test_two_arrays", ("A", "B"), (), "A[idx] = B[idx + sx] - B[idx - sy];",
+                 writes=("A",))
     k2 = backend.kernel(two, 2, np.float64)
-    with pytest.raises(ValueError):
-        k2((1, 1), (2, 2), np.zeros((4, 3)), np.zeros((3, 4)))
+    with pytest.raises(KernelArgumentError, match="shape"):
+        k2.bind(A=np.zeros((4, 3)), B=np.zeros((3, 4)))
     B = np.arange(12.0).reshape(4, 3)
     A = np.zeros((4, 3))
-    k2((1, 1), (3, 3), A, B)
+    backend.launch(k2.bind(A=A, B=B), ((1, 1), (3, 3)))
+    backend.sync()
     np.testing.assert_array_equal(A[1:3, 1:3], B[2:4, 1:3] - B[1:3, 0:2])
+
+
+def test_undeclared_write_does_not_compile(backend):
+    """A body that writes an array not declared in ``writes`` is rejected by the compiler
+    (read-only arrays are const), so the stream checker's read/write sets cannot lie."""
+    liar = Kernel("test_undeclared_write", ("A", "B"), (), "B[idx] = A[idx];", writes=("A",))
+    with pytest.raises(BackendError, match="read-only"):
+        backend.kernel(liar, 2, np.float64)
 
 
 def test_strides_in_3d(backend):
     """sx, sy, sz are the flat strides of the padded array (neighbour access by flat index)."""
     lap = Kernel("test_neighbours_3d", ("A", "B"), (),
-                 "A[idx] = B[idx + sx] + 10 * B[idx - sy] + 100 * B[idx + sz];")
+                 "A[idx] = B[idx + sx] + 10 * B[idx - sy] + 100 * B[idx + sz];", writes=("A",))
     k = backend.kernel(lap, 3, np.float64)
     B = np.random.default_rng(0).random((5, 4, 6))
     A = np.zeros_like(B)
-    k((1, 1, 1), (4, 3, 5), A, B)
+    backend.launch(k.bind(A=A, B=B), ((1, 1, 1), (4, 3, 5)))
+    backend.sync()
     expect = B[2:5, 1:3, 1:5] + 10 * B[1:4, 0:2, 1:5] + 100 * B[1:4, 1:3, 2:6]
     np.testing.assert_array_equal(A[1:4, 1:3, 1:5], expect)
     assert np.count_nonzero(A) == expect.size
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_one_launch_over_several_boxes(nthreads):
+    """A multi-box launch covers exactly its boxes, and ``i_all`` numbers their cells box
+    after box in row-major order (what the halo pack/unpack buffers rely on)."""
+    bk = make_backend("host", threads=nthreads)
+    number = Kernel("test_number_cells", ("A",), (), "A[idx] = (real)(1 + i_all + 1000 * ib);",
+                    writes=("A",))
+    k = bk.kernel(number, 3, np.float64)
+    boxes = [((1, 1, 1), (2, 3, 4)), ((3, 0, 2), (5, 2, 3)), ((0, 3, 0), (1, 4, 6))]
+    A = np.zeros((5, 4, 6))
+    bk.launch(k.bind(A=A), boxes)
+    bk.sync()
+    expect, n = np.zeros_like(A), 0
+    for b, (lo, hi) in enumerate(boxes):
+        for j in itertools.product(*[range(l, h) for l, h in zip(lo, hi)]):
+            n += 1
+            expect[j] = n + 1000 * b
+    np.testing.assert_array_equal(A, expect)
+    assert bk.counters["kernels"] == 1
 
 
 # --- shell and interior ------------------------------------------------------------------------
