@@ -31,13 +31,16 @@ DTYPES = ("float64", "float32")
 
 
 def _physics_kernels():
-    """[(module name, ndim, kernel)] for every physics module with ``all_kernels``."""
+    """[(module name, ndim, kernel)] for every physics module with ``all_kernels``, and the
+    halo's pack/unpack kernels."""
     found = []
-    for info in pkgutil.iter_modules(hpcinv.physics.__path__, hpcinv.physics.__name__ + "."):
-        mod = importlib.import_module(info.name)
+    names = [i.name for i in pkgutil.iter_modules(hpcinv.physics.__path__,
+                                                  hpcinv.physics.__name__ + ".")]
+    for name in names + ["hpcinv.parallel.pack"]:
+        mod = importlib.import_module(name)
         if callable(getattr(mod, "all_kernels", None)):
             for ndim in NDIMS:
-                found += [(info.name, ndim, k) for k in mod.all_kernels(ndim)]
+                found += [(name, ndim, k) for k in mod.all_kernels(ndim)]
     return found
 
 
@@ -70,7 +73,10 @@ def _need_cupy_and_nvcc():
     return nvcc
 
 
-_BROKEN = Kernel("hpcinv_nvcc_selftest", ("A",), (), "A[idx] = undefined_in_cuda;")
+_BROKEN = Kernel("hpcinv_nvcc_selftest", ("A",), (), "A[idx] = undefined_in_cuda;",
+                 writes=("A",))
+#: Writes an array it declared read-only: must not compile (const CArray), as on the host.
+_CONST = Kernel("hpcinv_nvcc_const", ("A", "B"), (), "B[idx] = A[idx];", writes=("A",))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +88,8 @@ def nvcc_results(tmp_path_factory):
     nvcc = _need_cupy_and_nvcc()
     d = tmp_path_factory.mktemp("nvcc")
     jobs = {}
-    for _, ndim, k, dt in CASES + [("selftest", 2, _BROKEN, "float64")]:
+    for _, ndim, k, dt in CASES + [("selftest", 2, _BROKEN, "float64"),
+                                   ("selftest", 2, _CONST, "float64")]:
         for idx32 in (True, False):
             path = d / f"{k.name}_{ndim}d_{dt}_{'i32' if idx32 else 'i64'}.cu"
             path.write_text(nvcc_check.cuda_source(k, ndim, dt, index_32_bits=idx32))
@@ -108,15 +115,20 @@ def test_nvcc_compiles_cupy_kernel(nvcc_results, module, ndim, kernel, dtype, in
     assert f'extern "C" __global__ void {kernel.name}(' in src
     assert f"CIndexer<1, {int(index_32_bits)}> _ind" in src
     ctype = {"float64": "double", "float32": "float"}[dtype]
-    for a in kernel.arrays:   # writable (non-const) flat C-contiguous arrays
+    for a in kernel.writes:   # written arrays: non-const flat C-contiguous
         assert f", CArray<{ctype}, 1, 1, {int(index_32_bits)}> {a}," in src
+    for a in kernel.reads:    # read-only arrays: const
+        assert f"const CArray<{ctype}, 1, 1, {int(index_32_bits)}> {a}," in src
 
 
 def test_nvcc_rejects_broken_kernel(nvcc_results):
-    """The harness does catch errors (nvcc really compiles what it is given)."""
+    """The harness does catch errors (nvcc really compiles what it is given), including a
+    write to an array the kernel declared read-only."""
     for idx32 in (True, False):
         _, proc = nvcc_results[(2, _BROKEN.name, "float64", idx32)]
         assert proc.returncode != 0 and "undefined_in_cuda" in proc.stderr
+        _, proc = nvcc_results[(2, _CONST.name, "float64", idx32)]
+        assert proc.returncode != 0 and "const" in proc.stderr
 
 
 def test_cuda_call_order_matches_params():
@@ -124,30 +136,34 @@ def test_cuda_call_order_matches_params():
     import numpy as np
     cupy = _import_cupy()
     from hpcinv.backend.cuda import CudaKernel
-    _, ndim, kernel = KERNELS[-1]
+    from hpcinv.backend.kernel import launch_geometry
+    _, ndim, kernel = next(c for c in KERNELS if c[2].name.startswith("darcy_apt_step_3d"))
     calls = []
-    ck = object.__new__(CudaKernel)      # __init__ needs a GPU; set what __call__ uses
-    ck.kernel, ck.dtype, ck._na = kernel, np.dtype("float64"), len(kernel.arrays)
+    ck = object.__new__(CudaKernel)      # __init__ needs a GPU; set what the launch uses
+    ck.kernel, ck.dtype, ck._cp = kernel, np.dtype("float64"), np
     ck._ek = lambda *args, **kw: calls.append((args, kw))
     shape = (5, 6, 7)[:ndim]
-    arrays = [np.full(shape, j, dtype="float64") for j in range(len(kernel.arrays))]
-    scalars = [0.5 + j for j in range(len(kernel.scalars))]
-    ints = [10 + j for j in range(len(kernel.ints))]
-    ck((1,) * ndim, tuple(n - 1 for n in shape), *arrays, *scalars, *ints)
+    arrays = {a: np.full(shape, j, dtype="float64") for j, a in enumerate(kernel.arrays)}
+    scalars = {s: 0.5 + j for j, s in enumerate(kernel.scalars)}
+    ints = {s: 10 + j for j, s in enumerate(kernel.ints)}
+    bound = ck.bind(**arrays, **scalars, **ints)
+    boxes = [((1,) * ndim, tuple(n - 1 for n in shape)), ((0,) * ndim, (1,) * ndim)]
+    geom, cells = bound.geometry(boxes)
+    ck.run(bound.prepared, geom)
     (args, kw), = calls
     ek = cupy.ElementwiseKernel(*elementwise_parts(kernel, ndim, "float64")[:3], name=kernel.name,
                                 no_return=True)
     names = [p.name for p in ek.in_params + ek.out_params]
     assert len(args) == len(names)
     got = dict(zip(names, args))
-    for j, a in enumerate(kernel.arrays):
-        assert got[a].ndim == 1 and got[a][0] == j and np.shares_memory(got[a], arrays[j])
-    assert [got[s] for s in kernel.scalars] == scalars
-    assert [got[s] for s in kernel.ints] == ints
-    assert got["ox"] == 1 and got["ex"] == shape[0] - 2 and got["Ny"] == shape[1]
-    assert kw == {"size": int(np.prod([n - 2 for n in shape]))}
-    with pytest.raises(ValueError, match="C-contiguous"):
-        ck((1,) * ndim, (2,) * ndim, *[a.T for a in arrays], *scalars, *ints)
+    for a, arr in arrays.items():
+        assert got[a].ndim == 1 and got[a][0] == arr.flat[0] and np.shares_memory(got[a], arr)
+    assert {s: got[s] for s in kernel.scalars} == scalars
+    assert {s: got[s] for s in kernel.ints} == ints
+    expect, n = launch_geometry(boxes, shape)
+    assert list(got["hpcinv_boxes"]) == expect and got["hpcinv_nbox"] == 2
+    assert got["Ny"] == shape[1] and got["Nz"] == shape[2]
+    assert kw == {"size": n} and n == int(np.prod([m - 2 for m in shape])) + 1
 
 
 # ------------------------------------------------------------------- one body, two backends

@@ -50,12 +50,20 @@ def cuda_source(kernel: Kernel, ndim: int, dtype, index_32_bits: bool = True) ->
     # The same constructor call as CudaKernel: CuPy validates the parameter lists here.
     ek = cupy.ElementwiseKernel(in_params, out_params, operation, name=kernel.name,
                                 preamble=preamble, options=NVRTC_OPTIONS, no_return=True)
-    # As in ElementwiseKernel.__call__: in_args are Python/NumPy scalars (dtype None, wrapped
-    # in CScalar and cast to the parameter's dtype), out_args the flat 1-D C-contiguous arrays.
+    # As in ElementwiseKernel.__call__: scalar in_args are Python/NumPy scalars (dtype None,
+    # wrapped in CScalar and cast to the parameter's dtype); raw in_args (read-only arrays, the
+    # int64 box table) and the out_args (written arrays) are flat 1-D C-contiguous arrays.
+    in_dtypes = tuple(p.dtype if p.raw else None for p in ek.in_params)
     in_types, out_types, type_map = ek._decide_params_type(
-        (None,) * len(ek.in_params), tuple(p.dtype for p in ek.out_params))
-    arginfos = [_kernel._ArgInfo(_ARG_KIND_SCALAR, _scalar.CScalar, np.dtype(t), 0, True, True)
-                for t in in_types]
+        in_dtypes, tuple(p.dtype for p in ek.out_params))
+    arginfos = []
+    for p, t in zip(ek.in_params, in_types):
+        if p.raw:
+            arginfos.append(_kernel._ArgInfo(_ARG_KIND_NDARRAY, cupy.ndarray, np.dtype(t), 1,
+                                             True, index_32_bits))
+        else:
+            arginfos.append(_kernel._ArgInfo(_ARG_KIND_SCALAR, _scalar.CScalar, np.dtype(t), 0,
+                                             True, True))
     arginfos += [_kernel._ArgInfo(_ARG_KIND_NDARRAY, cupy.ndarray, np.dtype(t), 1, True,
                                   index_32_bits) for t in out_types]
     arginfos.append(_kernel._ArgInfo(_ARG_KIND_INDEXER, _carray.Indexer, None, 1, True,
