@@ -59,6 +59,9 @@ class Backend:
     xp = np
     #: True where MPI cannot read backend arrays directly (GPU memory without CUDA-aware MPI).
     device_memory = False
+    #: The run's one CUDA-aware-MPI decision (set by ``make_backend``) and why.
+    cuda_aware = True
+    cuda_aware_reason = "host memory: MPI reads the arrays directly"
 
     def __init__(self):
         self._kernels = {}
