@@ -22,7 +22,7 @@ Sections and keys (all optional; see ``docs/configuration.md``)::
                 warm_start = true, lbfgs_memory = 5, precondition = "smoothing" | "none",
                 initial_logK = 0.0 | initial_file + initial_dataset = "logK",
                 checkpoint_every = 10
-    [parallel]  backend = "auto" | "host" | "cupy", dims = [0, 0], overlap = true,
+    [parallel]  backend = "auto" | "host" | "cupy", dims = [0, 0], overlap = "auto",
                 cuda_aware = "auto" | true | false, threads = 0 (0: cores / ranks per node)
     [output]    dir = "runs/forward", figures = true, overwrite = false
 

@@ -154,7 +154,7 @@ class InversionConfig:
 class ParallelConfig:
     backend: str = "auto"
     dims: list | None = None
-    overlap: bool = True
+    overlap: object = "auto"
     cuda_aware: object = "auto"
     threads: int = 0
 

@@ -68,6 +68,10 @@ def validate(cfg: Config) -> Config:
     if not (isinstance(aware, bool) or aware == "auto"):
         raise ConfigError(f"parallel.cuda_aware must be \"auto\", true or false, "
                           f"got {cfg.parallel.cuda_aware!r}")
+    overlap = cfg.parallel.overlap
+    if not (isinstance(overlap, bool) or overlap == "auto"):
+        raise ConfigError(f"parallel.overlap must be \"auto\", true or false, "
+                          f"got {overlap!r}")
     if cfg.parallel.threads < 0:
         raise ConfigError(f"parallel.threads must be >= 0, got {cfg.parallel.threads}")
     if cfg.parallel.dims is not None and (

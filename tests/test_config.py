@@ -131,7 +131,7 @@ def test_defaults():
     assert r.smoothing_steps == 49 and r.tikhonov == 0.0
     assert r.smoothing_coefficient in (None, 0.2)    # None: 0.8/(2 ndim), 0.2 in 2D
     assert cfg.parallel.backend == "auto" and cfg.parallel.dims is None
-    assert cfg.parallel.overlap is True and cfg.parallel.cuda_aware == "auto"
+    assert cfg.parallel.overlap == "auto" and cfg.parallel.cuda_aware == "auto"
     assert cfg.parallel.threads == 0
     assert cfg.output.dir == "runs/forward"
     assert from_dict({}) == cfg
@@ -188,7 +188,6 @@ def test_float_keys_accept_integers():
     ("solver", "tol", "small", "float"), ("solver", "cfl", True, "float"),
     ("solver", "maxiter", 1.5, "int"), ("solver", "dtype", 64, "str"),
     ("problem", "name", 3, "str"), ("problem", "k_barrier", "1e-6", "float"),
-    ("parallel", "overlap", 1, "bool"), ("parallel", "overlap", "yes", "bool"),
     ("parallel", "dims", 2, "list"), ("parallel", "threads", 2.0, "int"),
     ("output", "dir", 5, "str"),
     ("adjoint", "maxiter", 1.5, "int"), ("adjoint", "tol", "1e-8", "float"),
@@ -203,6 +202,12 @@ def test_float_keys_accept_integers():
 def test_type_errors(section, key, value, kind):
     with pytest.raises(ConfigError, match=rf"^{section}\.{key} must be of type {kind}, got "):
         from_dict({section: {key: value}})
+
+
+@pytest.mark.parametrize("value", [1, "yes", "on", None])
+def test_overlap_is_auto_or_bool(value):
+    with pytest.raises(ConfigError, match=r'^parallel\.overlap must be "auto", true or false'):
+        from_dict({"parallel": {"overlap": value}})
 
 
 @pytest.mark.parametrize("section, key, hint", [
