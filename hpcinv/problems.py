@@ -211,6 +211,24 @@ def geothermal3d(shape=None, comm=None, dims=None, k_background=1.0, k_barrier=1
 PROBLEMS = {"geothermal2d": geothermal2d, "geothermal3d": geothermal3d}
 
 
+def periodic_block(shape, seed: int = 0) -> Problem:
+    """A random problem on one rank (``COMM_SELF``) whose block is periodic along every axis, so
+    it has a neighbour (itself) on every side: the layout of an interior rank of a large run, for
+    launch counts, overlap and stream-checker tests. K = exp(N(0, 1)), Qf ~ N(0, 1) with zero
+    mean (the periodic problem is solvable only then)."""
+    from .parallel import Decomposition
+    grid = Grid(shape, comm=MPI.COMM_SELF)
+    grid.decomp = Decomposition(grid.shape, comm=MPI.COMM_SELF, periods=(True,) * grid.ndim)
+    rng = np.random.default_rng(seed)
+    own = grid.decomp.owned()
+    K = np.ones(grid.decomp.padded_shape)
+    Qf = np.zeros(grid.decomp.padded_shape)
+    K[own] = np.exp(rng.standard_normal(grid.shape))
+    Qf[own] = rng.standard_normal(grid.shape)
+    Qf[own] -= Qf[own].mean()
+    return Problem("periodic", grid, K, Qf)
+
+
 def build(name: str, shape=None, comm=None, dims=None, **kwargs) -> Problem:
     """A built-in problem by name."""
     if name == "custom":

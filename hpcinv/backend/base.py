@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernel import Kernel, as_boxes
+from .kernel import Kernel
 
 STREAMS = ("compute", "boundary", "interior")
 
@@ -134,19 +134,12 @@ class Backend:
 
     def launch(self, bound, boxes, stream=None):
         """Launch a bound kernel over one box ``(lo, hi)`` or a list of boxes, in one launch."""
-        boxes = tuple(as_boxes(boxes))
-        geom, cells = bound.geometry(boxes)
-        if cells == 0:
+        plan = bound.plan(boxes)
+        if plan.cells == 0:
             return
         self.counters["kernels"] += 1
-        k = bound.kernel
-        reads = [(a, _widen(boxes, k.reach, bound.shape) if n not in k.flat else None)
-                 for n, a in bound.reads.items()]
-        writes = [(a, _written(boxes, bound.shape) if n not in k.flat else None)
-                  for n, a in bound.writes.items()]
-        run, prepared = bound.compiled.run, bound.prepared
-        self._issue(self._s(stream), lambda: run(prepared, geom), reads, writes, "kernels",
-                    k.name)
+        self._issue(self._s(stream), plan.run, plan.reads, plan.writes, "kernels",
+                    bound.kernel.name)
 
     # --- allocation and copies --------------------------------------------------------------
     def empty(self, shape, dtype):
@@ -290,20 +283,3 @@ def _region(region, ndim):
     if region is None:
         return (slice(None),) * ndim
     return tuple(region) if isinstance(region, tuple) else (region,)
-
-
-def _widen(boxes, reach, shape):
-    """Boxes widened by ``reach`` cells on every side, clipped to ``shape``."""
-    if reach == 0:
-        return list(boxes)
-    return [(tuple(max(0, l - reach) for l in lo), tuple(min(n, h + reach) for h, n in
-                                                         zip(hi, shape))) for lo, hi in boxes]
-
-
-def _written(boxes, shape):
-    """What a launch may write: its boxes, plus the upper face along each axis where a box
-    reaches the last owned cell (face arrays store that face from the last cell)."""
-    out = []
-    for lo, hi in boxes:
-        out.append((lo, tuple(h + 1 if h == n - 1 else h for h, n in zip(hi, shape))))
-    return out

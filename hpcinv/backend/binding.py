@@ -20,7 +20,7 @@ import numbers
 
 import numpy as np
 
-from .kernel import Kernel
+from .kernel import Kernel, as_boxes
 
 
 class KernelArgumentError(TypeError):
@@ -126,20 +126,55 @@ class BoundKernel:
         self.reads = {n: values[n] for n in self.kernel.reads}
         self.writes = {n: values[n] for n in self.kernel.writes}
         self.prepared = compiled.prepare(values)
-        self._geometry = {}
+        self._plans = {}
+
+    def plan(self, boxes) -> "LaunchPlan":
+        """What a launch over ``boxes`` needs, made once per distinct box list and cached."""
+        key = boxes if isinstance(boxes, tuple) else tuple(boxes)
+        p = self._plans.get(key)
+        if p is None:
+            p = self._plans[key] = LaunchPlan(self, as_boxes(boxes))
+        return p
 
     def geometry(self, boxes):
-        """``(compiled launch geometry, cells)`` of ``boxes`` (cached per distinct box list)."""
-        key = tuple(boxes)
-        g = self._geometry.get(key)
-        if g is None:
-            compiled = self.compiled.geometry(boxes, self.shape)
-            g = self._geometry[key] = (compiled, compiled[-1])
-        return g
+        """``(compiled launch geometry, cells)`` of ``boxes``."""
+        p = self.plan(boxes)
+        return p.geometry, p.cells
 
     def __call__(self, *args, **kwargs):
         raise KernelArgumentError(f"kernel {self.kernel.name}: launch it through the backend, "
                                   "backend.launch(bound, boxes, stream)")
+
+
+class LaunchPlan:
+    """A bound kernel over fixed boxes: the compiled geometry, the call, and the read and write
+    footprints (boxes per array) that the stream checker tracks."""
+
+    def __init__(self, bound: BoundKernel, boxes):
+        k, shape = bound.kernel, bound.shape
+        self.geometry = bound.compiled.geometry(boxes, shape)
+        self.cells = self.geometry[-1]
+        run, prepared, geometry = bound.compiled.run, bound.prepared, self.geometry
+        self.run = lambda: run(prepared, geometry)
+        self.reads = [(a, widen(boxes, k.reach, shape) if n not in k.flat else None)
+                      for n, a in bound.reads.items()]
+        self.writes = [(a, written(boxes, shape) if n not in k.flat else None)
+                       for n, a in bound.writes.items()]
+
+
+def widen(boxes, reach, shape):
+    """Boxes widened by ``reach`` cells on every side, clipped to ``shape``."""
+    if reach == 0:
+        return list(boxes)
+    return [(tuple(max(0, l - reach) for l in lo), tuple(min(n, h + reach) for h, n in
+                                                         zip(hi, shape))) for lo, hi in boxes]
+
+
+def written(boxes, shape):
+    """What a launch may write: its boxes, plus the upper face along each axis where a box
+    reaches the last owned cell (face arrays store that face from the last cell)."""
+    return [(lo, tuple(h + 1 if h == n - 1 else h for h, n in zip(hi, shape)))
+            for lo, hi in boxes]
 
 
 class CompiledKernel:

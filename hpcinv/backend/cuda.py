@@ -109,6 +109,9 @@ class CudaKernel(CompiledKernel):
     def geometry(self, boxes, shape):
         geom, cells = launch_geometry(boxes, shape)
         dev = self._cp.asarray(np.asarray(geom or [0], dtype=np.int64))
+        if hasattr(self._cp, "cuda"):
+            # Made once per launch plan, read by kernels on any stream: complete the upload.
+            self._cp.cuda.get_current_stream().synchronize()
         ny, nz = shape[1], (shape[2] if len(shape) == 3 else 1)
         return dev, len(geom) // BOX_INTS, ny, nz, cells
 

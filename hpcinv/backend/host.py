@@ -210,27 +210,29 @@ class HostKernel(CompiledKernel):
         self.nthreads = nthreads
         lib = load_library(compile_library(host_source(kernel, ndim, dtype)))
         self._fn = getattr(lib, kernel.name)
-        real = ctypes.c_double if self.dtype == np.float64 else ctypes.c_float
-        self._real = real
-        self._fn.argtypes = ([ctypes.c_void_p] * len(kernel.arrays) + [real] * len(kernel.scalars)
-                             + [ctypes.c_longlong] * len(kernel.ints)
-                             + [ctypes.c_void_p] + [ctypes.c_longlong] * 3 + [ctypes.c_int])
+        # Arguments are passed as ready-made ctypes objects (no argtypes): converting ~25
+        # Python values on every call was most of a launch's host cost.
+        self._real = ctypes.c_double if self.dtype == np.float64 else ctypes.c_float
         self._fn.restype = None
+        self._nthreads = ctypes.c_int(nthreads)
 
     def prepare(self, values: dict) -> tuple:
-        """Pointers, scalars and ints in the C function's order (made once per binding)."""
+        """Pointers, scalars and ints in the C function's order, as ctypes objects (made once
+        per binding)."""
         k = self.kernel
-        return (tuple(values[a].ctypes.data for a in k.arrays)
-                + tuple(float(values[s]) for s in k.scalars)
-                + tuple(int(values[i]) for i in k.ints))
+        return (tuple(ctypes.c_void_p(values[a].ctypes.data) for a in k.arrays)
+                + tuple(self._real(float(values[s])) for s in k.scalars)
+                + tuple(ctypes.c_longlong(int(values[i])) for i in k.ints))
 
     def geometry(self, boxes, shape):
         geom, cells = launch_geometry(boxes, shape)
         buf = (ctypes.c_longlong * max(1, len(geom)))(*geom)
         ny, nz = shape[1], (shape[2] if len(shape) == 3 else 1)
-        return (buf, ctypes.addressof(buf), len(geom) // BOX_INTS, ny, nz, cells)
+        tail = (ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_longlong(len(geom) // BOX_INTS),
+                ctypes.c_longlong(ny), ctypes.c_longlong(nz), self._nthreads)
+        return (buf, tail, cells)
 
     def run(self, prepared, geometry):
-        buf, addr, nbox, ny, nz, cells = geometry
+        _, tail, cells = geometry
         if cells:
-            self._fn(*prepared, addr, nbox, ny, nz, self.nthreads)
+            self._fn(*prepared, *tail)
