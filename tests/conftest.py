@@ -10,6 +10,30 @@ from hpcinv.grid import Grid
 from hpcinv.problems import Problem
 
 
+class _FailuresOnly:
+    """Stands in for the terminal reporter on ranks > 0: prints a failure's report only."""
+
+    def __init__(self, rank):
+        self.rank = rank
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            print(f"\n[rank {self.rank}] FAILED {report.nodeid} ({report.when})\n"
+                  f"{report.longreprtext}", flush=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """Under ``mpiexec ... pytest --with-mpi`` only rank 0 reports progress and the summary;
+    the other ranks print their failures only (each rank's result still sets the exit status)."""
+    rank = MPI.COMM_WORLD.Get_rank()
+    if config.getoption("with_mpi", default=False) and rank > 0:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            config.pluginmanager.unregister(reporter)
+        config.pluginmanager.register(_FailuresOnly(rank), "hpcinv-failures-only")
+
+
 @pytest.fixture(scope="session")
 def backend():
     """One host backend for the session (kernels compiled once, cached on disk).
