@@ -159,6 +159,26 @@ def test_serial_write_read(tmp_path, ndim, dtype, mode):
     assert len(leftovers(tmp_path, "f.h5")) == (1 if mode == "vds" else 0)
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_backend_arrays_through_to_host(tmp_path, backend, ndim):
+    """Backend arrays are read with ``to_host(array, region)`` (``backend.to_host``): the same
+    file as from host arrays; gather_cells/gather_faces take the same callable."""
+    from hpcinv.io import gather_cells, gather_faces
+    d = Decomposition(SHAPES[ndim], comm=MPI.COMM_SELF)
+    cells, faces = local_fields(d, np.float64)
+    dev_cells = {k: backend.upload(v) for k, v in cells.items()}
+    dev_faces = {k: (backend.upload(v), a) for k, (v, a) in faces.items()}
+    write_h5(tmp_path / "dev.h5", d, dev_cells, dev_faces, attrs=ATTRS, to_host=backend.to_host)
+    write_h5(tmp_path / "host.h5", d, cells, faces, attrs=ATTRS)
+    assert_same_content(tmp_path / "dev.h5", tmp_path / "host.h5")
+    assert_matches_expected(tmp_path / "dev.h5", SHAPES[ndim], np.float64)
+    exp = expected(SHAPES[ndim], np.float64)
+    assert np.array_equal(gather_cells(d, dev_cells["K"], backend.to_host), exp["K"])
+    assert np.array_equal(gather_cells(d, cells["K"]), exp["K"])
+    qx, ax = dev_faces["qx"]
+    assert np.array_equal(gather_faces(d, qx, ax, backend.to_host), exp["qx"])
+
+
 def test_vds_and_plain_identical(tmp_path):
     d = Decomposition(SHAPES[3], comm=MPI.COMM_SELF)
     write(tmp_path / "a.h5", d, np.float32, mode="single")

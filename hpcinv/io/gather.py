@@ -20,6 +20,14 @@ def owned_face_block(decomp, axis: int):
     return tuple(sl), tuple(decomp.offset), tuple(gshape)
 
 
+def host_block(a, region, to_host=None) -> np.ndarray:
+    """``a[region]`` as a C-contiguous NumPy array: ``to_host(a, region)`` (e.g.
+    ``backend.to_host`` for a backend array), or for ``to_host=None`` a NumPy ``a`` read
+    directly."""
+    block = np.asarray(a[region]) if to_host is None else to_host(a, region)
+    return np.ascontiguousarray(block)
+
+
 def _gather(decomp, block: np.ndarray, offset, global_shape, root: int):
     blocks = decomp.comm.gather((tuple(offset), block), root=root)
     if decomp.rank != root:
@@ -35,17 +43,19 @@ def _gather(decomp, block: np.ndarray, offset, global_shape, root: int):
     return out
 
 
-def gather_cells(decomp, local, to_host=np.asarray, root: int = 0):
+def gather_cells(decomp, local, to_host=None, root: int = 0):
     """Global cell array (shape ``decomp.global_shape``) on ``root``; ``None`` elsewhere.
 
-    ``local`` is a padded local array (backend array; ``to_host`` copies it to numpy).
+    ``local`` is a padded local array: a NumPy array (``to_host=None``), or a backend array
+    with ``to_host=backend.to_host`` (called as ``to_host(local, region)``).
     """
-    block = np.ascontiguousarray(to_host(local[decomp.owned()]))
+    block = host_block(local, decomp.owned(), to_host)
     return _gather(decomp, block, decomp.offset, decomp.global_shape, root)
 
 
-def gather_faces(decomp, local, axis: int, to_host=np.asarray, root: int = 0):
-    """Global face array along ``axis`` (``n_axis + 1`` faces) on ``root``; ``None`` elsewhere."""
+def gather_faces(decomp, local, axis: int, to_host=None, root: int = 0):
+    """Global face array along ``axis`` (``n_axis + 1`` faces) on ``root``; ``None`` elsewhere
+    (``to_host`` as for :func:`gather_cells`)."""
     sl, off, gshape = owned_face_block(decomp, axis)
-    block = np.ascontiguousarray(to_host(local[sl]))
+    block = host_block(local, sl, to_host)
     return _gather(decomp, block, off, gshape, root)

@@ -109,15 +109,14 @@ class _Item:
 
 
 def _items(decomp, cells, faces, to_host) -> list[_Item]:
-    from .gather import owned_face_block
-    to_host = to_host or np.asarray
+    from .gather import host_block, owned_face_block
     out = []
     for name, v in (cells or {}).items():
-        b = np.ascontiguousarray(to_host(v[decomp.owned()]))
+        b = host_block(v, decomp.owned(), to_host)
         out.append(_Item(name, b, tuple(decomp.offset), tuple(decomp.global_shape)))
     for name, (v, axis) in (faces or {}).items():
         sl, off, gshape = owned_face_block(decomp, axis)
-        b = np.ascontiguousarray(to_host(v[sl]))
+        b = host_block(v, sl, to_host)
         out.append(_Item(name, b, tuple(off), tuple(gshape)))
     names = [it.name for it in out]
     if len(set(names)) != len(names):
@@ -181,7 +180,9 @@ def write_h5(path, decomp, cells=None, faces=None, attrs=None, to_host=None, rep
         faces: ``{name: (padded local face array, axis)}`` -> ``global_shape`` plus one along
             ``axis`` (padded index ``j`` is the face between cells ``j-1`` and ``j``).
         attrs: attributes of the file's root group (rank 0's values are written).
-        to_host: backend array -> numpy copy (default ``np.asarray``).
+        to_host: ``to_host(array, region)`` -> NumPy copy of ``array[region]``, e.g.
+            ``backend.to_host`` for backend arrays; ``None`` (default): the arrays are NumPy
+            arrays, read directly.
         replicated: ``{name: small numpy array}`` written once from rank 0 as a root dataset
             (e.g. observation coordinates); read back with
             :func:`~hpcinv.io.h5read.read_replicated`.
