@@ -361,5 +361,5 @@ def make_observations(cfg, grid: Grid, backend=None, true_Pf=None, demean=None) 
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     if values is None and true_Pf is not None:
-        obs.record(true_Pf, backend.to_host if backend is not None else np.asarray)
+        obs.record(true_Pf, backend)
     return obs

@@ -176,6 +176,30 @@ def test_record_and_float32_source():
     assert obs.misfit(P) == 0.0
 
 
+@pytest.mark.parametrize("method", ["nearest", "linear"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_backend_arrays_give_the_host_results(backend, method, dtype):
+    """With ``backend=``, Pf is a backend array (read by ``backend.gather``) and the adjoint
+    source is a new backend array: bitwise the results of host arrays."""
+    g, obs, P, _ = _misfit_setup((13, 9), method, True, True)
+    P = P.astype(dtype)
+    Pd = backend.upload(P)
+    assert np.array_equal(obs.sample(Pd, backend), obs.sample(P))
+    assert np.array_equal(obs.residuals(Pd, backend), obs.residuals(P))
+    assert obs.misfit(Pd, backend) == obs.misfit(P)
+    J, src = obs.misfit_and_source(P)
+    Jd, srcd = obs.misfit_and_source(Pd, backend)
+    assert Jd == J and srcd.dtype == src.dtype == dtype
+    assert np.array_equal(backend.to_host(srcd), src)
+    r = np.random.default_rng(1).standard_normal(len(obs))
+    assert np.array_equal(backend.to_host(obs.spread(r, backend)), obs.spread(r))
+    ref = Observations(g, obs.points, method=method)
+    ref.record(P)
+    obs2 = Observations(g, obs.points, method=method)
+    obs2.record(Pd, backend)
+    assert np.array_equal(obs2.values, ref.values)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(points=[[1.5, 0.5]]), r"point 0 \(1.5, 0.5\) lies outside the domain"),
     (dict(points=[[0.0, 0.5], [0.0, -0.01]]), r"point 1 .* outside"),

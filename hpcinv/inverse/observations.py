@@ -172,19 +172,6 @@ class Observations:
         self._mine = tuple(np.array([m[j] for m in mine], dtype=np.int64) for j in range(2))
         self._local = tuple(np.array([l[a] for l in local], dtype=np.int64)
                             for a in range(self.grid.ndim))
-        self._dev_index = {}
-
-    def _index_for(self, Pf):
-        """The owned corners' local indices as arrays of ``Pf``'s array module (CuPy indexes
-        a device array with device index arrays)."""
-        if isinstance(Pf, np.ndarray):
-            return self._local
-        import sys
-        mod = sys.modules[type(Pf).__module__.split(".")[0]]
-        key = mod.__name__
-        if key not in self._dev_index:
-            self._dev_index[key] = tuple(mod.asarray(i) for i in self._local)
-        return self._dev_index[key]
 
     def __len__(self):
         return len(self.points)
@@ -232,12 +219,16 @@ class Observations:
         self._sigma = s
 
     # --- the observation operator S and its transpose -------------------------------------
-    def sample(self, Pf, to_host=np.asarray) -> np.ndarray:
+    def sample(self, Pf, backend=None) -> np.ndarray:
         """``S Pf``: simulated values ``(nobs,)``, identical on every rank (one SUM allreduce of
-        an ``(nobs, ncorner)`` array whose entries each have a single contributor)."""
+        an ``(nobs, ncorner)`` array whose entries each have a single contributor).
+
+        ``Pf``: padded local array, a backend array of ``backend`` (read with one
+        ``backend.gather``), or a host NumPy array when ``backend`` is ``None``."""
         corners = np.zeros(self.weights.shape)
         if len(self._mine[0]):
-            corners[self._mine] = to_host(Pf[self._index_for(Pf)])
+            corners[self._mine] = (Pf[self._local] if backend is None
+                                   else backend.gather(Pf, self._local))
         corners += 0.0                       # -0.0 -> +0.0: same bits as a multi-rank sum
         corners = self.grid.comm.allreduce(corners, op=MPI.SUM)
         out = corners[:, 0] * self.weights[:, 0]
@@ -245,22 +236,28 @@ class Observations:
             out = out + corners[:, c] * self.weights[:, c]
         return out
 
-    def spread(self, r, xp=np, dtype=None):
+    def spread(self, r, backend=None, dtype=None):
         """``S^T r``: a padded local array (owned cells) with ``w_kc r_k`` added at the corner
         cells of each observation; ``r`` is the full-length ``(nobs,)`` array (same on every
-        rank). Contributions to one cell are added in (observation, corner) order."""
+        rank). Contributions to one cell are added in (observation, corner) order.
+
+        Returns a new array of ``backend`` (uploaded), or a NumPy array when ``backend`` is
+        ``None``; of ``dtype`` (default float64)."""
         r = np.asarray(r, dtype=float)
         if r.shape != (len(self),):
             raise ConfigError(f"spread: expected {len(self)} values, got shape {r.shape}")
         out = np.zeros(self.grid.decomp.padded_shape)
         k, c = self._mine
         np.add.at(out, self._local, self.weights[k, c] * r[k])   # corners may share a cell
-        return xp.asarray(out, dtype=dtype) if dtype is not None else xp.asarray(out)
+        if backend is not None:
+            return backend.upload(out, dtype)
+        return np.asarray(out, dtype=dtype) if dtype is not None else out
 
     # --- misfit ------------------------------------------------------------------------------
-    def record(self, Pf, to_host=np.asarray):
-        """Set the observed values from a (true-model) pressure field."""
-        self.values = self.sample(Pf, to_host)
+    def record(self, Pf, backend=None):
+        """Set the observed values from a (true-model) pressure field (``backend``: as for
+        :meth:`sample`)."""
+        self.values = self.sample(Pf, backend)
 
     def _need_values(self):
         if self._values is None:
@@ -277,19 +274,19 @@ class Observations:
         r = d / self._sigma
         return 0.5 * float(r @ r), r, r / self._sigma
 
-    def residuals(self, Pf, to_host=np.asarray) -> np.ndarray:
+    def residuals(self, Pf, backend=None) -> np.ndarray:
         """Normalised residuals ``r_k`` (demeaned when ``demean``; see the module docstring)."""
         self._need_values()
-        return self.misfit_from_values(self.sample(Pf, to_host))[1]
+        return self.misfit_from_values(self.sample(Pf, backend))[1]
 
-    def misfit(self, Pf, to_host=np.asarray) -> float:
+    def misfit(self, Pf, backend=None) -> float:
         """``J`` (identical on every rank)."""
         self._need_values()
-        return self.misfit_from_values(self.sample(Pf, to_host))[0]
+        return self.misfit_from_values(self.sample(Pf, backend))[0]
 
-    def misfit_and_source(self, Pf, xp=np, to_host=np.asarray):
+    def misfit_and_source(self, Pf, backend=None):
         """``(J, dJ/dPf)``: the misfit and the adjoint source ``S^T dJ/dP`` as a padded local
-        array on the backend (dtype of ``Pf``)."""
+        array of ``backend`` (a NumPy array when ``None``), of the dtype of ``Pf``."""
         self._need_values()
-        J, _, dJdP = self.misfit_from_values(self.sample(Pf, to_host))
-        return J, self.spread(dJdP, xp, dtype=getattr(Pf, "dtype", None))
+        J, _, dJdP = self.misfit_from_values(self.sample(Pf, backend))
+        return J, self.spread(dJdP, backend, dtype=getattr(Pf, "dtype", None))
