@@ -32,7 +32,7 @@ def make_case(backend, shape=(31, 15), comm=MPI.COMM_SELF, fixed_side=False, eve
     true = problem()
     obs = Observations(true.grid, workshop_points(len(shape))[::every], sigma=sigma,
                        demean=not fixed_side)
-    obs.record(solve_forward(true, backend, TIGHT).Pf)
+    obs.record(solve_forward(true, backend, TIGHT).Pf, backend)
     target = obs.values
     if not fixed_side:
         W = 1.0 / obs.sigma**2
@@ -58,7 +58,7 @@ def reference_gradient(backend, problem, obs, block):
     padded = np.zeros(d.padded_shape)
     padded[d.owned()] = block
     J, g, _ = AdjointGradient(problem, obs, backend, TIGHT, TIGHT)(padded)
-    return J, np.asarray(g)[d.owned()]
+    return J, backend.to_host(g, region=d.owned())
 
 
 def relative_difference(comm, a, b) -> float:

@@ -155,7 +155,7 @@ def test_adjoint_gradient_matches_direct_solves(case, backend):
     J, g, info = G(m_loc)
     assert info["forward_converged"] and info["adjoint_converged"], info
     Jref, gref, Pref = _reference(G, m, Qf, obs, S)
-    g = np.asarray(g)[G.problem.grid.decomp.owned()]
+    g = G.backend.to_host(g, region=G.problem.grid.decomp.owned())
     assert np.max(np.abs(gref)) > 0 and Jref > 0
     assert J == pytest.approx(Jref, rel=J_BOUND)
     err = np.max(np.abs(g - gref)) / np.max(np.abs(gref))
@@ -176,7 +176,7 @@ def test_plain_misfit_with_fixed_side_matches_direct_solves(case, backend):
     G.obs.demean = False
     J, g, info = G(m_loc)
     Jref, gref, _ = _reference(G, m, Qf, obs, S)
-    g = np.asarray(g)[G.problem.grid.decomp.owned()]
+    g = G.backend.to_host(g, region=G.problem.grid.decomp.owned())
     assert J == pytest.approx(Jref, rel=J_BOUND)
     err = np.max(np.abs(g - gref)) / np.max(np.abs(gref))
     assert err < GRAD_BOUND, f"{case}: max|g - gref| / max|gref| = {err:.3e}"
@@ -194,7 +194,7 @@ def test_taylor_fixed_pressure(shape, fixed, backend):
     dm = _local(G.problem.grid, rng.standard_normal(shape))
     J0, g, info = G(m)
     assert info["forward_converged"] and info["adjoint_converged"]
-    gdm = float(np.sum(np.asarray(g)[d.owned()] * dm[d.owned()]))
+    gdm = float(np.sum(G.backend.to_host(g, region=d.owned()) * dm[d.owned()]))
     r1, r2 = [], []
     for k in range(6):
         h = 0.02 / 2**k
@@ -219,12 +219,13 @@ def test_gradient_fixed_pressure_independent_of_decomposition(shape, fixed, back
     assert G.problem.grid.decomp.size == world.size
     J, g, info = G(m)
     assert info["forward_converged"] and info["adjoint_converged"]
-    g_glob = gather_cells(G.problem.grid.decomp, g)
+    g_glob = gather_cells(G.problem.grid.decomp, g, G.backend.to_host)
     ok = True
     if world.rank == 0:
         G1, m1, _, _, _, _ = setup(shape, fixed, comm=MPI.COMM_SELF, backend=backend)
         J1, g1, info1 = G1(m1)
-        ok = (J == J1 and np.array_equal(g_glob, np.asarray(g1)[G1.problem.grid.decomp.owned()])
+        ok = (J == J1 and np.array_equal(g_glob, G1.backend.to_host(
+                  g1, region=G1.problem.grid.decomp.owned()))
               and info["forward_iterations"] == info1["forward_iterations"]
               and info["adjoint_iterations"] == info1["adjoint_iterations"])
     assert world.bcast(ok, root=0)

@@ -62,7 +62,7 @@ def test_smoothing_matches_reference(backend, shape):
     own = g.decomp.owned()
     S = GradientSmoother(g, backend, steps=3)
     assert S.coef == pytest.approx(0.8 / (2 * len(shape)))
-    out = S.apply(A)
+    out = backend.to_host(S.apply(A))
     ref = smooth_ref(A[own], S.coef, 3)
     np.testing.assert_allclose(out[own], ref, rtol=0, atol=1e-13)
     # boundary cells unchanged, bitwise
@@ -70,16 +70,19 @@ def test_smoothing_matches_reference(backend, shape):
     edge[tuple(slice(1, -1) for _ in shape)] = False
     assert np.array_equal(out[own][edge], A[own][edge])
     assert np.array_equal(A, rand(g, 1))          # input not modified
-    S.apply(A, out=A)                             # in place
-    assert np.array_equal(A[own], out[own])
+    A_dev = backend.upload(A)
+    assert np.array_equal(backend.to_host(S.apply(A_dev)), out)    # backend input
+    assert np.array_equal(backend.to_host(A_dev), A)               # not modified either
+    S.apply(A_dev, out=A_dev)                     # in place
+    assert np.array_equal(backend.to_host(A_dev, region=own), out[own])
 
 
 def test_smoothing_preserves_constants_and_zero_steps(backend):
     g = grid((13, 9))
     C = local(g, np.full(g.shape, 2.5))
-    assert np.array_equal(GradientSmoother(g, backend, steps=5).apply(C), C)
+    assert np.array_equal(backend.to_host(GradientSmoother(g, backend, steps=5).apply(C)), C)
     A = rand(g, 2)
-    assert np.array_equal(GradientSmoother(g, backend, steps=0).apply(A), A)
+    assert np.array_equal(backend.to_host(GradientSmoother(g, backend, steps=0).apply(A)), A)
 
 
 @pytest.mark.parametrize("coef,ndim,ok", [(0.25, 2, True), (0.2500001, 2, False),
@@ -103,7 +106,8 @@ def test_smoothing_steps_validated(backend, steps):
 def _smooth_dot(g, backend, seed):
     S = GradientSmoother(g, backend, steps=4, coef=0.9 / (2 * g.ndim))
     x, y = rand(g, seed), rand(g, seed + 1)
-    return dot(g, S.apply(x), y), dot(g, x, S.apply_transpose(y))
+    h = backend.to_host
+    return dot(g, h(S.apply(x)), y), dot(g, x, h(S.apply_transpose(y)))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -119,7 +123,8 @@ def test_smoothing_is_not_symmetric_at_the_boundary(backend):
     S = GradientSmoother(g, backend, steps=1)
     x = rand(g, 9)
     own = g.decomp.owned()
-    assert not np.allclose(S.apply(x)[own], S.apply_transpose(x)[own])
+    assert not np.allclose(backend.to_host(S.apply(x), region=own),
+                           backend.to_host(S.apply_transpose(x), region=own))
 
 
 # -------------------------------------------------------------------------------- Tikhonov
@@ -136,16 +141,17 @@ def test_tikhonov_value_and_symmetry(backend, shape):
     T = Tikhonov(g, backend, alpha=0.7)
     m = rand(g, 4)
     own = g.decomp.owned()
+    h = backend.to_host
     J, G = T.value_and_gradient(m)
     assert J == pytest.approx(tikhonov_ref(g, m[own], 0.7), rel=1e-13)
     # linear: J = 1/2 <m, H m>, H symmetric
-    assert J == pytest.approx(0.5 * dot(g, m, G), rel=1e-12)
+    assert J == pytest.approx(0.5 * dot(g, m, h(G)), rel=1e-12)
     x, y = rand(g, 5), rand(g, 6)
-    lhs, rhs = dot(g, T.gradient(x), y), dot(g, x, T.gradient(y))
+    lhs, rhs = dot(g, h(T.gradient(x)), y), dot(g, x, h(T.gradient(y)))
     assert abs(lhs) > 1e-3 and rel(lhs, rhs) < 1e-12
     # constants are in the null space
     J0, G0 = T.value_and_gradient(local(g, np.full(shape, 3.0)))
-    assert J0 == 0.0 and not np.any(G0[own])
+    assert J0 == 0.0 and not np.any(h(G0, region=own))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -154,7 +160,7 @@ def test_tikhonov_taylor(backend, shape):
     T = Tikhonov(g, backend, alpha=1e-2)
     m, dm = rand(g, 7), rand(g, 8)
     J0, G = T.value_and_gradient(m)
-    gdm = dot(g, G, dm)
+    gdm = dot(g, backend.to_host(G), dm)
     hs = [1e-3 / 2**k for k in range(5)]
     r1 = [abs(T.value(m + h * dm) - J0) for h in hs]
     r2 = [abs(T.value(m + h * dm) - J0 - h * gdm) for h in hs]
@@ -168,7 +174,7 @@ def test_tikhonov_finite_differences_per_cell(backend):
     g = grid((6, 5))
     T = Tikhonov(g, backend, alpha=2.0)
     m = rand(g, 10)
-    G = T.gradient(m)
+    G = backend.to_host(T.gradient(m))
     h = 1e-4
     for c in [(1, 1), (3, 2), (6, 5), (1, 5), (4, 1)]:   # corners, edges, interior
         e = np.zeros_like(m)
@@ -181,12 +187,13 @@ def test_tikhonov_accumulates_and_validates(backend):
     g = grid((6, 5))
     T = Tikhonov(g, backend, alpha=1.0)
     m = rand(g, 11)
-    G = T.gradient(m)
+    h = backend.to_host
+    G = h(T.gradient(m))
     base = rand(g, 12)
-    acc = T.gradient(m, out=base.copy(), accumulate=True)
+    acc = T.gradient(m, out=backend.upload(base), accumulate=True)
     own = g.decomp.owned()
-    assert np.array_equal(acc[own], base[own] + G[own])
-    assert np.array_equal(T.gradient(m, out=base.copy())[own], G[own])
+    assert np.array_equal(h(acc, region=own), base[own] + G[own])
+    assert np.array_equal(h(T.gradient(m, out=backend.upload(base)), region=own), G[own])
     for bad in (-1.0, np.inf, "x"):
         with pytest.raises(ConfigError, match="alpha"):
             Tikhonov(g, backend, alpha=bad)
@@ -204,7 +211,8 @@ def test_transpose_and_symmetry_distributed(backend, shape):
     assert rel(lhs, rhs) < 1e-12
     T = Tikhonov(g, backend, alpha=0.7)
     x, y = rand(g, 5), rand(g, 6)
-    assert rel(dot(g, T.gradient(x), y), dot(g, x, T.gradient(y))) < 1e-12
+    h = backend.to_host
+    assert rel(dot(g, h(T.gradient(x)), y), dot(g, x, h(T.gradient(y)))) < 1e-12
 
 
 @pytest.mark.mpi(min_size=2)
@@ -215,18 +223,19 @@ def test_bitwise_independent_of_decomposition(backend, shape):
     A = rand(g, 1)
     S = GradientSmoother(g, backend, steps=5)
     T = Tikhonov(g, backend, alpha=0.3)
-    sm = gather_cells(g.decomp, S.apply(A))
-    smT = gather_cells(g.decomp, S.apply_transpose(A))
+    h = backend.to_host
+    sm = gather_cells(g.decomp, S.apply(A), h)
+    smT = gather_cells(g.decomp, S.apply_transpose(A), h)
     J, G = T.value_and_gradient(A)
-    Gg = gather_cells(g.decomp, G)
+    Gg = gather_cells(g.decomp, G, h)
     assert len(set(world.allgather(J))) == 1
     if world.rank == 0:
         g1 = grid(shape)
         A1 = rand(g1, 1)
         own = g1.decomp.owned()
-        assert np.array_equal(sm, GradientSmoother(g1, backend, steps=5).apply(A1)[own])
-        assert np.array_equal(smT, GradientSmoother(g1, backend, steps=5)
-                              .apply_transpose(A1)[own])
+        assert np.array_equal(sm, h(GradientSmoother(g1, backend, steps=5).apply(A1), own))
+        assert np.array_equal(smT, h(GradientSmoother(g1, backend, steps=5)
+                                     .apply_transpose(A1), own))
         J1, G1 = Tikhonov(g1, backend, alpha=0.3).value_and_gradient(A1)
-        assert np.array_equal(Gg, G1[own])
+        assert np.array_equal(Gg, h(G1, own))
         assert J == pytest.approx(J1, rel=1e-13)   # one SUM reduction: equal to rounding only

@@ -134,13 +134,13 @@ class ObservationMap:
         call = next(self._calls)
         self._loaded = call
         self.info = {"forward_iterations": fwd.iterations}
-        p = self.obs.sample(e.Pf_forward, bk.to_host)
+        p = self.obs.sample(e.Pf_forward, bk)
         c = float(self._gauge_weights @ p) if self.gauge_free else 0.0
         d = (p - c).astype(self.dtype)
         P = None
         if self.return_pressure:
-            P = (bk.to_host(e.Pf_forward[self.decomp.owned()]) - c).astype(self.dtype)
-        return d, P, Tape(padded, e.Pf_forward.copy(), call)
+            P = (bk.to_host(e.Pf_forward, region=self.decomp.owned()) - c).astype(self.dtype)
+        return d, P, Tape(padded, bk.clone(e.Pf_forward), call)
 
     def _require_converged(self, result, what):
         if not result.converged:
@@ -186,10 +186,10 @@ class ObservationMap:
             source[self.decomp.owned()] += v_P
         if tape.call is None or tape.call != self._loaded:
             e.set_logK(tape.logK)
-            bk.xp.copyto(e.Pf_forward, bk.xp.asarray(tape.Pf, dtype=self.dtype))
+            bk.copy(e.Pf_forward, tape.Pf)          # a backend array or a host copy
             self._loaded = tape.call
-        g, adj = e.adjoint_gradient(bk.asarray(source, dtype=self.dtype),
+        g, adj = e.adjoint_gradient(bk.upload(source, dtype=self.dtype),
                                     w=v_p if v_P is None else None)
         self._require_converged(adj, "adjoint")
         self.info["adjoint_iterations"] = adj.iterations
-        return np.asarray(bk.to_host(g[self.decomp.owned()]), dtype=self.dtype)
+        return np.asarray(bk.to_host(g, region=self.decomp.owned()), dtype=self.dtype)

@@ -105,7 +105,8 @@ def write_setup_file(path, grid, obs, wells, true_logK) -> Path:
 def write_model_file(path, grid, logK, Pf, attrs, to_host=None) -> Path:
     """A model file of a run directory (``model_final.h5``; collective): ``logK`` and its
     pressure ``Pf`` (padded local arrays), ``attrs`` (e.g. iteration, misfit) plus the grid
-    attributes, and the XDMF sidecar (written by rank 0)."""
+    attributes, and the XDMF sidecar (written by rank 0). ``to_host(a, region)``: as for
+    :func:`~hpcinv.io.h5io.write_h5` (``backend.to_host`` for backend arrays)."""
     path = Path(path)
     write_h5(path, grid.decomp, {"logK": logK, "Pf": Pf},
              attrs={**attrs, **grid_attrs(grid)}, to_host=to_host)
@@ -202,7 +203,7 @@ class Inversion:
         with h5py.File(path, "r") as f:
             names = list(f.keys())
         dt = self.G.solver.dtype
-        self.opt.arrays = {n[4:]: self.bk.asarray(read_cells(path, n, self.decomp), dtype=dt)
+        self.opt.arrays = {n[4:]: self.bk.upload(read_cells(path, n, self.decomp), dtype=dt)
                            for n in names if n.startswith("opt_")}
         self.opt.scalars = json.loads(attrs["scalars"])
         warm, replicated = {}, [n for n in names if n in self.G.warm_replicated_names]

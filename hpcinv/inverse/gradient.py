@@ -52,6 +52,7 @@ class AdjointGradient:
         nd, dt = problem.grid.ndim, self.solver.dtype
         self._D_T = bk.kernel(pressure_residual_adjoint_kernel(nd), nd, dt)
         self._dRq_dK_T = bk.kernel(flux_residual_adjoint_kernel(nd), nd, dt)
+        self._bound = {}         # bound transposes per buffer set (see _transposes)
         shape = self.solver.K.shape
         self.Pf_forward = bk.zeros(shape, dt)
         self.warm = None
@@ -66,7 +67,7 @@ class AdjointGradient:
     def set_logK(self, logK):
         """Set the model from a padded local array of log K (owned cells are read)."""
         from ..errors import ConfigError
-        logK = np.asarray(self.backend.to_host(logK), dtype=float)
+        logK = np.asarray(self.backend.to_host(logK), dtype=float)   # host or backend array
         own = self.problem.grid.decomp.owned()
         bad = self.problem.grid.comm.allreduce(int(not np.all(np.isfinite(logK[own]))))
         if bad:
@@ -103,11 +104,11 @@ class AdjointGradient:
         """Restore warm-start fields saved by :meth:`warm_state` (host or backend arrays)."""
         if self.warm is None or not fields:
             return
-        xp = self.backend.xp
+        bk = self.backend
         for kind, (P, q) in self.warm.items():
-            xp.copyto(P, xp.asarray(fields[f"{kind}_Pf"], dtype=P.dtype))
+            bk.copy(P, fields[f"{kind}_Pf"])
             for a, qa in enumerate(q):
-                xp.copyto(qa, xp.asarray(fields[f"{kind}_q{'xyz'[a]}"], dtype=qa.dtype))
+                bk.copy(qa, fields[f"{kind}_q{'xyz'[a]}"])
         self._warm_valid = True
 
     def _solve(self, kind: str, progress, cold: bool = False):
@@ -124,9 +125,9 @@ class AdjointGradient:
         result = s.solve(progress).result
         if self.warm is not None:
             P, q = self.warm[kind]
-            self.backend.xp.copyto(P, s.Pf)
+            self.backend.copy(P, s.Pf)
             for qa, sa in zip(q, s.q):
-                self.backend.xp.copyto(qa, sa)
+                self.backend.copy(qa, sa)
         return result
 
     def _rescale_adjoint_warm_start(self, w):
@@ -144,15 +145,15 @@ class AdjointGradient:
         alpha = float(w @ w_old) / den if den > 0 else 0.0
         P, q = self.warm["adjoint"]
         for a in (P, *q):
-            a *= alpha
+            self.backend.elementwise(lambda xp, v, alpha=alpha: v * alpha, a, out=a)
 
     def misfit(self, logK=None, progress=None):
         """``(J, info)``: the misfit alone (one forward solve), e.g. for line-search trials."""
         fwd = self.forward_solve(logK, progress)
         s, bk = self.solver, self.backend
-        J = self.obs.misfit(s.Pf, bk.to_host)
+        J = self.obs.misfit(s.Pf, bk)
         if self.tikhonov is not None:
-            J += self.tikhonov.value(bk.asarray(self.logK, dtype=s.dtype))
+            J += self.tikhonov.value(bk.upload(self.logK, dtype=s.dtype))
         return J, {"forward_iterations": fwd.iterations, "adjoint_iterations": 0,
                    "forward_converged": fwd.converged, "adjoint_converged": True}
 
@@ -165,7 +166,7 @@ class AdjointGradient:
         s = self.solver
         s.set_source(self.problem.Qf)
         fwd = self._solve("forward", progress)
-        self.backend.xp.copyto(self.Pf_forward, s.Pf)
+        self.backend.copy(self.Pf_forward, s.Pf)
         return fwd
 
     def adjoint_gradient(self, source, w=None, progress=None):
@@ -191,26 +192,41 @@ class AdjointGradient:
         # Scratch from the solver's buffers, free once the adjoint solve is done.
         minus_psi_q, q_bar, K_bar, P_bar = s.q_new, s.q, s.R, s.Pf_new
         for a in (*minus_psi_q, *q_bar, K_bar, P_bar):
-            a[...] = 0
+            bk.fill(a, 0)
         box = ((1,) * len(s.last), tuple(n + 1 for n in s.last))
-        self._D_T(*box, psi_P, *minus_psi_q, *s.geometry)                 # -psi_q = D^T psi_P
-        self._dRq_dK_T(*box, self.Pf_forward, s.K, P_bar, K_bar, *minus_psi_q, *q_bar,
-                       *s.geometry)                                       # dJ/dK
-        g = K_bar * s.K          # K_bar was zeroed and is written on owned cells: ghosts stay 0
-        bk.synchronize()
+        D_T, dRq_dK_T = self._transposes(psi_P, minus_psi_q, q_bar, K_bar, P_bar)
+        bk.launch(D_T, box)                                               # -psi_q = D^T psi_P
+        bk.launch(dRq_dK_T, box)                                          # dJ/dK
+        # K_bar was zeroed and is written on owned cells: ghosts stay 0
+        g = bk.elementwise(lambda xp, K_bar, K: K_bar * K, K_bar, s.K)
+        bk.sync()
         return g, adj
+
+    def _transposes(self, psi_P, minus_psi_q, q_bar, K_bar, P_bar):
+        """The transpose kernels bound by name to these buffers (the solver's ping-pong
+        buffers: one binding per parity, made on first use)."""
+        s = self.solver
+        key = tuple(id(a) for a in (psi_P, *minus_psi_q, *q_bar, K_bar, P_bar, s.K))
+        bound = self._bound.get(key)
+        if bound is None:
+            geom = s.geometry
+            bound = self._bound[key] = (
+                self._D_T.bind(RPf_bar=psi_P, q_bar=minus_psi_q, **geom),
+                self._dRq_dK_T.bind(Pf=self.Pf_forward, K=s.K, Pf_bar=P_bar, K_bar=K_bar,
+                                    Rq_bar=minus_psi_q, q_bar=q_bar, **geom))
+        return bound
 
     def __call__(self, logK=None, progress=None):
         """``(J, dJ/dlogK, info)``; ``dJ/dlogK`` is a padded local backend array (owned cells
         valid, ghosts zero)."""
         fwd = self.forward_solve(logK, progress)
-        s, bk, xp = self.solver, self.backend, self.backend.xp
-        J, _, w = self.obs.misfit_from_values(self.obs.sample(s.Pf, bk.to_host))
-        g, adj = self.adjoint_gradient(self.obs.spread(w, xp, dtype=s.dtype), w, progress)
+        s, bk = self.solver, self.backend
+        J, _, w = self.obs.misfit_from_values(self.obs.sample(s.Pf, bk))
+        g, adj = self.adjoint_gradient(self.obs.spread(w, bk, dtype=s.dtype), w, progress)
         if self.tikhonov is not None:
-            J += self.tikhonov.value_and_gradient(bk.asarray(self.logK, dtype=s.dtype), out=g,
+            J += self.tikhonov.value_and_gradient(bk.upload(self.logK, dtype=s.dtype), out=g,
                                                   accumulate=True)[0]
-            bk.synchronize()
+            bk.sync()
         info = {"forward_iterations": fwd.iterations, "adjoint_iterations": adj.iterations,
                 "forward_converged": fwd.converged, "adjoint_converged": adj.converged,
                 "forward_residual": fwd.residual, "adjoint_residual": adj.residual}

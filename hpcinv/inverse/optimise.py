@@ -61,23 +61,39 @@ class Optimiser:
         self.scalars: dict = {"J0": None, "J": None, "evaluations": 0}
 
     # --- distributed helpers ----------------------------------------------------------------
+    # Arithmetic on the padded local arrays goes through the backend (``bk.elementwise`` on its
+    # compute stream); scalars are bound as default arguments, so a queued operation uses the
+    # value of the moment it was issued.
     def max_abs(self, a) -> float:
         """Global max-norm over owned cells (one MPI MAX)."""
-        return self.decomp.comm.allreduce(self.bk.max_abs(a[self.own]), op=MPI.MAX)
+        return self.decomp.comm.allreduce(self.bk.max_abs(a, region=self.own), op=MPI.MAX)
 
     def dot(self, a, b) -> float:
         """Global inner product over owned cells (one MPI SUM)."""
-        local = float(self.bk.xp.sum(a[self.own] * b[self.own]))
+        local = self.bk.dot(a, b, region=self.own)
         return self.decomp.comm.allreduce(local, op=MPI.SUM)
 
     def clip(self, x):
         s = self.settings
         if math.isfinite(s.logK_min) or math.isfinite(s.logK_max):
-            self.bk.xp.clip(x, s.logK_min, s.logK_max, out=x)
+            self.bk.elementwise(lambda xp, x, lo=s.logK_min, hi=s.logK_max: xp.clip(x, lo, hi),
+                                x, out=x)
         return x
 
     def smooth(self, g):
-        return self.S.apply(g) if self.S is not None else g.copy()
+        return self.S.apply(g) if self.S is not None else self.bk.clone(g)
+
+    def axpy(self, x, alpha, y):
+        """A new array ``x + alpha * y``."""
+        return self.bk.elementwise(lambda xp, x, y, alpha=alpha: x + alpha * y, x, y)
+
+    def sub(self, x, y):
+        """A new array ``x - y``."""
+        return self.bk.elementwise(lambda xp, x, y: x - y, x, y)
+
+    def neg(self, x):
+        """A new array ``-x``."""
+        return self.bk.elementwise(lambda xp, x: -x, x)
 
     def evaluate(self, x, with_gradient=True):
         """``(J, g, info)`` (``g`` is ``None`` for a misfit-only trial)."""
@@ -107,7 +123,7 @@ class GradientDescent(Optimiser):
     """
 
     def start(self, logK0) -> dict:
-        x = self.clip(self.bk.asarray(logK0, dtype=self.f.solver.dtype))
+        x = self.clip(self.bk.upload(logK0, dtype=self.f.solver.dtype))
         J, g, info = self.evaluate(x)
         self.scalars.update(J0=J, J=J, gamma=self.settings.dgamma)
         self.arrays = {"x": x, "d": self._direction(g)}
@@ -118,11 +134,12 @@ class GradientDescent(Optimiser):
         m = self.max_abs(d)
         self.scalars["max_grad"] = m
         if m > 0:
-            d /= m
+            self.bk.elementwise(lambda xp, d, m=m: d / m, d, out=d)
         return d
 
     def _trial(self, gamma):
-        return self.clip(self.arrays["x"] - gamma * self.arrays["d"])
+        return self.clip(self.bk.elementwise(lambda xp, x, d, gamma=gamma: x - gamma * d,
+                                             self.arrays["x"], self.arrays["d"]))
 
     def step(self) -> dict:
         sc, x_old = self.scalars, self.arrays["x"]
@@ -143,7 +160,7 @@ class GradientDescent(Optimiser):
             sc["gamma"] = gamma * 0.5
             note = f"misfit increased ({J:.4e} > {sc['J']:.4e}): step rejected and halved"
             return self.record(J, gamma, sc["max_grad"], 0.0, pts, note)
-        dlogK = self.max_abs(x_t - x_old)
+        dlogK = self.max_abs(self.sub(x_t, x_old))
         sc.update(J=J, gamma=gamma)
         self.arrays = {"x": x_t, "d": self._direction(g)}
         return self.record(J, gamma, sc["max_grad"], dlogK, pts, note)
@@ -159,13 +176,13 @@ class LBFGS(Optimiser):
     """
 
     def _x_of(self, z):
-        return self.clip(self.S.apply(z) if self.S is not None else z.copy())
+        return self.clip(self.S.apply(z) if self.S is not None else self.bk.clone(z))
 
     def _grad_z(self, g):
         return self.S.apply_transpose(g) if self.S is not None else g
 
     def start(self, logK0) -> dict:
-        z = self.bk.asarray(logK0, dtype=self.f.solver.dtype)   # S preserves constants
+        z = self.bk.upload(logK0, dtype=self.f.solver.dtype)    # S preserves constants
         x = self._x_of(z)
         J, g, info = self.evaluate(x)
         self.scalars.update(J0=J, J=J, npairs=0)
@@ -178,21 +195,23 @@ class LBFGS(Optimiser):
 
     def _direction(self):
         """``-H gz`` by the two-loop recursion (``H0 = gamma I``, gamma = s'y / y'y)."""
-        q = self.arrays["gz"].copy()
+        bk = self.bk
+        q = bk.clone(self.arrays["gz"])
         pairs = self._pairs()
         alphas = []
         for s, y in reversed(pairs):
             rho = 1.0 / self.dot(y, s)
             a = rho * self.dot(s, q)
-            q -= a * y
+            bk.elementwise(lambda xp, q, y, a=a: q - a * y, q, y, out=q)       # q -= a * y
             alphas.append((rho, a))
         if pairs:
             s, y = pairs[-1]
-            q *= self.dot(s, y) / self.dot(y, y)
+            c = self.dot(s, y) / self.dot(y, y)
+            bk.elementwise(lambda xp, q, c=c: q * c, q, out=q)                 # q *= c
         for (s, y), (rho, a) in zip(pairs, reversed(alphas)):
             b = rho * self.dot(y, q)
-            q += (a - b) * s
-        return -q
+            bk.elementwise(lambda xp, q, s, ab=a - b: q + ab * s, q, s, out=q)  # q += (a-b) s
+        return self.neg(q)
 
     def step(self) -> dict:
         sc, A = self.scalars, self.arrays
@@ -200,7 +219,8 @@ class LBFGS(Optimiser):
         slope = self.dot(A["gz"], p)
         note, pts = "", [0, 0]
         if not slope < 0:                      # not a descent direction: restart memory
-            p, sc["npairs"], note = -A["gz"], 0, "L-BFGS memory reset (not a descent direction)"
+            p, sc["npairs"], note = self.neg(A["gz"]), 0, \
+                "L-BFGS memory reset (not a descent direction)"
             slope = self.dot(A["gz"], p)
         # Unit step, capped so a trial changes logK by at most max_step (a wild first quasi-
         # Newton step would otherwise create contrasts that take the PT solver ages); the very
@@ -210,7 +230,7 @@ class LBFGS(Optimiser):
         t = self.settings.dgamma / size if sc["npairs"] == 0 else \
             min(1.0, self.settings.max_step / size)
         for trial in range(self.settings.max_trials):
-            z_t = A["z"] + t * p
+            z_t = self.axpy(A["z"], t, p)
             x_t = self._x_of(z_t)
             J, g, info = self.evaluate(x_t)
             pts[0] += info["forward_iterations"]
@@ -223,8 +243,8 @@ class LBFGS(Optimiser):
             return self.record(J, t, self.max_abs(A["gz"]), 0.0, pts,
                                "line search failed: no decrease; stopping")
         gz = self._grad_z(g)
-        s, y = z_t - A["z"], gz - A["gz"]
-        dlogK = self.max_abs(x_t - A["x"])
+        s, y = self.sub(z_t, A["z"]), self.sub(gz, A["gz"])
+        dlogK = self.max_abs(self.sub(x_t, A["x"]))
         pairs = self._pairs()
         if self.dot(s, y) > 0:                 # curvature condition, else skip the update
             pairs = (pairs + [(s, y)])[-self.settings.lbfgs_memory:]

@@ -33,7 +33,9 @@ class _Base:
         self.decomp = d
         self.halo = HaloExchange(d, backend, self.dtype)
         self.box = ((1,) * grid.ndim, tuple(n + 1 for n in d.local_shape))
-        self.ints = tuple(o - 1 for o in d.offset) + tuple(grid.shape)
+        # the kernels' ints: go* (rank offset - 1) and gn* (global sizes)
+        self.ints = {"go": tuple(int(o) - 1 for o in d.offset),
+                     "gn": tuple(int(n) for n in grid.shape)}
 
     def _kernel(self, k):
         return self.backend.kernel(k, self.grid.ndim, self.dtype)
@@ -46,8 +48,7 @@ class _Base:
     def _load(self, buf, a, what):
         """Owned cells of ``a`` into ``buf`` (ghosts of ``buf`` then refreshed by the caller)."""
         self._check(a, what)
-        own = self.decomp.owned()
-        buf[own] = a[own]
+        self.backend.copy(buf, a, region=self.decomp.owned())
 
 
 class GradientSmoother:
@@ -55,7 +56,7 @@ class GradientSmoother:
 
     Args:
         grid: the :class:`~hpcinv.grid.Grid`.
-        backend: compute backend (``bk.xp``, ``bk.zeros``, ``bk.kernel``).
+        backend: compute backend.
         steps: number of steps ``n >= 0`` (0: identity).
         coef: diffusion coefficient, ``0 <= coef <= 1/(2 ndim)`` (explicit stability limit);
             default ``0.8 / (2 ndim)``: 0.2 in 2D (the workshop's value), 2/15 in 3D.
@@ -81,32 +82,38 @@ class GradientSmoother:
         self._adj = self._b._kernel(smooth_transpose_kernel(grid.ndim))
         shape = grid.decomp.padded_shape
         self._buf = [backend.zeros(shape, self._b.dtype), backend.zeros(shape, self._b.dtype)]
+        # Both kernels bound by name for both ping-pong directions (buffer 0 -> 1, 1 -> 0).
+        ints = self._b.ints
+        self._fwd_bound = [self._fwd.bind(A=self._buf[i], A2=self._buf[1 - i], coef=self.coef,
+                                          **ints) for i in (0, 1)]
+        self._adj_bound = [self._adj.bind(y=self._buf[i], y2=self._buf[1 - i], coef=self.coef,
+                                          **ints) for i in (0, 1)]
 
-    def _run(self, kernel, a, out):
+    def _run(self, bound, a, out):
         b = self._b
-        src, dst = self._buf
-        b._load(src, a, "field to smooth")
+        bk = b.backend
+        cur = 0                           # the buffer holding the current iterate
+        b._load(self._buf[cur], a, "field to smooth")
         for _ in range(self.steps):
-            b.halo.exchange(src)          # one exchange per step
-            kernel(*b.box, src, dst, self.coef, *b.ints)
-            src, dst = dst, src
+            b.halo.exchange(self._buf[cur])   # one exchange per step
+            bk.launch(bound[cur], b.box)
+            cur = 1 - cur
         if out is None:
-            out = b.backend.zeros(b.decomp.padded_shape, b.dtype)
+            out = bk.zeros(b.decomp.padded_shape, b.dtype)
         else:
             b._check(out, "out")
-        own = b.decomp.owned()
-        out[own] = src[own]
+        bk.copy(out, self._buf[cur], region=b.decomp.owned())
         return out
 
     def apply(self, a, out=None):
         """``S^n a`` (owned cells of a new array, or of ``out``; ``out`` may be ``a``)."""
-        return self._run(self._fwd, a, out)
+        return self._run(self._fwd_bound, a, out)
 
     __call__ = apply
 
     def apply_transpose(self, a, out=None):
         """``(S^n)^T a = (S^T)^n a``."""
-        return self._run(self._adj, a, out)
+        return self._run(self._adj_bound, a, out)
 
 
 class Tikhonov:
@@ -134,23 +141,32 @@ class Tikhonov:
         shape = grid.decomp.padded_shape
         self._m = backend.zeros(shape, self._b.dtype)
         self._E = backend.zeros(shape, self._b.dtype)
+        self._bound = None            # the kernel bound to the last ``out`` (see _bind)
+
+    def _bind(self, out):
+        """The kernel bound by name with ``G = out`` (rebound only when ``out`` changes)."""
+        if self._bound is None or self._bound.values["G"] is not out:
+            self._bound = self._k.bind(m=self._m, G=out, E=self._E, inv_d2=self._inv_d2,
+                                       scale=self.alpha * self.volume, **self._b.ints)
+        return self._bound
 
     def value_and_gradient(self, m, out=None, accumulate: bool = False):
         """``(J_reg, g)``: ``g = alpha V (-Lap_N m)`` on owned cells. With ``accumulate`` the
         gradient is added to ``out`` (e.g. the misfit gradient), else ``out`` (or a new array) is
         overwritten. ``J_reg`` is the same on every rank (one MPI SUM allreduce)."""
         b = self._b
+        bk = b.backend
         b._load(self._m, m, "logK")
         b.halo.exchange(self._m)
         if out is None:
-            out = b.backend.zeros(b.decomp.padded_shape, b.dtype)
+            out = bk.zeros(b.decomp.padded_shape, b.dtype)
         else:
             b._check(out, "out")
             if not accumulate:
-                out[...] = 0
+                bk.fill(out, 0)
         scale = self.alpha * self.volume
-        self._k(*b.box, self._m, out, self._E, *self._inv_d2, scale, *b.ints)
-        local = float(b.backend.xp.sum(self._E[b.decomp.owned()]))
+        bk.launch(self._bind(out), b.box)
+        local = bk.sum(self._E, region=b.decomp.owned())
         J = 0.5 * scale * b.decomp.comm.allreduce(local, op=MPI.SUM)
         return J, out
 
