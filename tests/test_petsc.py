@@ -122,20 +122,20 @@ def test_matches_reference_and_apt(case, backend):
     st = s.solve()
     assert st.result.converged and st.result.residual < TOL, st.result
     Pref = solve_reference(K, Qf, spacing, fixed)
-    P = owned(np.asarray(st.Pf))
+    P = owned(backend.to_host(st.Pf))
     err = rel(P, Pref)
     assert err < BOUND, f"{case}: max|P - Pref| / max|Pref| = {err:.2e}"
     qref = fluxes(K, Pref, spacing, fixed)
     qmax = max(np.max(np.abs(q)) for q in qref)
     for a in range(problem.grid.ndim):
-        qerr = np.max(np.abs(owned_faces(np.asarray(st.q[a]), a) - qref[a])) / qmax
+        qerr = np.max(np.abs(owned_faces(backend.to_host(st.q[a]), a) - qref[a])) / qmax
         assert qerr < BOUND, f"{case}: flux {a} error {qerr:.2e}"
     if not fixed:   # the APT gauge
         from reference import kmax_local
         assert abs(np.sum(kmax_local(K) * P)) <= 1e-12 * np.sum(kmax_local(K) * np.abs(P))
     apt = solve_forward(CASES[case](), backend, PTParams(tol=TOL, ncheck=20, maxiter=400000))
     assert apt.result.converged
-    err_apt = rel(P, owned(np.asarray(apt.Pf)))
+    err_apt = rel(P, owned(backend.to_host(apt.Pf)))
     assert err_apt < 2 * BOUND, f"{case}: PETSc vs APT {err_apt:.2e}"
 
 
@@ -163,7 +163,7 @@ def test_l2_norm_mode_and_options(backend):
                                                        options={"ksp_max_it": 5000}))
     st = s.solve()
     assert s.ksp.getPC().getType() == "jacobi"
-    assert rel(owned(np.asarray(st.Pf)), Pref) < 1e-7
+    assert rel(owned(backend.to_host(st.Pf)), Pref) < 1e-7
     s2 = PetscDarcySolver(problem, backend, PetscParams(tol=1e-10,
                                                         options={"pc_gamg_threshold": 0.01}))
     assert s2.solve().result.converged
@@ -172,7 +172,7 @@ def test_l2_norm_mode_and_options(backend):
 def test_warm_start_and_set_permeability(backend):
     problem = geo((40, 23))
     s = PetscDarcySolver(problem, backend, PetscParams(tol=1e-10))
-    P = np.array(s.solve().Pf)
+    P = backend.to_host(s.solve().Pf)
     s.set_state(P)
     r = s.solve().result
     assert r.converged and r.iterations <= 1, r
@@ -182,7 +182,7 @@ def test_warm_start_and_set_permeability(backend):
     st = s.solve()
     assert s.timings["assemble"] > 0 and s.timings["setup"] > 0
     # doubling K halves the pressure (the gauge scales along)
-    assert rel(owned(np.asarray(st.Pf)), owned(P) / 2) < 1e-7
+    assert rel(owned(backend.to_host(st.Pf)), owned(P) / 2) < 1e-7
 
 
 # --- MPI: the gathered solution equals a single-rank solve ----------------------------------
@@ -199,10 +199,10 @@ def test_mpi_matches_single_rank(case, split, backend):
     par = CASES[case](comm=comm, dims=dims)
     st = PetscDarcySolver(par, backend, PetscParams(tol=tol)).solve()
     assert st.result.converged, st.result
-    Pg = gather_cells(par.grid.decomp, st.Pf)
+    Pg = gather_cells(par.grid.decomp, st.Pf, backend.to_host)
     ref = PetscDarcySolver(serial, backend, PetscParams(tol=tol)).solve()
     if comm.Get_rank() == 0:
-        err = rel(Pg, owned(np.asarray(ref.Pf)))
+        err = rel(Pg, owned(backend.to_host(ref.Pf)))
         Pref = solve_reference(owned(serial.K), owned(serial.Qf), serial.grid.spacing,
                                serial.fixed_pressure)
         assert err < 1e-10, f"{case} {split}: MPI vs COMM_SELF {err:.2e}"
@@ -229,12 +229,12 @@ def test_adjoint_gradient_with_petsc(case, backend):
     shape, fixed = GCASES[case]
     (G_apt, m_loc, m, Qf, obs, S), _ = _gradient_setup(shape, fixed, backend=backend)
     J_apt, g_apt, _ = G_apt(m_loc)
-    g_apt = np.array(g_apt)[G_apt.problem.grid.decomp.owned()]
+    g_apt = backend.to_host(g_apt, region=G_apt.problem.grid.decomp.owned())
     (G, m_loc, m, Qf, obs, S), _ = _gradient_setup(shape, fixed, backend=backend)
     _swap_in_petsc(G, backend, 1e-12)
     J, g, info = G(m_loc)
     assert info["forward_converged"] and info["adjoint_converged"], info
-    g = np.array(g)[G.problem.grid.decomp.owned()]
+    g = backend.to_host(g, region=G.problem.grid.decomp.owned())
     Jref, gref, _ = _reference(G, m, Qf, obs, S)
     err_apt = rel(g, g_apt)
     err_ref = rel(g, gref)
@@ -246,8 +246,8 @@ def test_adjoint_gradient_with_petsc(case, backend):
     J2, g2, _ = G(m_loc * 0.5)
     G_apt.set_logK(m_loc * 0.5)
     J2_apt, g2_apt, _ = G_apt()
-    assert rel(np.array(g2)[G.problem.grid.decomp.owned()],
-               np.array(g2_apt)[G.problem.grid.decomp.owned()]) < 1e-8
+    own = G.problem.grid.decomp.owned()
+    assert rel(backend.to_host(g2, region=own), backend.to_host(g2_apt, region=own)) < 1e-8
 
 
 @pytest.mark.mpi(min_size=2)
@@ -259,7 +259,7 @@ def test_adjoint_gradient_with_petsc_mpi(case, backend):
                                                    backend=backend)
     _swap_in_petsc(G, backend, 1e-12)
     J, g, info = G(m_loc)
-    gg = gather_cells(G.problem.grid.decomp, g)
+    gg = gather_cells(G.problem.grid.decomp, g, backend.to_host)
     if MPI.COMM_WORLD.Get_rank() == 0:
         Jref, gref, _ = _reference(G, m, Qf, obs, S)
         assert J == pytest.approx(Jref, rel=1e-9)
@@ -276,12 +276,12 @@ def test_adjoint_gradient_warm_start_with_petsc(backend):
     cold = _swap_in_petsc(G, backend, 1e-12)
     _, g_cold, _ = cold(m_loc * 1.01)
     G2, *_ = setup(shape, fixed, backend=backend)
-    G2.warm = {k: (np.zeros_like(G2.Pf_forward), [np.zeros_like(G2.Pf_forward)
-                                                  for _ in range(len(shape))])
+    shp, dt = G2.Pf_forward.shape, G2.Pf_forward.dtype
+    G2.warm = {k: (backend.zeros(shp, dt), [backend.zeros(shp, dt) for _ in range(len(shape))])
                for k in ("forward", "adjoint")}
     warm = _swap_in_petsc(G2, backend, 1e-12)
     _, _, i1 = warm(m_loc)
     _, g_warm, i2 = warm(m_loc * 1.01)
     own = G.problem.grid.decomp.owned()
-    assert rel(np.array(g_warm)[own], np.array(g_cold)[own]) < 1e-8
+    assert rel(backend.to_host(g_warm, region=own), backend.to_host(g_cold, region=own)) < 1e-8
     assert i2["forward_iterations"] < i1["forward_iterations"], (i1, i2)

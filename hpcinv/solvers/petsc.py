@@ -89,6 +89,7 @@ class PetscDarcySolver(DarcyFields):
         nd, bk = self.grid.ndim, self.backend
         self._flux = bk.kernel(flux_residual_kernel(nd), nd, self.dtype)
         self._presid = bk.kernel(pressure_residual_kernel(nd), nd, self.dtype)
+        self._bound = {}            # flux/residual kernels bound by name (see _residual_kernels)
         self.gauge_free = problem.gauge_free
         self.timings = {"assemble": 0.0, "setup": 0.0, "solve": 0.0}
         self.ksp_reason = None
@@ -229,12 +230,11 @@ class PetscDarcySolver(DarcyFields):
     def set_state(self, Pf=None, q=None, homogeneous: bool = False):
         """Initial guess of the next solve (``Pf``; ``q`` is derived from ``Pf`` and ignored);
         ``None`` starts from zero. ``homogeneous``: fixed-pressure sides hold 0 (adjoint)."""
-        xp = self.backend.xp
         self.cold = Pf is None
         if Pf is None:
-            self.Pf[...] = 0
+            self.backend.fill(self.Pf, 0)
         else:
-            xp.copyto(self.Pf, xp.asarray(Pf, dtype=self.dtype))
+            self.backend.copy(self.Pf, Pf)
         self.homogeneous = homogeneous
         self._apply_boundary_pressure()
 
@@ -256,14 +256,15 @@ class PetscDarcySolver(DarcyFields):
             self._pc_dirty = False
             t_setup = time.perf_counter() - t1
         t2 = time.perf_counter()
-        rhs = np.asarray(bk.to_host(self.Qf[own]), dtype=np.float64)
+        rhs = np.asarray(bk.to_host(self.Qf, region=own), dtype=np.float64)
         if not self.homogeneous and self._bK is not None:
             rhs = rhs + self._bK
         self.b.setArray(rhs.ravel())
         if self.cold:
             self.x.set(0.0)
         else:
-            self.x.setArray(np.asarray(bk.to_host(self.Pf[own]), dtype=np.float64).ravel())
+            self.x.setArray(np.asarray(bk.to_host(self.Pf, region=own),
+                                       dtype=np.float64).ravel())
         self.ksp.setInitialGuessNonzero(not self.cold)
         self._threshold = self.params.tol * self.scale
         self._history = []
@@ -275,7 +276,7 @@ class PetscDarcySolver(DarcyFields):
             P = self.x.getArray(readonly=True).reshape(d.local_shape)
             if self.gauge_free:
                 P = P - self._gauge_shift(P)
-            self.Pf[own] = bk.asarray(P, dtype=self.dtype)
+            bk.copy(self.Pf, P, region=own, src_region=(slice(None),) * d.ndim)
             self.halo.exchange(self.Pf)
             self._apply_boundary_pressure()
             err = self._fluxes_and_residual()
@@ -348,16 +349,26 @@ class PetscDarcySolver(DarcyFields):
         """``q = -Kf grad Pf`` on every face of the owned cells (hpcinv's flux kernel with
         ``q = 0``: walls 0, half-cell flux on fixed sides), ``R = div q - Qf``; returns
         ``max|R| / max|Qf|``."""
-        xp = self.backend.xp
+        bk = self.backend
         box = ((1,) * len(self.last), tuple(n + 1 for n in self.last))
+        flux, presid = self._residual_kernels()
         for qa in self.q_new:
-            qa[...] = 0
-        self._flux(*box, self.Pf, self.K, *self.q_new, *self.q, *self.geometry)   # q <- Kf grad P
+            bk.fill(qa, 0)
+        bk.launch(flux, box)                                      # q <- Kf grad P
         for qa in self.q:
-            xp.negative(qa, out=qa)
-        self._presid(*box, *self.q, self.Qf, self.R, *self.geometry)
-        self.backend.synchronize()
-        return self.decomp.comm.allreduce(self.backend.max_abs(self.R), op=MPI.MAX) / self.scale
+            bk.elementwise(lambda xp, a: -a, qa, out=qa)          # q <- -Kf grad P
+        bk.launch(presid, box)
+        return self.decomp.comm.allreduce(bk.max_abs(self.R), op=MPI.MAX) / self.scale
+
+    def _residual_kernels(self):
+        """The flux kernel (``q = 0`` read from ``q_new``, ``Kf grad Pf`` written to ``q``) and
+        the pressure residual kernel (``R = div q - Qf``), bound by name once per buffer set."""
+        key = (id(self.Pf), id(self.q[0]))
+        if key not in self._bound:
+            self._bound[key] = (
+                self._flux.bind(Pf=self.Pf, K=self.K, q=self.q_new, Rq=self.q, **self.geometry),
+                self._presid.bind(q=self.q, Qf=self.Qf, RPf=self.R, **self.geometry))
+        return self._bound[key]
 
     def describe(self) -> dict:
         """KSP and PC types and the PETSc version (for benchmark records)."""
