@@ -101,13 +101,17 @@ def _apply_overrides(cfg, args):
 
 
 def make_backend_for(cfg):
-    """The backend of a validated config, its GPU chosen from the node-local rank."""
+    """The backend of a validated config, its GPU chosen from the node-local rank; it holds
+    the run's one CUDA-aware-MPI decision (``parallel.cuda_aware``; ``"auto"``: detect), which
+    every halo exchange on it follows."""
     from mpi4py import MPI
 
     from .backend import make_backend
+    aware = None if cfg.parallel.cuda_aware == "auto" else cfg.parallel.cuda_aware
     node = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
     backend = make_backend(cfg.parallel.backend, local_rank=node.Get_rank(),
-                           local_size=node.Get_size(), threads=cfg.parallel.threads or None)
+                           local_size=node.Get_size(), threads=cfg.parallel.threads or None,
+                           cuda_aware=aware)
     node.Free()
     return backend
 
@@ -122,10 +126,9 @@ def make_problem(cfg, **overrides):
 
 
 def solver_options(cfg) -> dict:
-    """Keyword arguments of :func:`~hpcinv.solvers.make_darcy_solver` from a config."""
-    aware = None if cfg.parallel.cuda_aware == "auto" else cfg.parallel.cuda_aware
-    return dict(method=cfg.solver.method, overlap=cfg.parallel.overlap, dtype=cfg.solver.dtype,
-                cuda_aware=aware)
+    """Keyword arguments of :func:`~hpcinv.solvers.make_darcy_solver` from a config
+    (``parallel.cuda_aware`` goes to the backend, see :func:`make_backend_for`)."""
+    return dict(method=cfg.solver.method, overlap=cfg.parallel.overlap, dtype=cfg.solver.dtype)
 
 
 def make_solver(cfg):
@@ -326,6 +329,8 @@ def cmd_info(args) -> int:
                    "numpy": numpy.__version__, "mpi4py": mpi4py.__version__,
                    "mpi_library": lib, "mpi_standard": "%d.%d" % MPI.Get_version(),
                    "cuda_aware_mpi": aware, "cuda_aware_reason": why,
+                   "backend_cuda_aware": backend.cuda_aware,
+                   "backend_cuda_aware_reason": backend.cuda_aware_reason,
                    "petsc4py": _extra_version("petsc4py", "petsc", "solver.method = 'petsc'"),
                    "torch": _extra_version("torch", "torch", "hpcinv.autodiff's PyTorch layer"),
                    "jax": _extra_version("jax", "jax", "hpcinv.autodiff's JAX rule"),

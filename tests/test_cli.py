@@ -316,7 +316,7 @@ def test_info():
     out = proc.stdout
     lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
     for key in ("hpcinv", "mpi_library", "mpi_standard", "cuda_aware_mpi", "cuda_aware_reason",
-                "ranks", "dims"):
+                "backend_cuda_aware", "backend_cuda_aware_reason", "ranks", "dims"):
         assert key in lines, out
     from mpi4py import MPI
     assert MPI.Get_library_version().strip().splitlines()[0] in lines["mpi_library"]
@@ -332,6 +332,37 @@ def test_info_cuda_aware_override():
     assert re.search(r"^cuda_aware_mpi\s+False$", proc.stdout, re.M), proc.stdout
     assert_one_line_error(run_cli("info", env=_clean_env(HPCINV_CUDA_AWARE="yes")),
                           "HPCINV_CUDA_AWARE")
+
+
+def test_info_reports_the_backends_decision():
+    """``backend_cuda_aware``: what the halo exchanges of this backend do (host memory is
+    always handed to MPI directly; the stream checker's device-like memory follows
+    HPCINV_CUDA_AWARE)."""
+    proc = run_cli("info", "--backend", "host", env=_clean_env(HPCINV_STREAM_CHECK="0"))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^backend_cuda_aware\s+True$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^backend_cuda_aware_reason\s+host memory", proc.stdout, re.M)
+    proc = run_cli("info", "--backend", "host",
+                   env=_clean_env(HPCINV_STREAM_CHECK="1", HPCINV_CUDA_AWARE="0"))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^backend_cuda_aware\s+False$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^backend_cuda_aware_reason\s+HPCINV_CUDA_AWARE$", proc.stdout, re.M)
+
+
+def test_config_cuda_aware_goes_to_the_backend():
+    """``parallel.cuda_aware`` is the backend's one decision (every halo exchange follows
+    it), not a solver option."""
+    from hpcinv.cli import make_backend_for, solver_options
+    cfg = config_mod.Config()
+    cfg.parallel.backend = "host"
+    cfg.parallel.cuda_aware = False
+    cfg.validate()
+    assert "cuda_aware" not in solver_options(cfg)
+    bk = make_backend_for(cfg)
+    if bk.device_memory:              # the stream checker: device-like memory
+        assert bk.cuda_aware is False and bk.cuda_aware_reason == "parallel.cuda_aware (config)"
+    else:                             # host memory is always handed to MPI directly
+        assert bk.cuda_aware is True
 
 
 def test_info_in_process(capsys):
