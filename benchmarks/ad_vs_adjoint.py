@@ -118,7 +118,8 @@ def observations(shape, values=None, backend=None):
     if values is None:
         true = problems.geothermal2d(shape)
         obs = Observations(true.grid, workshop_points(2))
-        obs.record(hpcinv.forward(true, backend).Pf)
+        bk = backend if backend is not None else make_backend("auto")
+        obs.record(hpcinv.forward(true, bk).Pf, bk)
         return obs
     return Observations(problems.geothermal2d(shape).grid, workshop_points(2), values)
 
@@ -142,10 +143,11 @@ def adjoint_reference(shape, tol=1e-8, repeats=0, threads=None):
     grad = lambda: hpcinv.gradient(model, obs, backend=bk, params=params,  # noqa: E731
                                    adjoint_params=params)
     (J, g, info), peak, how = measure_peak(grad)
-    rec = {"J": J, "g": np.array(g[own]), "N": info["forward_iterations"],
+    rec = {"J": J, "g": bk.to_host(g, region=own), "N": info["forward_iterations"],
            "adjoint_iterations": info["adjoint_iterations"], "values": obs.values,
-           "Pf": np.array(hpcinv.forward(model, bk, params).Pf[own]),
-           "Pf_early": np.array(hpcinv.forward(model, bk, PTParams(maxiter=EARLY)).Pf[own]),
+           "Pf": bk.to_host(hpcinv.forward(model, bk, params).Pf, region=own),
+           "Pf_early": bk.to_host(hpcinv.forward(model, bk, PTParams(maxiter=EARLY)).Pf,
+                                  region=own),
            "peak_bytes": peak, "peak_method": how,
            "analytic_bytes": 12 * math.prod(n + 2 for n in shape) * 8}
     if repeats:

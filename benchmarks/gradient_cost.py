@@ -178,7 +178,7 @@ def timing(shape, args, backend):
     s_true = DarcySolver(true, backend, PTParams()).solve()
     t_true = time.perf_counter() - t0
     obs = Observations(true.grid, observation_points(len(shape)))
-    obs.record(s_true.Pf, backend.to_host)
+    obs.record(s_true.Pf, backend)
     values = np.array(obs.values)
     del s_true, true
     gc.collect()
@@ -260,7 +260,7 @@ def main(argv=None):
             if values is None:            # memory only: observations from the true model
                 true = make_problem(shape)
                 obs = Observations(true.grid, observation_points(len(shape)))
-                obs.record(DarcySolver(true, backend, PTParams()).solve().Pf)
+                obs.record(DarcySolver(true, backend, PTParams()).solve().Pf, backend)
                 values = np.array(obs.values)
             rec.update(memory(shape, values, args))
         rec["targets"] = {"time_ratio": 2.2, "mem_ratio": 2.0}

@@ -47,7 +47,8 @@ from hpcinv.problems import geothermal2d, geothermal3d  # noqa: E402
 from hpcinv.solvers import DarcySolver, PTParams  # noqa: E402
 
 DEFAULT_SIZES = "2048x2048,4096x4096,192x192x192"
-COPY_KERNEL = Kernel("bench_copy", ("dst", "src"), (), "dst[idx] = src[idx];")
+COPY_KERNEL = Kernel("bench_copy", ("dst", "src"), (), "dst[idx] = src[idx];",
+                     writes=("dst",))
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,12 +109,12 @@ def owned_views(solver):
     """The solver's fields on owned cells / faces, shaped like :class:`NumpyAPT`'s arrays."""
     nd = solver.grid.ndim
     own = tuple(slice(1, -1) for _ in range(nd))
-    Pf = solver.backend.to_host(solver.Pf)[own]
+    Pf = solver.backend.to_host(solver.Pf, region=own)
     q = []
     for a in range(nd):
         n = solver.decomp.local_shape[a]
         sl = tuple(slice(1, n + 2) if b == a else slice(1, -1) for b in range(nd))
-        q.append(solver.backend.to_host(solver.q[a])[sl])
+        q.append(solver.backend.to_host(solver.q[a], region=sl))
     return Pf, q
 
 
@@ -140,25 +141,27 @@ def bench_size(shape, args, backend, comm):
     # --- copy kernel through the same backend, over the same padded local shape ------------
     copy = backend.kernel(COPY_KERNEL, nd, dtype)
     pshape = solver.decomp.padded_shape
-    src = backend.asarray(np.random.default_rng(0).random(pshape), dtype=dtype)
+    src = backend.upload(np.random.default_rng(0).random(pshape), dtype=dtype)
     dst = backend.zeros(pshape, dtype)
-    dst[...] = 1                                       # first touch before timing
+    backend.fill(dst, 1)                               # first touch before timing
     lo, hi = tuple(1 for _ in pshape), tuple(n - 1 for n in pshape)
+    copy_bound = copy.bind(dst=dst, src=src)
 
     def do_copy():
-        copy(lo, hi, dst, src)
+        backend.launch(copy_bound, (lo, hi))
 
     # the same copy kernel over arrays holding as many bytes as one APT iteration moves
     # (2 arrays of (ndim + 2) x the cells): a copy of the same-shape arrays may run from the
     # last-level cache when the APT working set (2 D_u + D_k arrays) does not fit there
     bshape = ((nd + 2) * solver.decomp.local_shape[0] + 2,) + tuple(pshape[1:])
-    bsrc = backend.asarray(np.random.default_rng(1).random(bshape), dtype=dtype)
+    bsrc = backend.upload(np.random.default_rng(1).random(bshape), dtype=dtype)
     bdst = backend.zeros(bshape, dtype)
-    bdst[...] = 1
+    backend.fill(bdst, 1)
     blo, bhi = tuple(1 for _ in bshape), tuple(n - 1 for n in bshape)
+    big_bound = copy.bind(dst=bdst, src=bsrc)
 
     def do_big_copy():
-        copy(blo, bhi, bdst, bsrc)
+        backend.launch(big_bound, (blo, bhi))
 
     def do_step():
         solver.step(False)
@@ -216,13 +219,13 @@ def bench_size(shape, args, backend, comm):
         "T_copy_samebytes_GBs": big_bytes / tb / 1e9,
         "ratio_Teff_Tcopy_samebytes": (a_eff / t_iter) / (big_bytes / tb),
     }
-    del src, dst, bsrc, bdst
+    del src, dst, bsrc, bdst, copy_bound, big_bound
 
     # --- numpy baseline (one rank, host arrays) ---------------------------------------------
     if not args.no_numpy and ranks == 1:
         own = tuple(slice(1, -1) for _ in range(nd))
-        K = backend.to_host(solver.K)[own]
-        Qf = backend.to_host(solver.Qf)[own]
+        K = backend.to_host(solver.K, region=own)
+        Qf = backend.to_host(solver.Qf, region=own)
         ref = NumpyAPT(K, Qf, solver.inv_d, solver.damp, solver.beta, dtype)
         # correctness: the same number of steps from the same zero state
         solver.set_state()

@@ -90,7 +90,6 @@ def adjoint_rhs(solver, rng_seed=0):
 def run_case(global_shape, dims, args, backend, world, kind: str, requested_local=None):
     """Time forward (and adjoint) iterations on ``global_shape`` for each overlap mode; returns
     the records (on every rank; rank 0 writes them)."""
-    from hpcinv.parallel import cuda_aware_mpi
     from hpcinv.problems import geothermal2d, geothermal3d
     from hpcinv.solvers import DarcySolver, PTParams
 
@@ -168,7 +167,7 @@ def run_case(global_shape, dims, args, backend, world, kind: str, requested_loca
     threads = desc.get("threads")
     m = machine()
     cores = m.get("cores_usable") or m.get("cores") or 1
-    aware, why = cuda_aware_mpi()
+    aware, why = backend.cuda_aware, backend.cuda_aware_reason    # the run's one decision
     lib = MPI.Get_library_version().strip().splitlines()[0].strip()
     recs = []
     for ov in modes:
