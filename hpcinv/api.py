@@ -1,13 +1,16 @@
 """The short public API: forward solves and gradients in a few lines.
 
     from hpcinv import problems, forward, gradient
+    from hpcinv.backend import make_backend
     from hpcinv.inverse import Observations, workshop_points
+    bk = make_backend("auto")                            # GPU if CuPy sees one, else host
     true = problems.geothermal2d()                       # MPI.COMM_WORLD, dims chosen for you
-    state = forward(true)                                # APT solve; state.Pf is the local block
+    state = forward(true, bk)                            # APT solve; state.Pf is the local block
     obs = Observations(true.grid, workshop_points(2))
-    obs.record(state.Pf)
+    obs.record(state.Pf, bk)                             # read through the backend
     model = problems.geothermal2d(k_barrier=1.0)          # K = 1 everywhere
-    J, g, info = gradient(model, obs)                     # adjoint-state dJ/dlogK (local block)
+    J, g, info = gradient(model, obs, backend=bk)         # dJ/dlogK: a backend array (local
+    g_host = bk.to_host(g)                                # block); a NumPy copy
 """
 from __future__ import annotations
 
