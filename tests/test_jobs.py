@@ -167,6 +167,79 @@ def test_gpu_bind_leaves_cpu_runs_alone():
                                                                     "unset")
 
 
+LAUNCH_VARS = ("SLURM_", "OMPI_", "PMI_", "PMIX_", "MPI_LOCAL", "PALS_", "MV2_", "HYDRA_")
+
+# (launcher, environment of one rank, expected CUDA_VISIBLE_DEVICES with 4 GPUs visible).
+# Under mpirun/Hydra inside an allocation each rank inherits SLURM_LOCALID (0 from the batch
+# shell, or 0 of the srun step that started the per-node daemons): the launcher's own
+# variable must win, and a bare SLURM_LOCALID outside an srun task must not be used.
+GPU_BIND_CASES = [
+    ("srun", dict(SLURM_STEP_ID=0, SLURM_PROCID=5, SLURM_LOCALID=1), "1"),
+    ("srun --mpi=pmi2", dict(SLURM_STEP_ID=3, SLURM_PROCID=5, SLURM_LOCALID=1, PMI_RANK=5,
+                             PMI_SIZE=8), "1"),
+    ("srun --mpi=pmix", dict(SLURM_STEP_ID=0, SLURM_PROCID=6, SLURM_LOCALID=2, PMIX_RANK=6), "2"),
+    ("srun, old SLURM_STEPID", dict(SLURM_STEPID=0, SLURM_PROCID=3, SLURM_LOCALID=3), "3"),
+    ("Open MPI mpirun, batch node", dict(SLURM_LOCALID=0, SLURM_PROCID=0, SLURM_NODEID=0,
+                                         OMPI_COMM_WORLD_LOCAL_RANK=3, OMPI_COMM_WORLD_RANK=3),
+     "3"),
+    ("Open MPI mpirun, daemon started by srun", dict(
+        SLURM_STEP_ID=0, SLURM_PROCID=1, SLURM_LOCALID=0, OMPI_COMM_WORLD_LOCAL_RANK=2,
+        OMPI_COMM_WORLD_RANK=6), "2"),
+    ("Hydra mpiexec, batch node", dict(SLURM_LOCALID=0, SLURM_PROCID=0, MPI_LOCALRANKID=3,
+                                       PMI_RANK=3, PMI_SIZE=8), "3"),
+    ("Hydra, proxies started by srun", dict(SLURM_STEP_ID=0, SLURM_PROCID=1, SLURM_LOCALID=0,
+                                            MPI_LOCALRANKID=2, PMI_LOCAL_RANK=2, PMI_RANK=6),
+     "2"),
+    ("Hydra via srun, PMI_LOCAL_RANK only", dict(SLURM_STEP_ID=0, SLURM_PROCID=1,
+                                                 SLURM_LOCALID=0, PMI_LOCAL_RANK=1, PMI_RANK=5),
+     "1"),
+    ("Cray PALS", dict(PALS_LOCAL_RANKID=3, PALS_RANKID=7, PMI_RANK=7, SLURM_LOCALID=0), "3"),
+    ("MVAPICH mpirun_rsh", dict(MV2_COMM_WORLD_LOCAL_RANK=1, MV2_COMM_WORLD_RANK=5,
+                                SLURM_LOCALID=0, SLURM_PROCID=0), "1"),
+    ("PMIx launcher", dict(PMIX_LOCAL_RANK=2, PMIX_RANK=2), "2"),
+    # No usable local rank: CUDA_VISIBLE_DEVICES stays as it was (hpcinv then picks
+    # node-local rank mod visible GPUs itself).
+    ("Hydra via srun without local rank", dict(SLURM_STEP_ID=0, SLURM_PROCID=1,
+                                               SLURM_LOCALID=1, PMI_RANK=6), "0,1,2,3"),
+    ("batch shell (no step)", dict(SLURM_JOB_ID=7, SLURM_LOCALID=1, SLURM_PROCID=0), "0,1,2,3"),
+    ("batch step id", dict(SLURM_STEP_ID=4294967291, SLURM_LOCALID=1, SLURM_PROCID=0),
+     "0,1,2,3"),
+    ("no launcher", dict(), "0,1,2,3"),
+]
+
+
+def gpu_bind(env_vars: dict, **extra):
+    env = {k: v for k, v in base_env(**extra).items() if not k.startswith(LAUNCH_VARS)}
+    env.pop("HPCINV_BACKEND")
+    env.update({k: str(v) for k, v in env_vars.items()})
+    return subprocess.run([BASH, str(JOBS / "gpu_bind.sh"), BASH, "-c",
+                           'echo "${CUDA_VISIBLE_DEVICES-unset}"'],
+                          env=env, capture_output=True, text=True)
+
+
+@needs_bash
+@pytest.mark.parametrize("launcher, env_vars, expected", GPU_BIND_CASES,
+                         ids=[c[0] for c in GPU_BIND_CASES])
+def test_gpu_bind_takes_the_launchers_local_rank(launcher, env_vars, expected):
+    p = gpu_bind(env_vars, CUDA_VISIBLE_DEVICES="0,1,2,3", HPCINV_GPU_BIND_VERBOSE=1)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == expected, (launcher, p.stderr)
+    if expected == "0,1,2,3":
+        assert "no node-local rank from the launcher" in p.stderr
+    else:
+        assert f"local rank {expected} (" in p.stderr
+
+
+@needs_bash
+def test_gpu_bind_uses_gpu_list_and_warns_only_when_slurm_localid_was_ignored():
+    p = gpu_bind(dict(OMPI_COMM_WORLD_LOCAL_RANK=5), GPU_LIST="3,2,1,0")
+    assert p.stdout.strip() == "2" and p.stderr == ""          # 5 mod 4 -> entry 1
+    p = gpu_bind(dict(SLURM_LOCALID=0), CUDA_VISIBLE_DEVICES="0,1")
+    assert p.stdout.strip() == "0,1" and "SLURM_LOCALID=0 not used" in p.stderr
+    p = gpu_bind({}, CUDA_VISIBLE_DEVICES="0,1")
+    assert p.stdout.strip() == "0,1" and p.stderr == ""
+
+
 @needs_bash
 def test_submit_scaling_dry_run():
     env = base_env(HPCINV_LAUNCHER="", HPCINV_SUBMIT_DRY_RUN=1)
