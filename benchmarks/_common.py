@@ -31,6 +31,26 @@ def machine() -> dict:
             "cores_usable": usable, "loadavg": load, "python": platform.python_version()}
 
 
+def node_cpus(node_comm) -> int:
+    """CPUs the ranks of one node may run on together: the union of their affinity masks
+    (``node_comm``: the node's ranks, ``Split_type(COMM_TYPE_SHARED)``; collective).
+
+    This, not one process's own mask, is what ranks x threads on the node must not exceed: under
+    ``srun --cpu-bind=cores`` each rank sees only its own cores, so its mask alone would call
+    every multi-rank run oversubscribed; ranks that all share one small mask are, correctly.
+    Falls back to ``SLURM_CPUS_ON_NODE`` or ``os.cpu_count()`` where affinity is unknown."""
+    if hasattr(os, "sched_getaffinity"):
+        mine = sorted(os.sched_getaffinity(0))
+        return len(set().union(*node_comm.allgather(mine)))
+    env = os.environ.get("SLURM_CPUS_ON_NODE", "")
+    return int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+
+
+def oversubscribed(backend_name: str, threads, ranks_per_node: int, cpus_on_node: int) -> bool:
+    """Whether host-backend ranks x threads exceed the node's CPUs (never for GPU backends)."""
+    return bool(backend_name == "host" and threads and ranks_per_node * threads > cpus_on_node)
+
+
 def parse_sizes(text: str):
     """``"2048x2048,192x192x192"`` -> ``[(2048, 2048), (192, 192, 192)]``."""
     sizes = []

@@ -23,7 +23,8 @@ sample's time is the slowest rank's), and appends one JSON line per (size, overl
 and fastest time per iteration, ``T_eff`` (aggregate, ``A_eff`` of the global grid) and
 ``T_eff`` per rank (``A_eff = (2 (ndim + 1) + 2) n_cells_local sizeof(real)``), ranks, dims,
 sizes, backend, device, threads, MPI library, CUDA-awareness, neighbours and halo bytes,
-whether cores are oversubscribed, and the machine.
+whether cores are oversubscribed (host backend: ranks per node x threads above the CPUs the
+node's ranks may use together, ``machine.cores_node``), and the machine.
 
 ``--ncheck N`` also evaluates the residual every N-th iteration with one global MPI MAX, as a
 real solve does (default 0: never; the APT step alone).
@@ -40,7 +41,8 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import log, machine, node_backend, parse_sizes, timed  # noqa: E402
+from _common import (log, machine, node_backend, node_cpus, oversubscribed,  # noqa: E402
+                     parse_sizes, timed)
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "weak.jsonl")
 
@@ -162,11 +164,12 @@ def run_case(global_shape, dims, args, backend, world, kind: str, requested_loca
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     ranks_per_node = node.Get_size()
     nodes = comm.allreduce(1 if node.Get_rank() == 0 else 0, op=MPI.SUM)
+    cpus_on_node = node_cpus(node)
     node.Free()
     desc = backend.describe()
     threads = desc.get("threads")
     m = machine()
-    cores = m.get("cores_usable") or m.get("cores") or 1
+    m["cores_node"] = cpus_on_node       # CPUs of the node's ranks together (cores_usable: mine)
     aware, why = backend.cuda_aware, backend.cuda_aware_reason    # the run's one decision
     lib = MPI.Get_library_version().strip().splitlines()[0].strip()
     recs = []
@@ -181,8 +184,8 @@ def run_case(global_shape, dims, args, backend, world, kind: str, requested_loca
             "global_size": list(global_shape), "global_cells": n_global,
             "dtype": dtype.name, "backend": desc.get("backend", backend.name),
             "device": desc.get("device"), "threads": threads,
-            "oversubscribed": bool(backend.name == "host" and threads
-                                   and ranks_per_node * threads > cores),
+            "oversubscribed": oversubscribed(backend.name, threads, ranks_per_node,
+                                             cpus_on_node),
             "mpi_library": lib, "cuda_aware": bool(aware), "cuda_aware_reason": why,
             "overlap": ov, "iters": args.iters, "warmup": args.warmup,
             "repeats": args.repeats, "ncheck": args.ncheck,

@@ -365,11 +365,14 @@ def _version():
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command != "info":       # info is the diagnosis: it shows ranks, mpi_library
+            from .parallel.launcher import check_rank_count
+            check_rank_count()   # srun --mpi=none -n N: N 1-rank copies, each writing the output
         code = {"forward": cmd_forward, "gradient": cmd_gradient, "invert": cmd_invert,
                 "demo": lambda a: cmd_invert(a, demo=True), "plot": cmd_plot,
                 "info": cmd_info}[args.command](args)
     except HpcinvError as exc:
-        if _rank0():
+        if _rank0() and getattr(exc, "first", True):     # one line, not one per copy
             print(f"hpcinv: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

@@ -12,6 +12,10 @@
 #   HPCINV_LAUNCHER    launch command replacing srun, e.g. "mpiexec -n 2"; "{n}" in it is
 #                      replaced by the rank count of the step (the scaling scripts use this)
 #   HPCINV_GPU_BIND    0: do not wrap the command in jobs/gpu_bind.sh
+#   HPCINV_CPU_BIND    0: do not wrap it in jobs/cpu_bind.sh (OpenMP binding per rank);
+#                      1: bind threads even when the rank's CPUs do not look like its own
+#   HPCINV_CACHE_DIR, CUPY_CACHE_DIR   kernel caches (default under SLURM: see hpcinv_caches)
+#   HPCINV_CACHE_ROOT  where the default caches go (default $SCRATCH, else a per-job directory)
 #   HPCINV_ARGS        extra arguments appended to the step's command (word-split)
 #   HPCINV_TAG         scaling scripts: tag stored in every JSON line and selected in the plot
 #   HPCINV_PLOT_ARGS   scaling scripts: extra plot_scaling.py options, e.g. "--kind both --model"
@@ -24,6 +28,16 @@ if [[ -n "${HPCINV_VENV:-}" ]]; then
     source "$HPCINV_VENV/bin/activate"
 fi
 PYTHON=${HPCINV_PYTHON:-python}
+
+# ---- CPU-only jobs -------------------------------------------------------------------------
+# `sbatch --gpus-per-node=0 jobs/X.sbatch` (or SBATCH_GPUS_PER_NODE=0) asks for no GPUs: run
+# the host backend, and keep the env/*.sh files from switching on GPU support (Cray MPICH aborts
+# in MPI_Init with MPICH_GPU_SUPPORT_ENABLED=1 on nodes without the GTL library).
+if [[ -z "${HPCINV_BACKEND:-}" && -n "${SLURM_JOB_ID:-}" \
+      && ( "${SLURM_GPUS_PER_NODE:-}" == 0 || "${SLURM_GPUS_PER_NODE:-}" == *:0 ) ]]; then
+    export HPCINV_BACKEND=host
+    echo "$JOB_NAME: no GPUs requested (--gpus-per-node=0): HPCINV_BACKEND=host" >&2
+fi
 
 # ---- MPI environment for CUDA-aware MPI (jobs/env/*.sh) ------------------------------------
 if [[ -n "${HPCINV_MPI_ENV:-}" ]]; then
@@ -48,6 +62,40 @@ if [[ -n "${HPCINV_ARGS:-}" ]]; then read -r -a EXTRA <<< "$HPCINV_ARGS"; fi
 
 under_slurm() { [[ -n "${SLURM_JOB_ID:-}" ]]; }
 
+# ---- kernel caches -------------------------------------------------------------------------
+# hpcinv_caches: under SLURM, point HPCINV_CACHE_DIR (host kernels) and CUPY_CACHE_DIR (CuPy's
+# compiled GPU kernels) away from $HOME, which is slow, small or read-only on compute nodes,
+# keeping any value the user set:
+#   $HPCINV_CACHE_ROOT or $SCRATCH set: <root>/hpcinv-cache/<cpu>/{hpcinv,cupy}, kept between
+#     jobs; <cpu> is a hash of the CPU model, since host kernels are built with -march=native
+#     and a library from one CPU type can stop with "illegal instruction" on another;
+#   otherwise: ${TMPDIR:-/tmp}/hpcinv-cache-<user>-<jobid>/{hpcinv,cupy}, one per job (and per
+#     node: /tmp is node-local; every node compiles once), removed at the end of the job on
+#     the batch node.
+# Outside SLURM nothing is changed (hpcinv's default ~/.cache/hpcinv, CuPy's ~/.cupy).
+HPCINV_CACHE_TMP=
+hpcinv_caches() {
+    under_slurm || return 0
+    if [[ -n "${HPCINV_CACHE_DIR:-}" && -n "${CUPY_CACHE_DIR:-}" ]]; then return 0; fi
+    local root=${HPCINV_CACHE_ROOT:-${SCRATCH:-}} base cpu
+    if [[ -n "$root" ]]; then
+        cpu=$( (grep -m1 -i "model name" /proc/cpuinfo 2>/dev/null || uname -m) \
+               | md5sum | cut -c1-8)
+        base=$root/hpcinv-cache/$cpu
+    else
+        base=${TMPDIR:-/tmp}/hpcinv-cache-${USER:-$(id -u)}-$SLURM_JOB_ID
+        if [[ ! -d "$base" ]]; then HPCINV_CACHE_TMP=$base; fi
+    fi
+    export HPCINV_CACHE_DIR=${HPCINV_CACHE_DIR:-$base/hpcinv}
+    export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-$base/cupy}
+    mkdir -p "$HPCINV_CACHE_DIR" "$CUPY_CACHE_DIR" 2>/dev/null || true
+}
+_hpcinv_remove_cache() {
+    if [[ -n "$HPCINV_CACHE_TMP" && -d "$HPCINV_CACHE_TMP" ]]; then rm -rf "$HPCINV_CACHE_TMP"; fi
+}
+trap _hpcinv_remove_cache EXIT
+hpcinv_caches
+
 # hpcinv_launcher [NTASKS [NNODES]]: set LAUNCH (array) for a step of NTASKS ranks on NNODES
 # nodes (default: the whole job).
 hpcinv_launcher() {
@@ -63,11 +111,11 @@ hpcinv_launcher() {
         fi
         read -r -a LAUNCH <<< "$cmd"
     elif under_slurm; then
-        # srun gives every task its own cores (--cpu-bind=cores); threads stay on them.
+        # srun gives every task its own cores (--cpu-bind=cores) where the site's task plugin
+        # does affinity; jobs/cpu_bind.sh then binds the threads to them, inside each task,
+        # and only if the task's CPUs really are its own (never all ranks on one core).
         # (Since Slurm 22.05 srun does not inherit --cpus-per-task from sbatch: pass it.)
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
-        export OMP_PROC_BIND=${OMP_PROC_BIND:-close}
-        export OMP_PLACES=${OMP_PLACES:-cores}
         ntasks=${ntasks:-${SLURM_NTASKS:-}}
         LAUNCH=(srun ${ntasks:+--ntasks="$ntasks"} --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
                 --cpu-bind=cores)
@@ -77,6 +125,7 @@ hpcinv_launcher() {
              "e.g. HPCINV_LAUNCHER=\"mpiexec -n 2\"" >&2
         exit 2
     fi
+    if [[ "${HPCINV_CPU_BIND:-auto}" != "0" ]]; then LAUNCH+=("$REPO/jobs/cpu_bind.sh"); fi
     if [[ "${HPCINV_GPU_BIND:-1}" != "0" ]]; then LAUNCH+=("$REPO/jobs/gpu_bind.sh"); fi
 }
 
@@ -117,6 +166,13 @@ run_step() {
     return "$rc"
 }
 
+# file_stamp FILE: its modification time (nanoseconds), or "none"; written_since STAMP FILE:
+# whether FILE was (re)written after file_stamp gave STAMP. A step counts as done by the files
+# it wrote, not by the launcher's exit status: Debian's mpiexec.mpich exits 0 after forwarding
+# SIGTERM although the ranks exit 3, and some launchers report 0 when ranks were killed.
+file_stamp() { stat -c %y "$1" 2>/dev/null || echo none; }
+written_since() { [[ -e "$2" && "$(file_stamp "$2")" != "$1" ]]; }
+
 job_banner() {
     local requeued=
     if [[ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]]; then requeued=" (requeued ${SLURM_RESTART_COUNT}x)"; fi
@@ -124,6 +180,8 @@ job_banner() {
     echo "launcher: ${LAUNCH[*]}"
     echo "mpi env:  ${HPCINV_MPI_ENV:-none}; HPCINV_CUDA_AWARE=${HPCINV_CUDA_AWARE:-detect};" \
          "backend ${HPCINV_BACKEND:-config/auto}"
+    echo "caches:   HPCINV_CACHE_DIR=${HPCINV_CACHE_DIR:-~/.cache/hpcinv}" \
+         "CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-~/.cupy/kernel_cache}"
 }
 
 # ---- scaling studies (weak_scaling.sbatch, strong_scaling.sbatch) --------------------------
@@ -179,7 +237,7 @@ run_scaling() {
         echo "$JOB_NAME: no rank count to run (HPCINV_NODES='${HPCINV_NODES:-}')" >&2
         return 2
     fi
-    local step rc=0 status=0
+    local step rc=0 status=0 lines
     local ntasks nnodes last=${steps[${#steps[@]}-1]}
     # Environment report on the largest step's ranks: MPI library, CUDA-awareness, GPU per rank.
     local info=$outdir/info-${SLURM_JOB_ID:-local}.txt
@@ -193,9 +251,15 @@ run_scaling() {
         hpcinv_launcher "$ntasks" "$nnodes"
         echo "---- $kind scaling: ${ntasks:-all} rank(s)${nnodes:+ on $nnodes node(s)}"
         rc=0
+        lines=$( (cat "$jsonl" 2>/dev/null || true) | wc -l)
         run_step "$PYTHON" "$REPO/benchmarks/${kind}_scaling.py" "$flag" "$sizes" \
             --overlap both --backend "$backend" --out "$jsonl" ${tag[@]+"${tag[@]}"} \
             "$@" ${EXTRA[@]+"${EXTRA[@]}"} || rc=$?
+        # A step that wrote no JSON line failed, whatever the launcher says.
+        if [[ $rc -eq 0 && $( (cat "$jsonl" 2>/dev/null || true) | wc -l) -le $lines ]]; then
+            echo "$JOB_NAME: the launcher returned 0 but no record was added to $jsonl" >&2
+            rc=1
+        fi
         if [[ $rc -ne 0 ]]; then
             echo "$JOB_NAME: step failed with status $rc" >&2
             status=$rc

@@ -71,9 +71,15 @@ exec "{MPIEXEC}" -n "$n" "$@"
     return bindir, log
 
 
+# The host kernels compiled by earlier runs (a job would otherwise get a fresh per-job cache).
+KERNEL_CACHE = os.environ.get("HPCINV_CACHE_DIR", str(Path.home() / ".cache" / "hpcinv"))
+
+
 def slurm_env(bindir, **extra) -> dict:
-    return base_env(PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", HPCINV_LAUNCHER="",
-                    SLURM_JOB_ID="4242", SLURM_SUBMIT_DIR=ROOT, SLURM_CPUS_PER_TASK=1, **extra)
+    extra.setdefault("HPCINV_CACHE_DIR", KERNEL_CACHE)
+    extra.setdefault("HPCINV_LAUNCHER", "")
+    return base_env(PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_ID="4242",
+                    SLURM_SUBMIT_DIR=ROOT, SLURM_CPUS_PER_TASK=1, **extra)
 
 
 def rank_pids(marker: str) -> list[int]:
@@ -165,6 +171,79 @@ def test_gpu_bind_leaves_cpu_runs_alone():
                        capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == os.environ.get("CUDA_VISIBLE_DEVICES",
                                                                     "unset")
+
+
+LAUNCH_VARS = ("SLURM_", "OMPI_", "PMI_", "PMIX_", "MPI_LOCAL", "PALS_", "MV2_", "HYDRA_")
+
+# (launcher, environment of one rank, expected CUDA_VISIBLE_DEVICES with 4 GPUs visible).
+# Under mpirun/Hydra inside an allocation each rank inherits SLURM_LOCALID (0 from the batch
+# shell, or 0 of the srun step that started the per-node daemons): the launcher's own
+# variable must win, and a bare SLURM_LOCALID outside an srun task must not be used.
+GPU_BIND_CASES = [
+    ("srun", dict(SLURM_STEP_ID=0, SLURM_PROCID=5, SLURM_LOCALID=1), "1"),
+    ("srun --mpi=pmi2", dict(SLURM_STEP_ID=3, SLURM_PROCID=5, SLURM_LOCALID=1, PMI_RANK=5,
+                             PMI_SIZE=8), "1"),
+    ("srun --mpi=pmix", dict(SLURM_STEP_ID=0, SLURM_PROCID=6, SLURM_LOCALID=2, PMIX_RANK=6), "2"),
+    ("srun, old SLURM_STEPID", dict(SLURM_STEPID=0, SLURM_PROCID=3, SLURM_LOCALID=3), "3"),
+    ("Open MPI mpirun, batch node", dict(SLURM_LOCALID=0, SLURM_PROCID=0, SLURM_NODEID=0,
+                                         OMPI_COMM_WORLD_LOCAL_RANK=3, OMPI_COMM_WORLD_RANK=3),
+     "3"),
+    ("Open MPI mpirun, daemon started by srun", dict(
+        SLURM_STEP_ID=0, SLURM_PROCID=1, SLURM_LOCALID=0, OMPI_COMM_WORLD_LOCAL_RANK=2,
+        OMPI_COMM_WORLD_RANK=6), "2"),
+    ("Hydra mpiexec, batch node", dict(SLURM_LOCALID=0, SLURM_PROCID=0, MPI_LOCALRANKID=3,
+                                       PMI_RANK=3, PMI_SIZE=8), "3"),
+    ("Hydra, proxies started by srun", dict(SLURM_STEP_ID=0, SLURM_PROCID=1, SLURM_LOCALID=0,
+                                            MPI_LOCALRANKID=2, PMI_LOCAL_RANK=2, PMI_RANK=6),
+     "2"),
+    ("Hydra via srun, PMI_LOCAL_RANK only", dict(SLURM_STEP_ID=0, SLURM_PROCID=1,
+                                                 SLURM_LOCALID=0, PMI_LOCAL_RANK=1, PMI_RANK=5),
+     "1"),
+    ("Cray PALS", dict(PALS_LOCAL_RANKID=3, PALS_RANKID=7, PMI_RANK=7, SLURM_LOCALID=0), "3"),
+    ("MVAPICH mpirun_rsh", dict(MV2_COMM_WORLD_LOCAL_RANK=1, MV2_COMM_WORLD_RANK=5,
+                                SLURM_LOCALID=0, SLURM_PROCID=0), "1"),
+    ("PMIx launcher", dict(PMIX_LOCAL_RANK=2, PMIX_RANK=2), "2"),
+    # No usable local rank: CUDA_VISIBLE_DEVICES stays as it was (hpcinv then picks
+    # node-local rank mod visible GPUs itself).
+    ("Hydra via srun without local rank", dict(SLURM_STEP_ID=0, SLURM_PROCID=1,
+                                               SLURM_LOCALID=1, PMI_RANK=6), "0,1,2,3"),
+    ("batch shell (no step)", dict(SLURM_JOB_ID=7, SLURM_LOCALID=1, SLURM_PROCID=0), "0,1,2,3"),
+    ("batch step id", dict(SLURM_STEP_ID=4294967291, SLURM_LOCALID=1, SLURM_PROCID=0),
+     "0,1,2,3"),
+    ("no launcher", dict(), "0,1,2,3"),
+]
+
+
+def gpu_bind(env_vars: dict, **extra):
+    env = {k: v for k, v in base_env(**extra).items() if not k.startswith(LAUNCH_VARS)}
+    env.pop("HPCINV_BACKEND")
+    env.update({k: str(v) for k, v in env_vars.items()})
+    return subprocess.run([BASH, str(JOBS / "gpu_bind.sh"), BASH, "-c",
+                           'echo "${CUDA_VISIBLE_DEVICES-unset}"'],
+                          env=env, capture_output=True, text=True)
+
+
+@needs_bash
+@pytest.mark.parametrize("launcher, env_vars, expected", GPU_BIND_CASES,
+                         ids=[c[0] for c in GPU_BIND_CASES])
+def test_gpu_bind_takes_the_launchers_local_rank(launcher, env_vars, expected):
+    p = gpu_bind(env_vars, CUDA_VISIBLE_DEVICES="0,1,2,3", HPCINV_GPU_BIND_VERBOSE=1)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == expected, (launcher, p.stderr)
+    if expected == "0,1,2,3":
+        assert "no node-local rank from the launcher" in p.stderr
+    else:
+        assert f"local rank {expected} (" in p.stderr
+
+
+@needs_bash
+def test_gpu_bind_uses_gpu_list_and_warns_only_when_slurm_localid_was_ignored():
+    p = gpu_bind(dict(OMPI_COMM_WORLD_LOCAL_RANK=5), GPU_LIST="3,2,1,0")
+    assert p.stdout.strip() == "2" and p.stderr == ""          # 5 mod 4 -> entry 1
+    p = gpu_bind(dict(SLURM_LOCALID=0), CUDA_VISIBLE_DEVICES="0,1")
+    assert p.stdout.strip() == "0,1" and "SLURM_LOCALID=0 not used" in p.stderr
+    p = gpu_bind({}, CUDA_VISIBLE_DEVICES="0,1")
+    assert p.stdout.strip() == "0,1" and p.stderr == ""
 
 
 @needs_bash
@@ -327,3 +406,177 @@ def test_strong_scaling_runs_under_slurm_over_node_counts(tmp_path):
     assert all(list(r["global_size"]) == [32, 16] for r in recs)
     if (ROOT / "benchmarks" / "plot_scaling.py").exists():
         assert (out / "strong.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- job environment
+
+def sourced_common(env: dict, script: str = ":") -> dict:
+    """Source jobs/common.sh as a job script does, run ``script``, return the environment
+    (plus LAUNCH as one string)."""
+    body = (f'set -euo pipefail; JOB_NAME=test; REPO="{ROOT}"; source "$REPO/jobs/common.sh"; '
+            f'{script}; env; echo "LAUNCH=${{LAUNCH[*]-}}"')
+    p = subprocess.run([BASH, "-c", body], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    got = dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
+    got["_stderr"] = p.stderr
+    return got
+
+
+@needs_bash
+def test_srun_launch_binds_threads_only_through_cpu_bind(tmp_path):
+    """No unconditional OMP_PROC_BIND=close/OMP_PLACES=cores from the batch shell: each rank's
+    wrapper decides from its own CPU mask."""
+    env = base_env(HPCINV_LAUNCHER="", SLURM_JOB_ID=7, SLURM_NTASKS=4, SLURM_CPUS_PER_TASK=8,
+                   HPCINV_CACHE_DIR=tmp_path / "k", CUPY_CACHE_DIR=tmp_path / "c")
+    got = sourced_common(env, "hpcinv_launcher")
+    assert "OMP_PROC_BIND" not in got and "OMP_PLACES" not in got
+    assert got["OMP_NUM_THREADS"] == "1"                  # base_env's; else SLURM_CPUS_PER_TASK
+    launch = got["LAUNCH"].split()
+    assert launch[:4] == ["srun", "--ntasks=4", "--cpus-per-task=8", "--cpu-bind=cores"]
+    assert launch[-2:] == [f"{JOBS}/cpu_bind.sh", f"{JOBS}/gpu_bind.sh"]
+    got = sourced_common({**env, "HPCINV_CPU_BIND": "0", "HPCINV_GPU_BIND": "0"},
+                         "hpcinv_launcher")
+    assert got["LAUNCH"].split()[-1] == "--cpu-bind=cores"
+    del env["OMP_NUM_THREADS"]
+    assert sourced_common(env, "hpcinv_launcher")["OMP_NUM_THREADS"] == "8"
+
+
+def cpu_bind(**env_vars):
+    env = {k: v for k, v in base_env().items()
+           if not k.startswith(LAUNCH_VARS + ("OMP_PROC_BIND", "OMP_PLACES"))}
+    env.update(HPCINV_CPU_BIND_VERBOSE="1", **{k: str(v) for k, v in env_vars.items()})
+    env = {k: v for k, v in env.items() if v != ""}
+    p = subprocess.run([BASH, str(JOBS / "cpu_bind.sh"), BASH, "-c",
+                        'echo "${OMP_PROC_BIND-unset} ${OMP_PLACES-unset}"'],
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip(), p.stderr
+
+
+@needs_bash
+@pytest.mark.parametrize("mask, per_task, extra, expected", [
+    (8, 8, {}, "close cores"),                              # srun --cpu-bind=cores: own set
+    (4, 8, {}, "close cores"),
+    (32, 8, {}, "unset unset"),        # the whole job's (or node's) CPUs: shared by the ranks
+    (8, "", {}, "unset unset"),        # no SLURM: cannot tell
+    (8, 8, {"OMP_PROC_BIND": "spread"}, "spread cores"),    # the user's values stay
+    (8, 8, {"HPCINV_CPU_BIND": "0"}, "unset unset"),
+    (32, 8, {"HPCINV_CPU_BIND": "1"}, "close cores"),
+    (8, "", {"HPCINV_CPUS_PER_TASK": "8"}, "close cores"),  # e.g. mpirun --map-by ...:pe=8
+])
+def test_cpu_bind_binds_only_a_rank_with_its_own_cpus(mask, per_task, extra, expected):
+    out, err = cpu_bind(HPCINV_AFFINITY_CPUS=mask, SLURM_CPUS_PER_TASK=per_task, **extra)
+    assert out == expected, err
+
+
+@needs_bash
+def test_cpu_bind_measures_the_mask_and_warns_about_too_many_threads():
+    out, err = cpu_bind(SLURM_CPUS_PER_TASK=1, OMP_NUM_THREADS=4)
+    n = len(os.sched_getaffinity(0))
+    assert (out == "close cores") == (n <= 1), (n, err)
+    assert f"{n} CPU(s) in the mask" in err                  # nproc ignored OMP_NUM_THREADS
+    assert ("OMP_NUM_THREADS=4 but this rank may use only" in err) == (n < 4)
+    taskset = shutil.which("taskset")
+    if taskset:
+        p = subprocess.run([taskset, "-c", str(min(os.sched_getaffinity(0))), BASH,
+                            str(JOBS / "cpu_bind.sh"), BASH, "-c", 'echo "$OMP_PROC_BIND"'],
+                           env={**base_env(), "SLURM_CPUS_PER_TASK": "1",
+                                "OMP_NUM_THREADS": "2"}, capture_output=True, text=True)
+        assert p.stdout.strip() == "close" and "may use only 1 CPU(s)" in p.stderr
+
+
+@needs_bash
+def test_kernel_caches_per_job_or_scratch(tmp_path):
+    env = base_env(HPCINV_LAUNCHER="", SLURM_JOB_ID=77, TMPDIR=tmp_path, SCRATCH="",
+                   CUPY_CACHE_DIR="", USER="me")
+    # No scratch: a per-job directory under TMPDIR, removed when the job script ends.
+    got = sourced_common(env, 'test -d "$HPCINV_CACHE_DIR" && test -d "$CUPY_CACHE_DIR"')
+    assert got["HPCINV_CACHE_DIR"] == f"{tmp_path}/hpcinv-cache-me-77/hpcinv"
+    assert got["CUPY_CACHE_DIR"] == f"{tmp_path}/hpcinv-cache-me-77/cupy"
+    assert not (tmp_path / "hpcinv-cache-me-77").exists()
+    # $SCRATCH: kept between jobs, one per CPU model.
+    got = sourced_common({**env, "SCRATCH": str(tmp_path / "scratch")})
+    base = Path(got["HPCINV_CACHE_DIR"]).parent
+    assert base.parent == tmp_path / "scratch" / "hpcinv-cache" and len(base.name) == 8
+    assert got["CUPY_CACHE_DIR"] == f"{base}/cupy" and (base / "hpcinv").is_dir()
+    # HPCINV_CACHE_ROOT before $SCRATCH; values the user set are kept.
+    got = sourced_common({**env, "SCRATCH": "/nonexistent", "HPCINV_CACHE_ROOT": str(tmp_path),
+                          "HPCINV_CACHE_DIR": "/mine"})
+    assert got["HPCINV_CACHE_DIR"] == "/mine"
+    assert got["CUPY_CACHE_DIR"].startswith(f"{tmp_path}/hpcinv-cache/")
+    # Not under SLURM: nothing changes.
+    got = sourced_common(base_env(TMPDIR=tmp_path, CUPY_CACHE_DIR=""))
+    assert "CUPY_CACHE_DIR" not in got and "HPCINV_CACHE_DIR" not in got
+
+
+@needs_bash
+def test_gpus_per_node_0_runs_the_host_backend():
+    env = base_env(HPCINV_LAUNCHER="", HPCINV_BACKEND="", SLURM_JOB_ID=5,
+                   SLURM_GPUS_PER_NODE=0, HPCINV_MPI_ENV="cray")
+    got = sourced_common(env)
+    assert got["HPCINV_BACKEND"] == "host" and "--gpus-per-node=0" in got["_stderr"]
+    assert "MPICH_GPU_SUPPORT_ENABLED" not in got          # no GPU support on CPU nodes
+    got = sourced_common({**env, "SLURM_GPUS_PER_NODE": "4"})
+    assert "HPCINV_BACKEND" not in got and got["MPICH_GPU_SUPPORT_ENABLED"] == "1"
+    got = sourced_common({**env, "HPCINV_BACKEND": "cupy"})       # an explicit choice wins
+    assert got["HPCINV_BACKEND"] == "cupy"
+
+
+# --------------------------------------------------------------------------- launcher status
+
+def fake_launcher(tmp_path, status: str) -> str:
+    """A launcher running the real mpiexec -n 2 that forwards SIGTERM and then exits with
+    ``status`` whatever the ranks did (Debian's mpiexec.mpich exits 0 after a forwarded
+    SIGTERM although the ranks exit 3)."""
+    path = tmp_path / f"launcher-{status}"
+    path.write_text(f"""#!/usr/bin/env bash
+"{MPIEXEC}" -n 2 "$@" &
+pid=$!
+trap 'kill -TERM $pid' TERM
+wait $pid || true
+wait $pid || true
+exit {status}
+""")
+    path.chmod(0o755)
+    return str(path)
+
+
+@needs_mpi
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_invert_requeues_when_the_launcher_hides_status_3(tmp_path):
+    bindir, log = fake_slurm(tmp_path)
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(TINY.format(it=500))
+    run = tmp_path / "invert-4242"
+    env = slurm_env(bindir, HPCINV_OUTPUT=run, HPCINV_ARGS="-q",
+                    HPCINV_LAUNCHER=fake_launcher(tmp_path, 0))
+    proc = start_and_wait_for("invert.sbatch", [cfg], env, tmp_path, run)
+    pids = rank_pids(str(run))
+    assert len(pids) == 2, pids
+    for pid in pids:                              # --signal=TERM@N: SIGTERM to the ranks
+        os.kill(pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "launcher exit status 0" in out and "stopped by SIGTERM" in out
+    assert "scontrol requeue 4242" in log.read_text()
+    assert (run / "checkpoint.h5").exists() and not (run / "model_final.h5").exists()
+
+
+@needs_mpi
+def test_results_decide_not_the_launchers_status(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.format(it=2))
+    # A launcher that reports 0 but runs nothing: no results -> failed.
+    env = base_env(HPCINV_OUTPUT=tmp_path / "inv0", HPCINV_CONFIG=cfg, HPCINV_LAUNCHER="true")
+    p = run_script("invert.sbatch", env=env, cwd=tmp_path)
+    assert p.returncode == 1 and "counted as failed" in p.stderr, p.stdout + p.stderr
+    p = run_script("forward.sbatch", env={**env, "HPCINV_OUTPUT": str(tmp_path / "f0")},
+                   cwd=tmp_path)
+    assert p.returncode == 1 and "no " in p.stderr and "fields.h5 written" in p.stderr
+    # A launcher that reports 5 after the inversion finished: finished (status 0, a warning).
+    env.update(HPCINV_OUTPUT=str(tmp_path / "inv5"), HPCINV_ARGS="-q",
+               HPCINV_LAUNCHER=fake_launcher(tmp_path, 5))
+    p = run_script("invert.sbatch", env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "launcher returned 5 although the inversion finished" in p.stderr
+    assert (tmp_path / "inv5" / "model_final.h5").exists()

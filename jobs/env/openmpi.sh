@@ -8,8 +8,8 @@
 # `ucx_info -d | grep cuda` lists the cuda_copy / cuda_ipc / gdr_copy transports.
 # mpi4py must be built against it: MPICC=$(which mpicc) pip install --no-binary mpi4py mpi4py
 #
-# Release builds of Open MPI do not name CUDA in MPI_Get_library_version, so hpcinv cannot detect
-# CUDA-awareness: HPCINV_CUDA_AWARE=1 says it (for a GPU backend only).
+# hpcinv asks Open MPI's MPIX_Query_cuda_support(), but Open MPI 5 answers 0 until CUDA is
+# initialised in the process; HPCINV_CUDA_AWARE=1 says it up front (for a GPU backend only).
 export OMPI_MCA_pml=${OMPI_MCA_pml:-ucx}             # UCX point-to-point (device buffers)
 export OMPI_MCA_osc=${OMPI_MCA_osc:-ucx}
 # export OMPI_MCA_btl=^smcuda,openib    # where a CUDA-unaware BTL gets picked for device buffers
