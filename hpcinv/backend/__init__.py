@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..errors import BackendError
 from .base import Backend, Stream
 from .binding import KernelArgumentError
-from .checker import StreamRaceError, stream_check_enabled
+from .checker import CheckedHostBackend, StreamRaceError, stream_check_enabled
 from .host_backend import HostBackend
 from .kernel import Kernel
 
@@ -58,7 +58,6 @@ def make_backend(name: str = "auto", *, local_rank: int = 0, local_size: int = 1
         from .cupy_backend import CupyBackend
         bk = CupyBackend(local_rank=local_rank)
     elif stream_check_enabled():
-        from .checker import CheckedHostBackend
         bk = CheckedHostBackend(threads=threads, local_size=local_size)
     else:
         bk = HostBackend(threads=threads, local_size=local_size)
@@ -67,18 +66,16 @@ def make_backend(name: str = "auto", *, local_rank: int = 0, local_size: int = 1
 
 
 def decide_cuda_aware(bk: Backend, setting: bool | None = None):
-    """Set ``bk.cuda_aware`` and ``bk.cuda_aware_reason`` once for the run."""
+    """Set ``bk.cuda_aware`` and ``bk.cuda_aware_reason`` once for the run (after the device
+    was selected and CUDA initialised, which Open MPI 5's query needs)."""
     if not bk.device_memory:
         bk.cuda_aware, bk.cuda_aware_reason = True, "host memory: MPI reads the arrays directly"
         return
     from ..parallel.cuda_aware import cuda_aware_mpi
-    if setting is not None:
-        bk.cuda_aware, bk.cuda_aware_reason = bool(setting), "parallel.cuda_aware (config)"
-    elif bk.name == "host":      # the stream checker: stage unless told otherwise
+    if setting is None and bk.name == "host":    # the stream checker: staged unless told
         import os
         env = os.environ.get("HPCINV_CUDA_AWARE", "").strip()
-        bk.cuda_aware = env == "1"
-        bk.cuda_aware_reason = ("HPCINV_CUDA_AWARE" if env else
-                                "stream checker: staged through host buffers by default")
-    else:
-        bk.cuda_aware, bk.cuda_aware_reason = cuda_aware_mpi()
+        if not env:
+            bk.cuda_aware, bk.cuda_aware_reason = False, CheckedHostBackend.cuda_aware_reason
+            return
+    bk.cuda_aware, bk.cuda_aware_reason = cuda_aware_mpi(setting, gpu=bk.name != "host")

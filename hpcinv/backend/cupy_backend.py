@@ -35,6 +35,7 @@ class CupyBackend(Backend):
         self._lo, self._hi = cp.cuda.runtime.deviceGetStreamPriorityRange()
         super().__init__()
         self.compute.cp.use()       # stray work goes to compute, never to the legacy stream
+        cp.zeros(1)                 # initialise CUDA here (Open MPI 5's CUDA-aware query needs it)
 
     def _make_stream(self, name):
         cp = self.xp
