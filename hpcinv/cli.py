@@ -162,7 +162,7 @@ def cmd_forward(args) -> int:
     d, g = solver.decomp, solver.grid
     say(f"hpcinv forward: {cfg.problem.name} {'x'.join(map(str, g.shape))} cells on {d.size} "
         f"rank(s) {'x'.join(map(str, d.dims))}, backend {solver.backend.name}, "
-        f"{_describe_method(cfg, solver.params)}")
+        f"{_describe_method(cfg, solver.params)}; {describe_parallel(solver)}")
     t0 = time.perf_counter()
     state = solver.solve(progress=Progress(args.quiet))
     wall = time.perf_counter() - t0
@@ -180,6 +180,19 @@ def cmd_forward(args) -> int:
             "raise solver.maxiter", file=sys.stderr)
         return 1
     return 0
+
+
+def describe_parallel(solver) -> str:
+    """The run header's part on the halo exchange: overlap and CUDA-aware decisions, and why."""
+    bk = solver.backend
+    text = f"overlap {'on' if getattr(solver, 'overlap', False) else 'off'}"
+    why = getattr(solver, "overlap_reason", "")
+    if why:
+        text += f" ({why})"
+    if bk.device_memory:
+        text += (f", halos {'device buffers to MPI' if bk.cuda_aware else 'staged via host'}"
+                 f" ({bk.cuda_aware_reason})")
+    return text
 
 
 def _describe_method(cfg, params) -> str:
@@ -286,7 +299,7 @@ def cmd_invert(args, demo=False) -> int:
     say(f"hpcinv {'demo' if demo else 'invert'}: {cfg.problem.name} "
         f"{'x'.join(map(str, g.shape))} cells on {g.decomp.size} rank(s), backend "
         f"{backend.name}, {cfg.inversion.method}, {cfg.inversion.iterations} iterations, "
-        f"{len(inv.obs)} observations -> {out}")
+        f"{len(inv.obs)} observations -> {out}; {describe_parallel(inv.G.solver)}")
     last = inv.run()
     if last.get("terminated"):
         return 3
@@ -312,7 +325,7 @@ def cmd_info(args) -> int:
     world = MPI.COMM_WORLD
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     backend = make_backend(args.backend, local_rank=node.Get_rank(), local_size=node.Get_size())
-    aware, why = cuda_aware_mpi()
+    aware, why = cuda_aware_mpi(gpu=backend.device_memory and backend.name != "host")
     shape = problems.DEFAULT_SHAPES.get(args.problem)
     if shape is None:
         problems.build(args.problem)   # raises the one-line error with a hint
