@@ -407,7 +407,9 @@ def test_gpu_bind_picks_device_from_local_rank():
         pytest.skip("no bash")
     script = str(ROOT / "jobs" / "gpu_bind.sh")
     show = [bash, "-c", 'echo "${CUDA_VISIBLE_DEVICES-unset}"']
-    cases = [({"SLURM_LOCALID": "3", "GPU_LIST": "0,1,2,3"}, "3"),
+    cases = [({"SLURM_LOCALID": "3", "SLURM_STEP_ID": "0", "SLURM_PROCID": "7",
+               "GPU_LIST": "0,1,2,3"}, "3"),                 # an srun task
+             ({"SLURM_LOCALID": "0", "PMI_LOCAL_RANK": "1", "GPU_LIST": "0,1"}, "1"),  # Hydra
              ({"OMPI_COMM_WORLD_LOCAL_RANK": "5", "HPCINV_GPUS_PER_NODE": "4"}, "1"),
              ({"MPI_LOCALRANKID": "1", "CUDA_VISIBLE_DEVICES": "4,5"}, "5"),
              ({"PMI_LOCAL_RANK": "2", "CUDA_VISIBLE_DEVICES": "7"}, "7"),
