@@ -75,7 +75,8 @@ from _common import log, machine, parse_sizes, reset_peak, status_kib, timed  # 
 import hpcinv  # noqa: E402
 from hpcinv import problems  # noqa: E402
 from hpcinv.backend import make_backend  # noqa: E402
-from hpcinv.inverse import Observations, workshop_points  # noqa: E402
+from hpcinv.inverse import Observations  # noqa: E402
+from hpcinv.model.geothermal import workshop_points  # noqa: E402
 from hpcinv.solvers import PTParams, pt_coefficients  # noqa: E402
 
 METHODS = ("adjoint", "jax-scan", "jax-ckpt-body", "jax-nested")

@@ -64,7 +64,7 @@ from _common import emit, log, machine, parse_sizes, reset_peak, status_kib  # n
 
 from hpcinv.backend import make_backend  # noqa: E402
 from hpcinv.inverse import AdjointGradient, Observations  # noqa: E402
-from hpcinv.problems import geothermal2d, geothermal3d  # noqa: E402
+from hpcinv.model.problems import geothermal2d, geothermal3d  # noqa: E402
 from hpcinv.solvers import DarcySolver, PTParams  # noqa: E402
 
 

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, log, machine, node_backend, parse_sizes  # noqa: E402
 
 from hpcinv.errors import SolverDivergedError  # noqa: E402
-from hpcinv.problems import geothermal2d  # noqa: E402
+from hpcinv.model.problems import geothermal2d  # noqa: E402
 from hpcinv.solvers import DarcySolver, PTParams  # noqa: E402
 
 SQRT2 = math.sqrt(2.0)

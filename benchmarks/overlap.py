@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (emit, kernel_bench_parser,
                      log, machine, node_backend, parse_sizes, timed)  # noqa: E402
 
-from hpcinv.problems import geothermal2d, geothermal3d  # noqa: E402
+from hpcinv.model.problems import geothermal2d, geothermal3d  # noqa: E402
 from hpcinv.solvers import DarcySolver, PTParams  # noqa: E402
 
 DEFAULT_SIZES = "2048x2048,192x192x192"

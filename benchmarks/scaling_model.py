@@ -269,7 +269,7 @@ def measure_overheads(threads=1):
     from mpi4py import MPI
 
     from hpcinv.backend import make_backend
-    from hpcinv.problems import geothermal2d
+    from hpcinv.model.problems import geothermal2d
     from hpcinv.solvers import DarcySolver, PTParams
     bk = make_backend("host", threads=threads)
     s = DarcySolver(geothermal2d((4, 4), comm=MPI.COMM_SELF), bk, PTParams(), overlap=False)

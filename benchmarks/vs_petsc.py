@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, log, machine, parse_sizes  # noqa: E402
 
 from hpcinv.backend import make_backend  # noqa: E402
-from hpcinv.problems import geothermal2d, geothermal3d  # noqa: E402
+from hpcinv.model.problems import geothermal2d, geothermal3d  # noqa: E402
 from hpcinv.solvers import DarcySolver, PTParams  # noqa: E402
 
 

@@ -92,7 +92,7 @@ def adjoint_rhs(solver, rng_seed=0):
 def run_case(global_shape, dims, args, backend, world, kind: str, requested_local=None):
     """Time forward (and adjoint) iterations on ``global_shape`` for each overlap mode; returns
     the records (on every rank; rank 0 writes them)."""
-    from hpcinv.problems import geothermal2d, geothermal3d
+    from hpcinv.model.problems import geothermal2d, geothermal3d
     from hpcinv.solvers import DarcySolver, PTParams
 
     nd = len(global_shape)

@@ -40,10 +40,11 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcinv import config as config_mod
-from hpcinv import problems, scenario
-from hpcinv.cli import make_backend_for, say, solver_options
+from hpcinv.app import scenario
+from hpcinv.model import geothermal, problems
+from hpcinv.app.cli import make_backend_for, say, solver_options
 from hpcinv.errors import ConfigError, HpcinvError
-from hpcinv.inverse.driver import History, RunDirectory, write_model_file, write_setup_file
+from hpcinv.app.run import History, RunDirectory, write_model_file, write_setup_file
 from hpcinv.solvers import make_darcy_solver
 
 PROG = "nn_inversion"
@@ -252,9 +253,9 @@ def run(args) -> dict:
         torch.save({"state_dict": net.state_dict(), "hidden": args.hidden,
                     "fourier": args.fourier, "fourier_scale": args.fourier_scale,
                     "seed": args.seed, "extent": grid.extent}, run_dir / "nn_model.pt")
-        from hpcinv.plot import plot_run
+        from hpcinv.app.plot import plot_run
         plot_run(run_dir.path)
-    bounds = {ax: scenario.GEOTHERMAL_BARRIER[ax] for ax in range(grid.ndim)}
+    bounds = geothermal.barrier_bounds(grid.ndim)
     barrier = owned_global_mean(comm, final[own] / np.log(10),
                                 problems.box_mask(grid, bounds)[own])
     say(f"done: J/J0 = {rec['misfit_ratio']:.4e} after {args.iterations} iterations "

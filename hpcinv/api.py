@@ -2,7 +2,8 @@
 
     from hpcinv import problems, forward, gradient
     from hpcinv.backend import make_backend
-    from hpcinv.inverse import Observations, workshop_points
+    from hpcinv.inverse import Observations
+    from hpcinv.model.geothermal import workshop_points
     bk = make_backend("auto")                            # GPU if CuPy sees one, else host
     true = problems.geothermal2d()                       # MPI.COMM_WORLD, dims chosen for you
     state = forward(true, bk)                            # APT solve; state.Pf is the local block

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from hpcinv.inverse import AdjointGradient, Observations, workshop_points
-from hpcinv.problems import geothermal2d, geothermal3d
+from hpcinv.inverse import AdjointGradient, Observations
+from hpcinv.model.geothermal import workshop_points
+from hpcinv.model.problems import geothermal2d, geothermal3d
 from hpcinv.solvers import PTParams, solve_forward
 
 #: Tight tolerances: finite differences of the map need solves far below their step size.

@@ -6,8 +6,8 @@ import pytest
 from mpi4py import MPI
 
 from hpcinv.backend import make_backend
-from hpcinv.grid import Grid
-from hpcinv.problems import Problem
+from hpcinv.model.grid import Grid
+from hpcinv.model.problems import Problem
 
 
 class _FailuresOnly:

@@ -8,7 +8,7 @@ import pytest
 from mpi4py import MPI
 
 from hpcinv.backend import make_backend
-from hpcinv.grid import Grid
+from hpcinv.model.grid import Grid
 from hpcinv.io.gather import owned_face_block
 from hpcinv.parallel import HaloExchange
 from hpcinv.physics import residuals as R

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from hpcinv import config as config_mod
-from hpcinv.cli import main
+from hpcinv.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_2D = ["--nx", "31", "--ny", "17"]
@@ -48,7 +48,7 @@ class _Proc:
 
 
 def run_main(capsys, *args):
-    """Run ``hpcinv.cli.main(ARGS)`` in this process; same result object as :func:`run_cli`."""
+    """Run ``hpcinv.app.cli.main(ARGS)`` in this process; same result object as :func:`run_cli`."""
     capsys.readouterr()
     code = main([str(a) for a in args])
     out = capsys.readouterr()
@@ -352,7 +352,7 @@ def test_info_reports_the_backends_decision():
 def test_config_cuda_aware_goes_to_the_backend():
     """``parallel.cuda_aware`` is the backend's one decision (every halo exchange follows
     it), not a solver option."""
-    from hpcinv.cli import make_backend_for, solver_options
+    from hpcinv.app.cli import make_backend_for, solver_options
     cfg = config_mod.Config()
     cfg.parallel.backend = "host"
     cfg.parallel.cuda_aware = False

@@ -15,7 +15,7 @@ except ImportError:  # Python < 3.11
     import tomli as tomllib
 
 from hpcinv import config as config_mod
-from hpcinv.config import Config, dumps, from_dict, load
+from hpcinv.config import Config, dumps, from_dict, load, schema
 from hpcinv.errors import ConfigError, HpcinvError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def test_defaults():
     a = cfg.adjoint
     assert a.cfl is None and a.maxiter is None and a.re == pytest.approx(2 * math.pi)
     assert (a.tol, a.ncheck) == (1e-8, 100)
-    assert all(getattr(cfg.boundary, s) == "no-flux" for s in config_mod.SIDES)
+    assert all(getattr(cfg.boundary, s) == "no-flux" for s in schema.SIDES)
     assert cfg.boundary.fixed_pressure(2) == {} and cfg.boundary.fixed_pressure(3) == {}
     assert (cfg.observations.method, cfg.observations.sigma) == ("nearest", 1.0)
     r = cfg.regularisation
@@ -426,7 +426,7 @@ def test_examples_load(path):
         assert load(p2) == cfg
     finally:
         p2.unlink(missing_ok=True)
-    for sname, key in config_mod.PATH_KEYS:      # data files resolved against the example
+    for sname, key in schema.PATH_KEYS:      # data files resolved against the example
         v = getattr(getattr(cfg, sname), key)
         assert v is None or Path(v).is_absolute()
 

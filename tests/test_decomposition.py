@@ -8,7 +8,7 @@ import pytest
 from mpi4py import MPI
 
 from hpcinv.errors import ConfigError, DecompositionError
-from hpcinv.grid import Grid
+from hpcinv.model.grid import Grid
 from hpcinv.parallel import Decomposition, split_extent
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch  # noqa: F401  (a test dependency: the example needs it)
 
-from hpcinv.cli import main as hpcinv_main
-from hpcinv.plot import cmd_plot
+from hpcinv.app.cli import main as hpcinv_main
+from hpcinv.app.plot import cmd_plot
 from test_inversion import ENV, MPIEXEC, history, strip
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nn_inversion.py"

@@ -8,7 +8,7 @@ from hpcinv.backend import make_backend
 from hpcinv.inverse import AdjointGradient, Observations
 from hpcinv.inverse.regularisation import Tikhonov
 from hpcinv.io import gather_cells
-from hpcinv.problems import geothermal2d, geothermal3d
+from hpcinv.model.problems import geothermal2d, geothermal3d
 from hpcinv.solvers import PTParams, solve_forward
 
 TIGHT = PTParams(tol=1e-13, ncheck=20, maxiter=400000)
@@ -87,7 +87,7 @@ def test_gradient_independent_of_decomposition():
 def test_cli_gradient_writes_global_datasets(tmp_path):
     import h5py
 
-    from hpcinv.cli import main
+    from hpcinv.app.cli import main
     out = tmp_path / "g"
     assert main(["gradient", "--nx", "31", "--ny", "15", "-q", "-o", str(out)]) == 0
     with h5py.File(out / "gradient.h5") as f:
@@ -103,7 +103,7 @@ def test_cli_gradient_writes_global_datasets(tmp_path):
 def test_cli_gradient_fixed_pressure_side(tmp_path):
     import h5py
 
-    from hpcinv.cli import main
+    from hpcinv.app.cli import main
     cfg = tmp_path / "c.toml"
     cfg.write_text("[boundary]\nx_lo = 0.0\n[grid]\nnx = 31\nny = 15\n")
     out = tmp_path / "g"

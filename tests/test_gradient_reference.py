@@ -26,7 +26,8 @@ from mpi4py import MPI
 from conftest import problem_from_global
 from hpcinv.inverse import AdjointGradient, Observations
 from hpcinv.io import gather_cells
-from hpcinv.problems import GEOTHERMAL_EXTENT_2D, GEOTHERMAL_EXTENT_3D, geothermal2d, geothermal3d
+from hpcinv.model.geothermal import EXTENTS
+from hpcinv.model.problems import geothermal2d, geothermal3d
 from hpcinv.solvers import PTParams
 from reference import misfit, observation_matrix, reference_gradient, solve_reference
 
@@ -83,7 +84,7 @@ def setup(shape, fixed, comm=MPI.COMM_SELF, seed=5, sigma=0.7, backend=None, dim
     sources with a smooth random model, observations recorded from the reference solution of
     the workshop barrier (k_barrier = 1e-3) with the same boundary conditions."""
     nd = len(shape)
-    extent = GEOTHERMAL_EXTENT_2D if nd == 2 else GEOTHERMAL_EXTENT_3D
+    extent = EXTENTS["geothermal2d" if nd == 2 else "geothermal3d"]
     Qf = _sources(shape)
     m = smooth_random(shape, seed, sigma)
     prob = problem_from_global("gradref", np.exp(m), Qf, extent=extent, comm=comm, dims=dims)
@@ -121,7 +122,7 @@ def test_reference_gradient_matches_finite_differences(shape, fixed):
     agree with the reference adjoint gradient: the reference is right on its own terms."""
     rng = np.random.default_rng(11)
     nd = len(shape)
-    extent = GEOTHERMAL_EXTENT_2D if nd == 2 else GEOTHERMAL_EXTENT_3D
+    extent = EXTENTS["geothermal2d" if nd == 2 else "geothermal3d"]
     spacing = tuple((hi - lo) / n for (lo, hi), n in zip(extent, shape))
     Qf = np.zeros(shape)
     Qf[(1,) * nd], Qf[tuple(n - 2 for n in shape)] = 1.0, -1.0

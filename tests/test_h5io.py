@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from hpcinv.grid import Grid
+from hpcinv.model.grid import Grid
 from hpcinv.io import h5io, h5read, h5write
 from hpcinv.io.gather import owned_face_block
 from hpcinv.io.h5io import (check_xdmf, read_attrs, read_cells, read_faces, read_global,

@@ -15,7 +15,8 @@ from mpi4py import MPI
 from conftest import owned
 from hpcinv.backend import make_backend
 from hpcinv.io import gather_cells, gather_faces
-from hpcinv.problems import DEFAULT_SHAPES, geothermal2d, geothermal3d
+from hpcinv.model.geothermal import DEFAULT_SHAPES
+from hpcinv.model.problems import geothermal2d, geothermal3d
 from hpcinv.solvers import PTParams, solve_forward
 
 PARAMS = PTParams(tol=1e-6, ncheck=10)

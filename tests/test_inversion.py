@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcinv.cli import main
+from hpcinv.app.cli import main
 
 MPIEXEC = str(Path(sys.executable).with_name("mpiexec"))
 if not Path(MPIEXEC).exists():

@@ -232,7 +232,7 @@ def test_bad_cxxflags_one_line_error_naming_log(tmp_path, monkeypatch):
 
 
 def test_cli_reports_compiler_failure_on_one_line(tmp_path, monkeypatch, capsys):
-    from hpcinv.cli import main
+    from hpcinv.app.cli import main
     monkeypatch.setenv("HPCINV_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HPCINV_CXXFLAGS", "-fhpcinv-no-such-flag")
     code = main(["forward", "--backend", "host", "--nx", "15", "--ny", "9", "-q",

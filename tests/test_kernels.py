@@ -16,7 +16,7 @@ from hpcinv.backend import KernelArgumentError
 from hpcinv.backend.kernel import Kernel
 from hpcinv.errors import BackendError
 from hpcinv.errors import SolverDivergedError
-from hpcinv.problems import geothermal2d, geothermal3d
+from hpcinv.model.problems import geothermal2d, geothermal3d
 from hpcinv.solvers import PTParams, solve_forward
 from hpcinv.solvers.overlap import owned_box, shell_and_interior
 

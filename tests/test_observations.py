@@ -5,8 +5,9 @@ import pytest
 from mpi4py import MPI
 
 from hpcinv.errors import ConfigError
-from hpcinv.grid import Grid
-from hpcinv.inverse.observations import Observations, workshop_points
+from hpcinv.model.grid import Grid
+from hpcinv.inverse.observations import Observations
+from hpcinv.model.geothermal import workshop_points
 from hpcinv.io import gather_cells
 
 SHAPES = [(13, 9), (7, 6, 5)]

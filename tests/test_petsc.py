@@ -25,7 +25,7 @@ from mpi4py import MPI
 
 from conftest import owned, owned_faces, problem_from_global
 from hpcinv.io import gather_cells
-from hpcinv.problems import geothermal2d, geothermal3d
+from hpcinv.model.problems import geothermal2d, geothermal3d
 from hpcinv.solvers import PTParams, solve_forward
 from hpcinv.solvers.petsc import PetscDarcySolver, PetscParams, global_ids, petsc_available
 from reference import fluxes, solve_reference

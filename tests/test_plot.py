@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hpcinv.errors import ConfigError
-from hpcinv.plot import cmd_plot, plot_run, read_history
+from hpcinv.app.plot import cmd_plot, plot_run, read_history
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALL = {"model.png", "pressure.png", "misfit.png"}
@@ -235,6 +235,6 @@ def test_cmd_plot(tmp_path, capsys):
 
 
 def test_import_does_not_pull_matplotlib():
-    code = ("import sys, hpcinv, hpcinv.plot; "
+    code = ("import sys, hpcinv, hpcinv.app.plot; "
             "sys.exit(1 if any(m.startswith('matplotlib') for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

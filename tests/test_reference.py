@@ -15,7 +15,7 @@ import pytest
 from mpi4py import MPI
 
 from conftest import global_fields, owned, owned_faces, problem_from_global
-from hpcinv.problems import geothermal2d, geothermal3d
+from hpcinv.model.problems import geothermal2d, geothermal3d
 from hpcinv.solvers import PTParams, solve_forward
 from reference import fluxes, kmax_local, residual, solve_reference
 

@@ -5,7 +5,7 @@ import pytest
 from mpi4py import MPI
 
 from hpcinv.errors import ConfigError
-from hpcinv.grid import Grid
+from hpcinv.model.grid import Grid
 from hpcinv.inverse.regularisation import GradientSmoother, Tikhonov
 from hpcinv.io import gather_cells
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from hpcinv import problems, scenario
+from hpcinv.app import scenario
+from hpcinv.model import problems
 from hpcinv.config import from_dict, load
 from hpcinv.errors import ConfigError
-from hpcinv.inverse import workshop_points
+from hpcinv.model.geothermal import workshop_points
 from hpcinv.io import gather_cells
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from hpcinv.backend import HostBackend, KernelArgumentError, StreamRaceError
 from hpcinv.backend.checker import CheckedHostBackend, DeviceWorkOutsideBackendError
 from hpcinv.parallel import Decomposition, HaloExchange
 from hpcinv.physics.darcy import apt_step_kernel
-from hpcinv.problems import periodic_block as periodic_problem
+from hpcinv.model.problems import periodic_block as periodic_problem
 from hpcinv.solvers import DarcySolver, PTParams
 from hpcinv.solvers.overlap import OverlappedUpdate
 

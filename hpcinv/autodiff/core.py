@@ -60,7 +60,7 @@ class ObservationMap:
     """``log K -> simulated observations`` (and optionally the pressure) with an adjoint VJP.
 
     Args:
-        problem: the :class:`~hpcinv.problems.Problem` (grid, source, wells, fixed sides); its K
+        problem: the :class:`~hpcinv.model.problems.Problem` (grid, source, wells, fixed sides); its K
             is replaced by each call's model.
         observations: :class:`~hpcinv.inverse.Observations` (points, sigma; values not needed).
         backend, params, adjoint_params, **solver_kwargs: as for

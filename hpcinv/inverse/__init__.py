@@ -1,5 +1,5 @@
 """Inverse problem: observations, misfit, regularisation and the adjoint-state gradient."""
 from .gradient import AdjointGradient
-from .observations import Observations, workshop_points
+from .observations import Observations
 
-__all__ = ["AdjointGradient", "Observations", "workshop_points"]
+__all__ = ["AdjointGradient", "Observations"]

@@ -26,7 +26,7 @@ class AdjointGradient:
     """Misfit and gradient w.r.t. log K for a problem and its observations.
 
     Args:
-        problem: the :class:`~hpcinv.problems.Problem`; its ``K`` is replaced per evaluation.
+        problem: the :class:`~hpcinv.model.problems.Problem`; its ``K`` is replaced per evaluation.
         observations: :class:`~hpcinv.inverse.Observations` with values.
         backend: compute backend (default: auto).
         params, adjoint_params: :class:`PTParams` of the forward and adjoint solves.

@@ -56,22 +56,6 @@ from ..errors import ConfigError
 METHODS = ("nearest", "linear")
 
 
-def workshop_points(ndim: int) -> np.ndarray:
-    """The workshop's observation grid as an ``(n, ndim)`` array.
-
-    2D: the 8 x 8 points ``x in linspace(-1/3, 1/3, 8)``, ``y in linspace(0.25, 0.85, 8)``
-    (the JuliaCon 2023 workshop, ``geothermal2d``). 3D (``geothermal3d``): the same x and y on
-    the 4 levels ``z in linspace(0.25, 0.75, 4)`` (inside the slab ``0.2 < z <= 0.8`` of the
-    barrier and the well screens), 256 points. Ordered with x slowest (``meshgrid(..., "ij")``).
-    """
-    axes = [np.linspace(-1 / 3, 1 / 3, 8), np.linspace(0.25, 0.85, 8)]
-    if ndim == 3:
-        axes.append(np.linspace(0.25, 0.75, 4))
-    elif ndim != 2:
-        raise ConfigError(f"workshop_points: ndim must be 2 or 3, got {ndim}")
-    return np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
-
-
 def _fmt(p) -> str:
     return "(" + ", ".join(f"{v:g}" for v in p) + ")"
 
@@ -80,7 +64,7 @@ class Observations:
     """Observation points on a grid, the observation operator and the least-squares misfit.
 
     Args:
-        grid: the :class:`~hpcinv.grid.Grid`.
+        grid: the :class:`~hpcinv.model.grid.Grid`.
         points: array ``(nobs, ndim)`` of physical coordinates, inside the domain (walls
             included).
         values: observed pressures ``(nobs,)``, finite (``None``: set later with :meth:`record`

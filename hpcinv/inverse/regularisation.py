@@ -55,7 +55,7 @@ class GradientSmoother:
     """``n`` explicit diffusion steps ``A <- A + coef * sum_a d2_a(A)`` on interior cells.
 
     Args:
-        grid: the :class:`~hpcinv.grid.Grid`.
+        grid: the :class:`~hpcinv.model.grid.Grid`.
         backend: compute backend.
         steps: number of steps ``n >= 0`` (0: identity).
         coef: diffusion coefficient, ``0 <= coef <= 1/(2 ndim)`` (explicit stability limit);
@@ -120,7 +120,7 @@ class Tikhonov:
     """``J_reg = alpha/2 * V * sum_{interior faces} ((m_r - m_l) / d_a)**2`` and its gradient.
 
     Args:
-        grid: the :class:`~hpcinv.grid.Grid`.
+        grid: the :class:`~hpcinv.model.grid.Grid`.
         backend: compute backend.
         alpha: weight ``>= 0``.
         dtype: field dtype.

@@ -31,7 +31,7 @@ def write_xdmf(h5path, grid, names=None) -> Path:
 
     Args:
         h5path: an output file of :func:`~hpcinv.io.h5write.write_h5` (serial: call on one rank).
-        grid: the :class:`~hpcinv.grid.Grid` (shape, extent, spacing).
+        grid: the :class:`~hpcinv.model.grid.Grid` (shape, extent, spacing).
         names: datasets to expose (default: every dataset of cell or face shape).
 
     Cell arrays (shape ``grid.shape``) become ``Center="Cell"`` attributes of a

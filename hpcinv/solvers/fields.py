@@ -51,7 +51,7 @@ class DarcyFields:
     """Fields, ghosts and boundary values of a Darcy problem on this rank's block.
 
     Args:
-        problem: a :class:`~hpcinv.problems.Problem` (validated here, collectively).
+        problem: a :class:`~hpcinv.model.problems.Problem` (validated here, collectively).
         backend: a :class:`~hpcinv.backend.Backend` (default: ``make_backend("auto")``).
         dtype: field dtype, ``float64`` (default) or ``float32``.
         cuda_aware: force CUDA-aware MPI on or off for the halo exchange (``None``: detect).

@@ -15,7 +15,7 @@ class DarcySolver(DarcyFields):
     box is no-flux or fixed-pressure (``problem.fixed_pressure``).
 
     Args:
-        problem: a :class:`~hpcinv.problems.Problem` (grid, K, Qf).
+        problem: a :class:`~hpcinv.model.problems.Problem` (grid, K, Qf).
         backend: a :class:`~hpcinv.backend.Backend` (default: ``make_backend("auto")``).
         params: :class:`PTParams` (defaults: ``cfl = 0.95/sqrt(ndim)``, ``Re = 2 pi``).
         overlap: hide the halo exchange behind the interior update: ``True``, ``False`` or

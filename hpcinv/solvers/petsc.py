@@ -62,7 +62,7 @@ class PetscDarcySolver(DarcyFields):
     hpcinv's decomposition; the same public interface as :class:`~hpcinv.solvers.DarcySolver`.
 
     Args:
-        problem: a :class:`~hpcinv.problems.Problem`.
+        problem: a :class:`~hpcinv.model.problems.Problem`.
         backend: hpcinv backend of the fields and of the flux/residual kernels (default auto);
             PETSc itself runs on the host (GPU arrays are copied).
         params: :class:`PetscParams`, or :class:`PTParams` (its ``tol`` is used).

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError
-from .parallel import Decomposition
+from ..errors import ConfigError
+from ..parallel import Decomposition
 
 MIN_CELLS = 3
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 RUN_FILES = ("config.toml", "setup.h5", "model_final.h5", "model_latest.h5", "history.jsonl")
 

@@ -6,21 +6,21 @@ import difflib
 import math
 from typing import TYPE_CHECKING
 
-from .config_schema import (AXES, INVERSION_METHODS, OBS_FILE_SUFFIXES, PERMEABILITY_TYPES,
-                            POINT_KINDS, PRECONDITIONERS, PROBLEM_EXTENTS, SIDES, WellConfig)
-from .errors import ConfigError
+from ..errors import ConfigError
+from .schema import (AXES, INVERSION_METHODS, OBS_FILE_SUFFIXES, PERMEABILITY_TYPES,
+                     POINT_KINDS, PRECONDITIONERS, PROBLEM_EXTENTS, SIDES, WellConfig, is_number)
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .schema import Config
 
 
 def validate(cfg: Config) -> Config:
     """Check value ranges and combinations of ``cfg`` (returned); raises :class:`ConfigError`."""
-    from .backend import BACKENDS
+    from ..backend import BACKENDS
     names = (*PROBLEM_EXTENTS, "custom")
     if cfg.problem.name not in names:
         raise ConfigError(f"problem.name: unknown problem {cfg.problem.name!r}"
-                          f"{_hint(cfg.problem.name, names)}; choose one of "
+                          f"{hint(cfg.problem.name, names)}; choose one of "
                           f"{', '.join(names)}")
     for key in ("k_background", "k_barrier"):
         v = getattr(cfg.problem, key)
@@ -30,7 +30,7 @@ def validate(cfg: Config) -> Config:
     ndim = cfg.ndim()
     if cfg.solver.method not in ("apt", "petsc"):
         raise ConfigError(f"solver.method must be 'apt' or 'petsc', got "
-                          f"{cfg.solver.method!r}{_hint(cfg.solver.method, ('apt', 'petsc'))}")
+                          f"{cfg.solver.method!r}{hint(cfg.solver.method, ('apt', 'petsc'))}")
     if cfg.solver.dtype not in ("float64", "float32"):
         raise ConfigError(f"solver.dtype must be 'float64' or 'float32', "
                           f"got {cfg.solver.dtype!r}")
@@ -62,7 +62,7 @@ def validate(cfg: Config) -> Config:
     _validate_inversion(cfg)
     if cfg.parallel.backend not in BACKENDS:
         raise ConfigError(f"parallel.backend: unknown backend {cfg.parallel.backend!r}"
-                          f"{_hint(cfg.parallel.backend, BACKENDS)}; choose one of "
+                          f"{hint(cfg.parallel.backend, BACKENDS)}; choose one of "
                           f"{', '.join(BACKENDS)}")
     aware = cfg.parallel.cuda_aware
     if not (isinstance(aware, bool) or aware == "auto"):
@@ -109,7 +109,7 @@ def _validate_permeability(cfg, ndim):
     if p.type not in PERMEABILITY_TYPES:
         raise ConfigError(f"permeability.type must be one of "
                           f"{', '.join(PERMEABILITY_TYPES)}, got {p.type!r}"
-                          f"{_hint(p.type, PERMEABILITY_TYPES)}")
+                          f"{hint(p.type, PERMEABILITY_TYPES)}")
     users = {"barrier": "barrier", "layers": "layered", "file": "file"}
     for key, kind in users.items():
         if getattr(p, key) is not None and p.type != kind:
@@ -184,13 +184,13 @@ def _validate_wells(cfg, ndim):
         if w.rate is None:
             raise ConfigError(f"{where}.rate is required (total volume rate: > 0 injection, "
                               f"< 0 extraction)")
-        if not (_is_num(w.rate) and math.isfinite(w.rate)):
+        if not (is_number(w.rate) and math.isfinite(w.rate)):
             raise ConfigError(f"{where}.rate must be a finite number, got {w.rate!r}")
         rates.append(float(w.rate))
         pos = w.position
         lens = (ndim,) if w.z_range is None or ndim == 2 else (2, 3)
         if (not isinstance(pos, list) or len(pos) not in lens
-                or not all(_is_num(v) and math.isfinite(v) for v in pos)):
+                or not all(is_number(v) and math.isfinite(v) for v in pos)):
             want = " or ".join(f"{n} numbers" for n in lens)
             raise ConfigError(f"{where}.position must be {want} for a {ndim}D problem, "
                               f"got {pos!r}")
@@ -224,7 +224,7 @@ def _validate_observations(cfg, ndim):
     if o.points not in POINT_KINDS:
         raise ConfigError(f"observations.points must be one of "
                           f"{', '.join(repr(k) for k in POINT_KINDS)}, got {o.points!r}"
-                          f"{_hint(o.points, POINT_KINDS)}")
+                          f"{hint(o.points, POINT_KINDS)}")
     for key in ("grid", "file"):
         if getattr(o, key) is not None and o.points != key:
             raise ConfigError(f"observations.{key} is only used with points = \"{key}\" "
@@ -244,8 +244,8 @@ def _validate_observations(cfg, ndim):
             if a not in g:
                 raise ConfigError(f"{w} is required: [{a}0, {a}1, n{a}]")
             s = g[a]
-            if (not isinstance(s, list) or len(s) != 3 or not _is_num(s[0])
-                    or not _is_num(s[1]) or not _is_int(s[2])):
+            if (not isinstance(s, list) or len(s) != 3 or not is_number(s[0])
+                    or not is_number(s[1]) or not _is_int(s[2])):
                 raise ConfigError(f"{w} must be [{a}0, {a}1, n] (two numbers and an "
                                   f"integer), got {s!r}")
             if not (math.isfinite(s[0]) and math.isfinite(s[1]) and s[0] <= s[1]):
@@ -271,7 +271,7 @@ def check_optimiser_settings(v):
     section, or :class:`~hpcinv.inverse.optimise.OptimiserSettings` built through the API."""
     if v.method not in INVERSION_METHODS:
         raise ConfigError(f"inversion.method must be 'gd' or 'lbfgs', got {v.method!r}"
-                          f"{_hint(v.method, INVERSION_METHODS)}")
+                          f"{hint(v.method, INVERSION_METHODS)}")
     if not (v.dgamma > 0 and math.isfinite(v.dgamma)):
         raise ConfigError(f"inversion.dgamma must be > 0 and finite, got {v.dgamma}")
     for key in ("logK_min", "logK_max"):
@@ -297,7 +297,7 @@ def _validate_inversion(cfg):
                           f"got {v.step_tol}")
     if v.precondition not in PRECONDITIONERS:
         raise ConfigError(f"inversion.precondition must be 'smoothing' or 'none', got "
-                          f"{v.precondition!r}{_hint(v.precondition, PRECONDITIONERS)}")
+                          f"{v.precondition!r}{hint(v.precondition, PRECONDITIONERS)}")
     if v.initial_logK is not None and not math.isfinite(v.initial_logK):
         raise ConfigError(f"inversion.initial_logK must be finite, got {v.initial_logK}")
     if v.initial_logK is not None and v.initial_file is not None:
@@ -316,10 +316,6 @@ def _validate_inversion(cfg):
 
 # --------------------------------------------------------------------------- helpers
 
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -333,12 +329,12 @@ def _box(ext) -> str:
 
 
 def _check_k(where, v):
-    if not (_is_num(v) and math.isfinite(v) and v > 0):
+    if not (is_number(v) and math.isfinite(v) and v > 0):
         raise ConfigError(f"{where} must be a finite permeability > 0, got {v!r}")
 
 
 def _check_interval(where, v):
-    if not (isinstance(v, list) and len(v) == 2 and all(_is_num(x) for x in v)):
+    if not (isinstance(v, list) and len(v) == 2 and all(is_number(x) for x in v)):
         raise ConfigError(f"{where} must be [a, b] (two numbers), got {v!r}")
     if not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] < v[1]):
         raise ConfigError(f"{where} must have finite a < b, got {v!r}")
@@ -350,7 +346,7 @@ def _check_table(where, t, valid, required=False) -> dict:
         raise ConfigError(f"{where} must be a table {{{', '.join(valid)}}}, got {t!r}")
     for k in t:
         if k not in valid:
-            raise ConfigError(f"unknown key {where}.{k}{_hint(k, valid)}; valid: "
+            raise ConfigError(f"unknown key {where}.{k}{hint(k, valid)}; valid: "
                               f"{', '.join(valid)}")
     if required:
         for k in valid:
@@ -359,12 +355,12 @@ def _check_table(where, t, valid, required=False) -> dict:
     return t
 
 
-def _hint(name, valid) -> str:
+def hint(name, valid) -> str:
     close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_type(where: str, value, annotation: str):
+def check_type(where: str, value, annotation: str):
     """Check a TOML value against a dataclass field annotation (as a string)."""
     ok = True
     if annotation.startswith("int"):

@@ -23,9 +23,9 @@ from ..errors import ConfigError
 from ..io.fields import grid_attrs
 from ..io.h5io import (read_attrs, read_cells, read_faces, read_replicated, write_h5,
                        write_xdmf)
-from .gradient import AdjointGradient
-from .optimise import OptimiserSettings, make_optimiser
-from .regularisation import GradientSmoother, Tikhonov
+from ..inverse.gradient import AdjointGradient
+from ..inverse.optimise import OptimiserSettings, make_optimiser
+from ..inverse.regularisation import GradientSmoother, Tikhonov
 
 CHECKPOINT = "checkpoint.h5"
 
@@ -135,7 +135,7 @@ class Inversion:
 
     def __init__(self, cfg, backend, run_dir, restart=False, overwrite=False, say=print,
                  quiet=False, json_log=False, solver_kwargs=None):
-        from .. import scenario
+        from . import scenario
         self.cfg, self.bk, self.say = cfg, backend, say
         self.quiet, self.json_log = quiet, json_log
         comm = MPI.COMM_WORLD

@@ -19,14 +19,14 @@ import os
 import numpy as np
 from mpi4py import MPI
 
-from . import problems
-from .errors import ConfigError, HpcinvError
-from .grid import Grid
-from .inverse.observations import Observations, workshop_points
-from .problems import Problem
+from ..model import problems
+from ..errors import ConfigError, HpcinvError
+from ..model.grid import Grid
+from ..inverse.observations import Observations
+from ..model.geothermal import barrier_bounds, workshop_points
+from ..model.problems import Problem
 
 #: the built-in barrier of the geothermal problems (cells with centre a < x <= b per axis)
-GEOTHERMAL_BARRIER = {0: (-0.04, 0.04), 1: (0.3, 0.8), 2: (0.2, 0.8)}
 
 
 # --------------------------------------------------------------------------- collective errors
@@ -99,7 +99,7 @@ def permeability(cfg, grid: Grid) -> np.ndarray:
     K = np.full(d.padded_shape, p.background(prob))
     if p.type == "barrier":
         if p.barrier is None:         # the geothermal problems' own barrier geometry
-            bounds = {ax: GEOTHERMAL_BARRIER[ax] for ax in range(grid.ndim)}
+            bounds = barrier_bounds(grid.ndim)
             value = prob.k_barrier
         else:
             bounds = {"xyz".index(a): tuple(float(v) for v in r)
@@ -140,7 +140,7 @@ def true_problem(cfg, comm=None, k_background=None, k_barrier=None) -> Problem:
     """The true problem of a validated config (collective over ``comm``, default
     ``MPI.COMM_WORLD``).
 
-    ``geothermal2d``/``geothermal3d``: exactly :func:`hpcinv.problems.build` with the config's
+    ``geothermal2d``/``geothermal3d``: exactly :func:`hpcinv.model.problems.build` with the config's
     grid, ``k_background``/``k_barrier`` and dims; ``[permeability]`` replaces K and
     ``[[wells]]`` replace the wells when given. ``custom``: the grid of ``grid.extent`` and
     ``nx, ny[, nz]``, K from ``[permeability]``, wells from ``[[wells]]``. The fixed-pressure

@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from . import geothermal
 from .grid import Grid
 
-GEOTHERMAL_EXTENT_2D = ((-1.0, 1.0), (0.0, 1.0))
-GEOTHERMAL_EXTENT_3D = ((-1.0, 1.0), (0.0, 1.0), (0.0, 1.0))
-DEFAULT_SHAPES = {"geothermal2d": (255, 127), "geothermal3d": (127, 63, 63)}
 
 
 @dataclass
@@ -34,7 +32,7 @@ class Problem:
 
     Attributes:
         name: problem name.
-        grid: the :class:`~hpcinv.grid.Grid`.
+        grid: the :class:`~hpcinv.model.grid.Grid`.
         K: permeability (over viscosity), padded local array, shape ``grid.decomp.padded_shape``;
            owned cells set, ghosts filled by the solver.
         Qf: source term (1/time), padded local array of the same shape, ghosts zero.
@@ -48,6 +46,12 @@ class Problem:
     Qf: np.ndarray
     wells: list[Well] = field(default_factory=list)
     fixed_pressure: dict = field(default_factory=dict)
+
+    def copy(self) -> "Problem":
+        """An independent copy (own ``K`` and ``Qf`` arrays; grid and wells shared, immutable):
+        what an objective may modify while the true problem stays as it was."""
+        return Problem(self.name, self.grid, self.K.copy(), self.Qf.copy(), list(self.wells),
+                       dict(self.fixed_pressure))
 
     @property
     def gauge_free(self) -> bool:
@@ -148,35 +152,11 @@ def place_wells(grid: Grid, specs, what: str = "wells"):
 
 
 def _geothermal(grid: Grid, k_background: float, k_barrier: float, name: str) -> Problem:
-    d = grid.decomp
-    coords = grid.mesh()
-    barrier = (coords[0] > -0.04) & (coords[0] <= 0.04) & (coords[1] > 0.3) & (coords[1] <= 0.8)
-    if grid.ndim == 3:
-        barrier = barrier & (coords[2] > 0.2) & (coords[2] <= 0.8)
-    K = np.full(d.padded_shape, float(k_background))
-    K[barrier] = float(k_barrier)
-    Qf = np.zeros(d.padded_shape)
-    wells = []
-    xc, yc = grid.global_centres(0), grid.global_centres(1)
-    for (xw, yw), rate in (((-0.6, 0.45), 1.0), ((0.6, 0.45), -1.0)):
-        ix, iy = _first_centre_above(xc, xw), _first_centre_above(yc, yw)
-        if grid.ndim == 2:
-            cells = [(ix, iy)]
-            value = rate / (grid.spacing[0] * grid.spacing[1])
-            position = (xw, yw)
-        else:
-            zc = grid.global_centres(2)
-            cells = [(ix, iy, iz) for iz in np.nonzero((zc > 0.2) & (zc <= 0.8))[0]]
-            if not cells:
-                raise ConfigError("geothermal3d: no cell centre in 0.2 < z <= 0.8; refine nz")
-            value = rate / (np.prod(grid.spacing) * len(cells))
-            position = (xw, yw, 0.5)
-        for c in cells:
-            loc = d.global_to_local(c)
-            if loc is not None:
-                Qf[loc] = value
-        wells.append(Well(position, rate, [tuple(int(v) for v in c) for c in cells]))
-    _zero_ghosts(K, d)
+    """A geothermal problem on ``grid`` from the facts in :mod:`hpcinv.model.geothermal`."""
+    K = np.full(grid.decomp.padded_shape, float(k_background))
+    K[box_mask(grid, geothermal.barrier_bounds(grid.ndim))] = float(k_barrier)
+    Qf, wells = place_wells(grid, geothermal.well_specs(grid.ndim), f"{name} wells")
+    _zero_ghosts(K, grid.decomp)
     return Problem(name, grid, K, Qf, wells)
 
 
@@ -193,7 +173,8 @@ def geothermal2d(shape=None, comm=None, dims=None, k_background=1.0, k_barrier=1
     0.3 < y <= 0.8. Injection well +1/(dx dy) in the cell whose centre lies in
     (-0.6, -0.6 + dx] x (0.45, 0.45 + dy], extraction -1/(dx dy) likewise at (0.6, 0.45).
     """
-    grid = Grid(shape or DEFAULT_SHAPES["geothermal2d"], GEOTHERMAL_EXTENT_2D, comm, dims)
+    grid = Grid(shape or geothermal.DEFAULT_SHAPES["geothermal2d"],
+                geothermal.EXTENTS["geothermal2d"], comm, dims)
     if grid.ndim != 2:
         raise ConfigError("geothermal2d needs a 2D grid (nx, ny)")
     return _geothermal(grid, k_background, k_barrier, "geothermal2d")
@@ -202,7 +183,8 @@ def geothermal2d(shape=None, comm=None, dims=None, k_background=1.0, k_barrier=1
 def geothermal3d(shape=None, comm=None, dims=None, k_background=1.0, k_barrier=1e-6) -> Problem:
     """The 2D problem extended in z in [0, 1]: the barrier spans 0.2 < z <= 0.8 and each well is
     the column of cells with centre 0.2 < z <= 0.8 at the 2D well position, total rate +-1."""
-    grid = Grid(shape or DEFAULT_SHAPES["geothermal3d"], GEOTHERMAL_EXTENT_3D, comm, dims)
+    grid = Grid(shape or geothermal.DEFAULT_SHAPES["geothermal3d"],
+                geothermal.EXTENTS["geothermal3d"], comm, dims)
     if grid.ndim != 3:
         raise ConfigError("geothermal3d needs a 3D grid (nx, ny, nz)")
     return _geothermal(grid, k_background, k_barrier, "geothermal3d")
@@ -216,7 +198,7 @@ def periodic_block(shape, seed: int = 0) -> Problem:
     it has a neighbour (itself) on every side: the layout of an interior rank of a large run, for
     launch counts, overlap and stream-checker tests. K = exp(N(0, 1)), Qf ~ N(0, 1) with zero
     mean (the periodic problem is solvable only then)."""
-    from .parallel import Decomposition
+    from ..parallel import Decomposition
     grid = Grid(shape, comm=MPI.COMM_SELF)
     grid.decomp = Decomposition(grid.shape, comm=MPI.COMM_SELF, periods=(True,) * grid.ndim)
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import HpcinvError
+from ..errors import HpcinvError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,7 +106,7 @@ def make_backend_for(cfg):
     every halo exchange on it follows."""
     from mpi4py import MPI
 
-    from .backend import make_backend
+    from ..backend import make_backend
     aware = None if cfg.parallel.cuda_aware == "auto" else cfg.parallel.cuda_aware
     node = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
     backend = make_backend(cfg.parallel.backend, local_rank=node.Get_rank(),
@@ -133,7 +133,7 @@ def solver_options(cfg) -> dict:
 
 def make_solver(cfg):
     """Problem, backend and :class:`~hpcinv.solvers.DarcySolver` for a validated config."""
-    from .solvers import make_darcy_solver
+    from ..solvers import make_darcy_solver
     return make_darcy_solver(make_problem(cfg), make_backend_for(cfg), cfg.pt_params(),
                              **solver_options(cfg))
 
@@ -154,8 +154,8 @@ class Progress:
 
 
 def cmd_forward(args) -> int:
-    from . import config as config_mod
-    from .io import write_fields
+    from .. import config as config_mod
+    from ..io import write_fields
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     cfg = _apply_overrides(cfg, args)
     solver = make_solver(cfg)
@@ -215,11 +215,11 @@ def cmd_gradient(args) -> int:
     K = 1 everywhere."""
     import numpy as np
 
-    from . import config as config_mod
-    from .inverse import AdjointGradient
-    from .inverse.regularisation import GradientSmoother, Tikhonov
-    from .io.fields import grid_attrs, write_h5
-    from .solvers import make_darcy_solver
+    from .. import config as config_mod
+    from ..inverse import AdjointGradient
+    from ..inverse.regularisation import GradientSmoother, Tikhonov
+    from ..io.fields import grid_attrs, write_h5
+    from ..solvers import make_darcy_solver
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     if not args.output and not (args.config and "dir" in _raw_output(args.config)):
         cfg.output.dir = "runs/gradient"
@@ -265,14 +265,14 @@ def cmd_gradient(args) -> int:
 
 
 def _raw_output(path) -> dict:
-    from . import config as config_mod
+    from .. import config as config_mod
     return config_mod.tomllib.loads(Path(path).read_text()).get("output", {})
 
 
 def cmd_invert(args, demo=False) -> int:
     """``hpcinv invert`` / ``hpcinv demo``: run or continue an inversion."""
-    from . import config as config_mod
-    from .inverse.driver import Inversion
+    from .. import config as config_mod
+    from .run import Inversion
     if args.restart:
         if args.config:
             raise HpcinvError("--restart takes its config from the run directory; "
@@ -319,14 +319,14 @@ def cmd_plot(args) -> int:
 def cmd_info(args) -> int:
     from mpi4py import MPI
 
-    from . import problems
-    from .backend import make_backend
-    from .parallel import Decomposition, cuda_aware_mpi
+    from ..model import geothermal, problems
+    from ..backend import make_backend
+    from ..parallel import Decomposition, cuda_aware_mpi
     world = MPI.COMM_WORLD
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     backend = make_backend(args.backend, local_rank=node.Get_rank(), local_size=node.Get_size())
     aware, why = cuda_aware_mpi(gpu=backend.device_memory and backend.name != "host")
-    shape = problems.DEFAULT_SHAPES.get(args.problem)
+    shape = geothermal.DEFAULT_SHAPES.get(args.problem)
     if shape is None:
         problems.build(args.problem)   # raises the one-line error with a hint
     decomp = Decomposition(shape, world)

@@ -7,10 +7,10 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from .config_schema import PATH_KEYS
+from .schema import PATH_KEYS
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .schema import Config
 
 
 def resolve_paths(cfg: Config, base) -> Config:

@@ -2,13 +2,14 @@
 helpers), and the constants naming the valid choices. :mod:`hpcinv.config` builds on it."""
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..model import geothermal
 
-PROBLEM_EXTENTS = {"geothermal2d": ((-1.0, 1.0), (0.0, 1.0)),
-                   "geothermal3d": ((-1.0, 1.0), (0.0, 1.0), (0.0, 1.0))}
+PROBLEM_EXTENTS = geothermal.EXTENTS      # the built-in problems' domains
 PERMEABILITY_TYPES = ("constant", "barrier", "layered", "file")
 POINT_KINDS = ("workshop", "grid", "file")
 OBS_FILE_SUFFIXES = (".csv", ".h5", ".hdf5")
@@ -164,3 +165,102 @@ class OutputConfig:
     dir: str = "runs/forward"
     figures: bool = True
     overwrite: bool = False
+
+
+def is_number(v) -> bool:
+    """An int or float, not a bool (TOML booleans are not numbers)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass
+class Config:
+    problem: ProblemConfig = field(default_factory=ProblemConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    adjoint: AdjointConfig = field(default_factory=AdjointConfig)
+    boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
+    permeability: PermeabilityConfig = field(default_factory=PermeabilityConfig)
+    wells: list = field(default_factory=list)          # list[WellConfig]: [[wells]]
+    observations: ObservationsConfig = field(default_factory=ObservationsConfig)
+    regularisation: RegularisationConfig = field(default_factory=RegularisationConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    # --- derived geometry --------------------------------------------------------------
+    def ndim(self) -> int:
+        """2 or 3: from the built-in problem, or from ``grid.extent`` for ``custom``."""
+        if self.problem.name in PROBLEM_EXTENTS:
+            return len(PROBLEM_EXTENTS[self.problem.name])
+        if self.problem.name == "custom":
+            return len(self.extent())
+        raise ConfigError(f"problem.name: unknown problem {self.problem.name!r}")
+
+    def extent(self) -> tuple:
+        """The domain ``((x0, x1), (y0, y1)[, (z0, z1)])``."""
+        if self.problem.name in PROBLEM_EXTENTS:
+            return PROBLEM_EXTENTS[self.problem.name]
+        ext = self.grid.extent
+        if ext is None:
+            raise ConfigError("grid.extent is required for problem.name = \"custom\": "
+                              "[[x0, x1], [y0, y1]] or [[x0, x1], [y0, y1], [z0, z1]]")
+        if (not isinstance(ext, list) or len(ext) not in (2, 3)
+                or not all(isinstance(r, list) and len(r) == 2 and all(is_number(v) for v in r)
+                           for r in ext)):
+            raise ConfigError(f"grid.extent must be [[x0, x1], [y0, y1]] or "
+                              f"[[x0, x1], [y0, y1], [z0, z1]] (numbers), got {ext!r}")
+        for ax, (a, b) in enumerate(ext):
+            if not (math.isfinite(a) and math.isfinite(b) and a < b):
+                raise ConfigError(f"grid.extent along {AXES[ax]} must be finite with x0 < x1, "
+                                  f"got [{a}, {b}]")
+        return tuple((float(a), float(b)) for a, b in ext)
+
+    def grid_shape(self) -> tuple:
+        """Global cells per dimension (the built-in problem's defaults filled in; ``custom``
+        problems must give every size)."""
+        if self.problem.name in geothermal.DEFAULT_SHAPES:
+            return self.grid.shape(geothermal.DEFAULT_SHAPES[self.problem.name])
+        nd = self.ndim()
+        if nd == 2 and self.grid.nz is not None:
+            raise ConfigError("grid.nz given for a 2D problem (grid.extent has 2 intervals)")
+        sizes = (self.grid.nx, self.grid.ny, self.grid.nz)[:nd]
+        for ax, n in enumerate(sizes):
+            if n is None:
+                raise ConfigError(f"grid.n{AXES[ax]} is required for problem.name = \"custom\"")
+        return tuple(sizes)
+
+    def gauge_free(self) -> bool:
+        """True when no side (among the problem's dimensions) fixes the pressure."""
+        nd = self.ndim()
+        return not any(getattr(self.boundary, s) != "no-flux" for s in SIDES[:2 * nd])
+
+    # --- validation (in hpcinv.config.validate) --------------------------------------------
+    def validate(self) -> "Config":
+        """Check value ranges and combinations; raises :class:`ConfigError`."""
+        from .validate import validate
+        return validate(self)
+
+    def pt_params(self):
+        from ..solvers import PTParams
+        s = self.solver
+        return PTParams(cfl=s.cfl, re=s.re, tol=s.tol, maxiter=s.maxiter, ncheck=s.ncheck)
+
+    def adjoint_pt_params(self):
+        from ..solvers import PTParams
+        a = self.adjoint
+        return PTParams(cfl=a.cfl, re=a.re, tol=a.tol, maxiter=a.maxiter, ncheck=a.ncheck)
+
+    def to_dict(self) -> dict:
+        """Nested dicts (``None`` values left out); ``wells`` is a list of dicts."""
+        out = {}
+        for f in fields(self):
+            val = getattr(self, f.name)
+            if f.name == "wells":
+                out["wells"] = [_drop_none(dataclasses.asdict(w)) for w in val]
+            else:
+                out[f.name] = _drop_none(dataclasses.asdict(val))
+        return out
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}

@@ -1,0 +1,108 @@
+"""Typed run configuration, loaded from TOML, validated with one-line errors.
+
+Sections and keys (all optional; see ``docs/configuration.md``)::
+
+    [problem]   name = "geothermal2d" | "geothermal3d" | "custom", k_background = 1.0,
+                k_barrier = 1e-6
+    [grid]      nx, ny[, nz]  (cells; default: the problem's own size),
+                extent = [[x0, x1], [y0, y1](, [z0, z1])]  (custom problems only; required)
+    [solver]    cfl, re, tol = 1e-8, maxiter, ncheck = 100, dtype = "float64" | "float32"
+    [adjoint]   cfl, re, tol, maxiter, ncheck (PT parameters of the adjoint solve)
+    [boundary]  x_lo, x_hi, y_lo, y_hi[, z_lo, z_hi] = "no-flux" | fixed pressure (number)
+    [permeability] the true model: type = "constant" | "barrier" | "layered" | "file",
+                value, barrier = {x = [a, b], y = [c, d], value = 1e-6}, layers = [{axis = "y",
+                range = [a, b], value = 1e-2}, ...], file = "K.h5", dataset = "K", log10 = false
+    [[wells]]   position = [x, y(, z)], rate, z_range = [z0, z1] (one table per well)
+    [observations] method = "nearest" | "linear", sigma = 1.0,
+                points = "workshop" | "grid" | "file", grid = {x = [a, b, n], ...},
+                file = "obs.csv" | "obs.h5"
+    [regularisation] smoothing_steps = 49, smoothing_coefficient (0.2 in 2D), tikhonov = 0.0
+    [inversion] method = "gd" | "lbfgs", iterations = 50, dgamma = 0.2, line_search = false,
+                misfit_ratio = 0.0, step_tol = 0.0, logK_min = -inf, logK_max = inf,
+                warm_start = true, lbfgs_memory = 5, precondition = "smoothing" | "none",
+                initial_logK = 0.0 | initial_file + initial_dataset = "logK",
+                checkpoint_every = 10
+    [parallel]  backend = "auto" | "host" | "cupy", dims = [0, 0], overlap = "auto",
+                cuda_aware = "auto" | true | false, threads = 0 (0: cores / ranks per node)
+    [output]    dir = "runs/forward", figures = true, overwrite = false
+
+Unknown sections or keys (also inside inline tables and ``[[wells]]``) are errors naming the
+closest valid one. Relative data-file paths (``permeability.file``, ``observations.file``,
+``inversion.initial_file``) are relative to the config file when it is :func:`load`-ed (stored
+absolute, so the resolved config written to a run directory still finds them), and relative to
+the working directory for :func:`from_dict`.
+
+Layout: :mod:`hpcinv.config.schema` (the section dataclasses, :class:`Config` and constants),
+:mod:`hpcinv.config.validate` (value checks), :mod:`hpcinv.config.toml_io` (path resolution
+and :func:`dumps`); this package's :func:`load` and :func:`from_dict` are the entry points.
+Library packages never import this one: the application layer (:mod:`hpcinv.app`) turns a
+config into library objects, and maps library parameter names to TOML keys in messages.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
+from ..errors import ConfigError
+from .schema import (AdjointConfig, BoundaryConfig, Config, GridConfig, InversionConfig,
+                     ObservationsConfig, OutputConfig, ParallelConfig, PermeabilityConfig,
+                     ProblemConfig, RegularisationConfig, SolverConfig, WellConfig)
+from .toml_io import dumps, resolve_paths
+from .validate import check_type, hint
+
+__all__ = ["Config", "ConfigError", "dumps", "from_dict", "load", "AdjointConfig",
+           "BoundaryConfig", "GridConfig", "InversionConfig", "ObservationsConfig", "OutputConfig",
+           "ParallelConfig", "PermeabilityConfig", "ProblemConfig", "RegularisationConfig",
+           "SolverConfig", "WellConfig"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _fill(obj, values: dict, where: str, source: str):
+    keys = {f.name: f for f in fields(obj)}
+    for key, value in values.items():
+        if key not in keys:
+            raise ConfigError(f"{source}: unknown key {where}.{key}{hint(key, keys)}")
+        setattr(obj, key, check_type(f"{where}.{key}", value, str(keys[key].type)))
+    return obj
+
+
+def from_dict(data: dict, source: str = "config") -> Config:
+    """Build and validate a :class:`Config` from nested dicts (parsed TOML)."""
+    cfg = Config()
+    sections = {f.name: f for f in fields(Config)}
+    for sname, sval in data.items():
+        if sname not in sections:
+            raise ConfigError(f"{source}: unknown section [{sname}]{hint(sname, sections)}")
+        if sname == "wells":
+            if isinstance(sval, dict):
+                raise ConfigError(f"{source}: wells must be an array of tables: write [[wells]] "
+                                  "(one per well), not [wells]")
+            if not isinstance(sval, list) or not all(isinstance(w, dict) for w in sval):
+                raise ConfigError(f"{source}: wells must be an array of tables [[wells]], "
+                                  f"got {sval!r}")
+            cfg.wells = [_fill(WellConfig(), w, f"wells[{i}]", source)
+                         for i, w in enumerate(sval)]
+            continue
+        if not isinstance(sval, dict):
+            raise ConfigError(f"{source}: [{sname}] must be a table of keys")
+        _fill(getattr(cfg, sname), sval, sname, source)
+    return cfg.validate()
+
+
+def load(path) -> Config:
+    """Load and validate a TOML config file. Relative data-file paths are taken relative to
+    the file's directory and stored absolute."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return resolve_paths(from_dict(data, str(path)), path.parent)
