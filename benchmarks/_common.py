@@ -132,9 +132,4 @@ def node_backend(args, comm=None):
     from mpi4py import MPI
 
     from hpcinv.backend import make_backend
-    node = (comm or MPI.COMM_WORLD).Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        return make_backend(args.backend, local_rank=node.Get_rank(),
-                            local_size=node.Get_size(), threads=args.threads)
-    finally:
-        node.Free()
+    return make_backend(args.backend, comm=comm or MPI.COMM_WORLD, threads=args.threads)

@@ -40,12 +40,11 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcinv import config as config_mod
-from hpcinv.app import scenario
-from hpcinv.model import geothermal, problems
-from hpcinv.app.cli import make_backend_for, say, solver_options
-from hpcinv.errors import ConfigError, HpcinvError
+from hpcinv.app.assembly import build
+from hpcinv.app.cli import say
 from hpcinv.app.run import History, RunDirectory, write_model_file, write_setup_file
-from hpcinv.solvers import make_darcy_solver
+from hpcinv.errors import ConfigError, HpcinvError
+from hpcinv.model import geothermal, problems
 
 PROG = "nn_inversion"
 
@@ -159,26 +158,23 @@ def run(args) -> dict:
         torch.set_num_threads(1)                          # the ranks share the cores
 
     run_dir = RunDirectory(args.output, comm, overwrite=args.overwrite)
-    backend, opts = make_backend_for(cfg), solver_options(cfg)
 
     # The demo's scenario: true model, synthetic observations of its pressure, logK0.
-    true = scenario.true_problem(cfg, comm)
-    grid, decomp = true.grid, true.grid.decomp
+    setup = build(cfg, comm)
+    backend, opts, true, obs = setup.backend, setup.solver_options, setup.true, setup.observations
+    grid, decomp = setup.grid, setup.decomp
     own = decomp.owned()
-    true_Pf = make_darcy_solver(true, backend, cfg.pt_params(), **opts).solve().Pf
-    obs = scenario.make_observations(cfg, grid, backend, true_Pf, demean=true.gauge_free)
-    del true_Pf
     true_logK = np.zeros(decomp.padded_shape)
     true_logK[own] = np.log(true.K[own])
-    logK0 = scenario.initial_logK(cfg, true)
+    logK0 = setup.logK0
     write_setup_file(run_dir / "setup.h5", grid, obs, true.wells, true_logK)
     if comm.rank == 0:
         (run_dir / "config.toml").write_text(config_mod.dumps(cfg))
 
-    # The differentiable forward model (its problem's K is replaced by each call's model).
-    layer = DarcyObservationsTorch(true, obs, backend=backend, params=cfg.pt_params(),
-                                   adjoint_params=cfg.adjoint_pt_params(), warm_start=True,
-                                   **opts)
+    # The differentiable forward model (its copy of the problem gets each call's model).
+    layer = DarcyObservationsTorch(true.copy(), obs, backend=backend,
+                                   params=setup.forward_params,
+                                   adjoint_params=setup.adjoint_params, warm_start=True, **opts)
     W = 1.0 / obs.sigma**2
     target = obs.values - (np.sum(W * obs.values) / np.sum(W) if obs.demean else 0.0)
     dev = layer.device                                   # where the solver's backend computes

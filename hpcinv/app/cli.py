@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
 from ..errors import HpcinvError
+from ..solvers import make_darcy_solver
+from .assembly import build, build_forward
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,44 +103,6 @@ def _apply_overrides(cfg, args):
     return cfg.validate()
 
 
-def make_backend_for(cfg):
-    """The backend of a validated config, its GPU chosen from the node-local rank; it holds
-    the run's one CUDA-aware-MPI decision (``parallel.cuda_aware``; ``"auto"``: detect), which
-    every halo exchange on it follows."""
-    from mpi4py import MPI
-
-    from ..backend import make_backend
-    aware = None if cfg.parallel.cuda_aware == "auto" else cfg.parallel.cuda_aware
-    node = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED)
-    backend = make_backend(cfg.parallel.backend, local_rank=node.Get_rank(),
-                           local_size=node.Get_size(), threads=cfg.parallel.threads or None,
-                           cuda_aware=aware)
-    node.Free()
-    return backend
-
-
-def make_problem(cfg, **overrides):
-    """The configured problem (true model), on ``MPI.COMM_WORLD``: see
-    :func:`hpcinv.scenario.true_problem` (overrides: ``k_background``, ``k_barrier``)."""
-    from mpi4py import MPI
-
-    from .scenario import true_problem
-    return true_problem(cfg, MPI.COMM_WORLD, **overrides)
-
-
-def solver_options(cfg) -> dict:
-    """Keyword arguments of :func:`~hpcinv.solvers.make_darcy_solver` from a config
-    (``parallel.cuda_aware`` goes to the backend, see :func:`make_backend_for`)."""
-    return dict(method=cfg.solver.method, overlap=cfg.parallel.overlap, dtype=cfg.solver.dtype)
-
-
-def make_solver(cfg):
-    """Problem, backend and :class:`~hpcinv.solvers.DarcySolver` for a validated config."""
-    from ..solvers import make_darcy_solver
-    return make_darcy_solver(make_problem(cfg), make_backend_for(cfg), cfg.pt_params(),
-                             **solver_options(cfg))
-
-
 class Progress:
     """Rank-0 progress lines of PT solves, at most one per ``every`` seconds."""
 
@@ -158,7 +123,9 @@ def cmd_forward(args) -> int:
     from ..io import write_fields
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     cfg = _apply_overrides(cfg, args)
-    solver = make_solver(cfg)
+    setup = build_forward(cfg)
+    solver = make_darcy_solver(setup.true, setup.backend, setup.forward_params,
+                               **setup.solver_options)
     d, g = solver.decomp, solver.grid
     say(f"hpcinv forward: {cfg.problem.name} {'x'.join(map(str, g.shape))} cells on {d.size} "
         f"rank(s) {'x'.join(map(str, d.dims))}, backend {solver.backend.name}, "
@@ -212,41 +179,24 @@ def _record_resolved(cfg, solver):
 
 def cmd_gradient(args) -> int:
     """Observations (from a file, or synthetic from the true model), then J and dJ/dlogK at
-    K = 1 everywhere."""
+    K = 1 everywhere (logK = 0)."""
     import numpy as np
 
     from .. import config as config_mod
-    from ..inverse import AdjointGradient
-    from ..inverse.regularisation import GradientSmoother, Tikhonov
     from ..io.fields import grid_attrs, write_h5
-    from ..solvers import make_darcy_solver
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     if not args.output and not (args.config and "dir" in _raw_output(args.config)):
         cfg.output.dir = "runs/gradient"
     cfg = _apply_overrides(cfg, args)
-    backend, opts = make_backend_for(cfg), solver_options(cfg)
-    true = make_problem(cfg)
-    grid = true.grid
     progress = Progress(args.quiet)
+    setup = build(cfg, progress=progress)
+    backend, grid, obs = setup.backend, setup.grid, setup.observations
     say(f"hpcinv gradient: {cfg.problem.name} {'x'.join(map(str, grid.shape))} cells on "
         f"{grid.decomp.size} rank(s), backend {backend.name}")
-    from .scenario import make_observations, needs_synthetic_values
-    truth = None
-    if needs_synthetic_values(cfg):
-        truth = make_darcy_solver(true, backend, cfg.pt_params(), **opts).solve(progress).Pf
-    obs = make_observations(cfg, grid, backend, truth, demean=true.gauge_free)
-    del truth
-    model = make_problem(cfg, k_background=1.0, k_barrier=1.0)
-    dtype = np.dtype(cfg.solver.dtype)
-    reg = cfg.regularisation
-    tikhonov = Tikhonov(grid, backend, reg.tikhonov, dtype) if reg.tikhonov > 0 else None
-    G = AdjointGradient(model, obs, backend, cfg.pt_params(), cfg.adjoint_pt_params(), tikhonov,
-                        **opts)
     t0 = time.perf_counter()
-    J, g, info = G(progress=progress)
+    J, g, info = setup.objective(np.zeros(grid.decomp.padded_shape), progress=progress)
     wall = time.perf_counter() - t0
-    smoothed = GradientSmoother(grid, backend, reg.smoothing_steps, reg.smoothing_coefficient,
-                                dtype).apply(g)
+    smoothed = setup.smoother.apply(g) if setup.smoother is not None else backend.clone(g)
     out = Path(cfg.output.dir)
     attrs = {"J": J, **{k: v for k, v in info.items()}, "wall_time": wall,
              "observations": len(obs), "problem": cfg.problem.name, **grid_attrs(grid)}
@@ -271,8 +221,10 @@ def _raw_output(path) -> dict:
 
 def cmd_invert(args, demo=False) -> int:
     """``hpcinv invert`` / ``hpcinv demo``: run or continue an inversion."""
+    from mpi4py import MPI
+
     from .. import config as config_mod
-    from .run import Inversion
+    from .run import Inversion, Reporter, RunDirectory
     if args.restart:
         if args.config:
             raise HpcinvError("--restart takes its config from the run directory; "
@@ -288,22 +240,24 @@ def cmd_invert(args, demo=False) -> int:
         if getattr(args, key) is not None:
             setattr(cfg.inversion, key, getattr(args, key))
     cfg.validate()
-    backend = make_backend_for(cfg)
-    inv = Inversion(cfg, backend, cfg.output.dir, restart=bool(args.restart),
-                    overwrite=args.overwrite, say=say, quiet=args.quiet, json_log=args.json,
-                    solver_kwargs=solver_options(cfg))
+    run_dir = RunDirectory(cfg.output.dir, MPI.COMM_WORLD, restart=bool(args.restart),
+                           overwrite=args.overwrite or cfg.output.overwrite)
+    setup = build(cfg)
     out = Path(cfg.output.dir)
-    if inv.decomp.rank == 0 and not args.restart:
+    if setup.decomp.rank == 0 and not args.restart:
         (out / "config.toml").write_text(config_mod.dumps(cfg))
-    g = inv.grid
+    g = setup.grid
+    inv = Inversion(setup, run_dir, Reporter(say, args.quiet, args.json),
+                    restart=bool(args.restart))
     say(f"hpcinv {'demo' if demo else 'invert'}: {cfg.problem.name} "
         f"{'x'.join(map(str, g.shape))} cells on {g.decomp.size} rank(s), backend "
-        f"{backend.name}, {cfg.inversion.method}, {cfg.inversion.iterations} iterations, "
-        f"{len(inv.obs)} observations -> {out}; {describe_parallel(inv.G.solver)}")
+        f"{setup.backend.name}, {cfg.inversion.method}, {cfg.inversion.iterations} iterations, "
+        f"{len(setup.observations)} observations -> {out}; "
+        f"{describe_parallel(setup.objective.solver)}")
     last = inv.run()
     if last.get("terminated"):
         return 3
-    if g.decomp.rank == 0 and cfg.output.figures:
+    if g.decomp.rank == 0 and setup.run.figures:
         from .plot import plot_run
         plot_run(out)
     say(f"done: J/J0 = {last['misfit_ratio']:.4e} after {last['iteration']} iterations; "
@@ -323,14 +277,13 @@ def cmd_info(args) -> int:
     from ..backend import make_backend
     from ..parallel import Decomposition, cuda_aware_mpi
     world = MPI.COMM_WORLD
-    node = world.Split_type(MPI.COMM_TYPE_SHARED)
-    backend = make_backend(args.backend, local_rank=node.Get_rank(), local_size=node.Get_size())
+    backend = make_backend(args.backend, comm=world)
     aware, why = cuda_aware_mpi(gpu=backend.device_memory and backend.name != "host")
     shape = geothermal.DEFAULT_SHAPES.get(args.problem)
     if shape is None:
         problems.build(args.problem)   # raises the one-line error with a hint
     decomp = Decomposition(shape, world)
-    mine = {"rank": world.Get_rank(), "node_rank": node.Get_rank(),
+    mine = {"rank": world.Get_rank(), "node_rank": backend.local_rank,
             "host": MPI.Get_processor_name(), **backend.describe(),
             "coords": list(decomp.coords), "local_shape": list(decomp.local_shape)}
     everyone = world.gather(mine, root=0)
@@ -354,7 +307,6 @@ def cmd_info(args) -> int:
         print("per rank:")
         for r in everyone:
             print("  " + json.dumps(r))
-    node.Free()
     return 0
 
 
@@ -375,18 +327,25 @@ def _version():
         return "unknown"
 
 
+def config_words(message: str) -> str:
+    """A library message in the config's words: the solvers name ``cfl for the forward
+    solve``, the user sets ``solver.cfl`` (``adjoint.cfl`` for the adjoint solve)."""
+    message = re.sub(r"\bcfl for the forward solve\b", "solver.cfl", message)
+    return re.sub(r"\bcfl for the adjoint solve\b", "adjoint.cfl", message)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command != "info":       # info is the diagnosis: it shows ranks, mpi_library
-            from .parallel.launcher import check_rank_count
+            from ..parallel.launcher import check_rank_count
             check_rank_count()   # srun --mpi=none -n N: N 1-rank copies, each writing the output
         code = {"forward": cmd_forward, "gradient": cmd_gradient, "invert": cmd_invert,
                 "demo": lambda a: cmd_invert(a, demo=True), "plot": cmd_plot,
                 "info": cmd_info}[args.command](args)
     except HpcinvError as exc:
         if _rank0() and getattr(exc, "first", True):     # one line, not one per copy
-            print(f"hpcinv: error: {exc}", file=sys.stderr, flush=True)
+            print(f"hpcinv: error: {config_words(str(exc))}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -23,9 +23,6 @@ from ..errors import ConfigError
 from ..io.fields import grid_attrs
 from ..io.h5io import (read_attrs, read_cells, read_faces, read_replicated, write_h5,
                        write_xdmf)
-from ..inverse.gradient import AdjointGradient
-from ..inverse.optimise import OptimiserSettings, make_optimiser
-from ..inverse.regularisation import GradientSmoother, Tikhonov
 
 CHECKPOINT = "checkpoint.h5"
 
@@ -115,59 +112,56 @@ def write_model_file(path, grid, logK, Pf, attrs, to_host=None) -> Path:
     return path
 
 
-def optimiser_settings(cfg) -> OptimiserSettings:
-    i = cfg.inversion
-    return OptimiserSettings(method=i.method, dgamma=i.dgamma, line_search=i.line_search,
-                             logK_min=i.logK_min, logK_max=i.logK_max,
-                             lbfgs_memory=i.lbfgs_memory)
+class Reporter:
+    """Progress of an inversion, printed by rank 0: one line per outer iteration (with ETA),
+    JSON lines (``json_log``), or nothing (``quiet``)."""
+
+    def __init__(self, say=print, quiet: bool = False, json_log: bool = False):
+        self.say, self.quiet, self.json_log = say, quiet, json_log
+
+    def iteration(self, rec, total):
+        if self.quiet:
+            return
+        if self.json_log:
+            self.reporter.message(json.dumps(rec))
+            return
+        k, el = rec["iteration"], rec["wall_time"]
+        eta = el / k * (total - k) if k else float("nan")
+        note = f"  [{rec['note']}]" if rec.get("note") else ""
+        self.reporter.message(f"iter {k:4d}/{total}  J/J0 {rec['misfit_ratio']:.4e}  max|dlogK| "
+                 f"{rec['max_dlogK']:.3e}  PT {rec['forward_iterations']}+"
+                 f"{rec['adjoint_iterations']}  elapsed {el:8.1f} s  ETA {eta:7.1f} s{note}")
+
+    def message(self, text):
+        self.reporter.message(text)
 
 
 class Inversion:
-    """Build everything an inversion needs from a validated config and run it.
+    """Run (or continue) an inversion that :func:`~hpcinv.app.assembly.build` assembled.
+
+    It builds nothing: the objective, optimiser, observations and backend come in the
+    :class:`~hpcinv.app.assembly.Setup`, the communicator is the setup's.
 
     Args:
-        cfg: :class:`~hpcinv.config.Config`.
-        backend: compute backend.
-        run_dir: output directory.
+        setup: the assembled run.
+        run_dir: the :class:`RunDirectory` (checked and created by the caller).
+        reporter: a :class:`Reporter`.
         restart: continue from ``run_dir/checkpoint.h5``.
-        say: rank-0 print function; ``quiet``/``json_log`` select the progress format.
     """
 
-    def __init__(self, cfg, backend, run_dir, restart=False, overwrite=False, say=print,
-                 quiet=False, json_log=False, solver_kwargs=None):
-        from . import scenario
-        self.cfg, self.bk, self.say = cfg, backend, say
-        self.quiet, self.json_log = quiet, json_log
-        comm = MPI.COMM_WORLD
-        self.dir = RunDirectory(run_dir, comm, restart, overwrite or cfg.output.overwrite)
-        kw = solver_kwargs or {}
-        true = scenario.true_problem(cfg, comm)
-        self.grid, self.decomp = true.grid, true.grid.decomp
-        true_Pf = None
-        if scenario.needs_synthetic_values(cfg):
-            from ..solvers import make_darcy_solver
-            true_Pf = make_darcy_solver(true, backend, cfg.pt_params(), **kw).solve().Pf
-        self.obs = scenario.make_observations(cfg, self.grid, backend, true_Pf,
-                                              demean=true.gauge_free)
-        self.true_logK = np.zeros(true.K.shape)
+    def __init__(self, setup, run_dir, reporter=None, restart: bool = False):
+        self.setup, self.dir = setup, run_dir
+        self.reporter = reporter if reporter is not None else Reporter()
+        self.bk, self.settings = setup.backend, setup.run
+        self.grid, self.decomp = setup.grid, setup.grid.decomp
+        self.obs, self.G, self.opt = setup.observations, setup.objective, setup.optimiser
         own = self.decomp.owned()
-        self.true_logK[own] = np.log(true.K[own])
-        self.logK0 = scenario.initial_logK(cfg, true)
-        reg = cfg.regularisation
-        dt = np.dtype(cfg.solver.dtype)
-        tik = Tikhonov(self.grid, backend, reg.tikhonov, dt) if reg.tikhonov > 0 else None
-        self.G = AdjointGradient(true, self.obs, backend, cfg.pt_params(),
-                                 cfg.adjoint_pt_params(), tik,
-                                 warm_start=cfg.inversion.warm_start, **kw)
-        smoother = (GradientSmoother(self.grid, backend, reg.smoothing_steps,
-                                     reg.smoothing_coefficient, dt)
-                    if reg.smoothing_steps > 0 else None)
-        if cfg.inversion.method == "lbfgs" and cfg.inversion.precondition == "none":
-            smoother = None          # L-BFGS directly on logK with the raw gradient
-        self.opt = make_optimiser(self.G, smoother, optimiser_settings(cfg))
+        self.true_logK = np.zeros(setup.true.K.shape)
+        self.true_logK[own] = np.log(setup.true.K[own])
+        self.logK0 = setup.logK0
         self.restart = restart
         self.iteration = 0
-        self.wells = true.wells
+        self.wells = setup.true.wells
 
     # --- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self):
@@ -179,7 +173,7 @@ class Inversion:
             else:
                 faces[f"warm_{name}"] = (arr, axis)
         attrs = {"iteration": self.iteration, "scalars": json.dumps(self.opt.scalars),
-                 "method": self.cfg.inversion.method, **grid_attrs(self.grid)}
+                 "method": self.settings.method, **grid_attrs(self.grid)}
         write_h5(self.dir / CHECKPOINT, self.decomp, cells, faces, attrs, self.bk.to_host,
                  replicated=self.G.warm_replicated())
         # For `hpcinv plot` on a running run: the current model and the pressure of the last
@@ -195,10 +189,10 @@ class Inversion:
         if tuple(attrs["shape"]) != tuple(self.grid.shape):
             raise ConfigError(f"restart: the checkpoint's grid {tuple(attrs['shape'])} differs "
                               f"from the config's {tuple(self.grid.shape)}")
-        if attrs["method"] != self.cfg.inversion.method:
+        if attrs["method"] != self.settings.method:
             raise ConfigError(f"restart: the checkpoint was written by method "
                               f"{attrs['method']!r}, the config asks for "
-                              f"{self.cfg.inversion.method!r}")
+                              f"{self.settings.method!r}")
         import h5py
         with h5py.File(path, "r") as f:
             names = list(f.keys())
@@ -227,29 +221,16 @@ class Inversion:
         write_model_file(self.dir / name, self.grid, x, self.G.solver.Pf,
                          {"iteration": self.iteration, "misfit": J}, self.bk.to_host)
 
-    def progress(self, rec, t0, total):
-        if self.quiet:
-            return
-        if self.json_log:
-            self.say(json.dumps(rec))
-            return
-        k, el = rec["iteration"], rec["wall_time"]
-        eta = el / k * (total - k) if k else float("nan")
-        note = f"  [{rec['note']}]" if rec.get("note") else ""
-        self.say(f"iter {k:4d}/{total}  J/J0 {rec['misfit_ratio']:.4e}  max|dlogK| "
-                 f"{rec['max_dlogK']:.3e}  PT {rec['forward_iterations']}+"
-                 f"{rec['adjoint_iterations']}  elapsed {el:8.1f} s  ETA {eta:7.1f} s{note}")
-
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> dict:
         """Run (or continue) the inversion; returns the last history record."""
-        inv, comm = self.cfg.inversion, self.decomp.comm
+        inv, comm = self.settings, self.decomp.comm
         t0 = time.perf_counter()
         if self.restart:
             self.load_checkpoint()
             history = History(self.dir / "history.jsonl", comm, keep=self.iteration + 1)
             wall0 = history.lines[-1]["wall_time"] if history.lines else 0.0
-            self.say(f"restarting from iteration {self.iteration} ({self.dir / CHECKPOINT})")
+            self.reporter.message(f"restarting from iteration {self.iteration} ({self.dir / CHECKPOINT})")
         else:
             self.write_setup()
             history = History(self.dir / "history.jsonl", comm)
@@ -257,7 +238,7 @@ class Inversion:
             rec = {"iteration": 0, **self.opt.start(self.logK0),
                    "wall_time": time.perf_counter() - t0}
             history.append(rec)
-            self.progress(rec, t0, inv.iterations)
+            self.reporter.iteration(rec, inv.iterations)
         signals = _Signals()
         stop = ""
         try:
@@ -266,26 +247,26 @@ class Inversion:
                 rec = {"iteration": self.iteration, **self.opt.step(),
                        "wall_time": wall0 + time.perf_counter() - t0}
                 history.append(rec)
-                self.progress(rec, t0, inv.iterations)
+                self.reporter.iteration(rec, inv.iterations)
                 stop = self._stop_reason(rec)
                 term = comm.allreduce(signals.flag, op=MPI.MAX)
                 every = inv.checkpoint_every
                 if term or (every and self.iteration % every == 0):
                     self.save_checkpoint()
                 if term:
-                    self.say(f"SIGTERM: checkpoint written at iteration {self.iteration}; "
+                    self.reporter.message(f"SIGTERM: checkpoint written at iteration {self.iteration}; "
                              f"continue with: hpcinv invert --restart {self.dir.path}")
                     return {**rec, "terminated": True}
         finally:
             signals.restore()
         if stop:
-            self.say(f"stopping: {stop}")
+            self.reporter.message(f"stopping: {stop}")
         self.save_checkpoint()
         self.write_model("model_final.h5")
         return history.lines[-1]
 
     def _stop_reason(self, rec) -> str:
-        inv = self.cfg.inversion
+        inv = self.settings
         if "line search failed" in rec.get("note", ""):
             return rec["note"]
         if inv.misfit_ratio > 0 and rec["misfit_ratio"] < inv.misfit_ratio:

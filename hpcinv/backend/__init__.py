@@ -40,10 +40,14 @@ def cupy_available() -> bool:
         return False
 
 
-def make_backend(name: str = "auto", *, local_rank: int = 0, local_size: int = 1,
-                 threads: int | None = None, cuda_aware: bool | None = None) -> Backend:
+def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None,
+                 local_size: int | None = None, threads: int | None = None,
+                 cuda_aware: bool | None = None) -> Backend:
     """Backend by name: ``auto`` (GPU if CuPy finds one, else host), ``host`` or ``cupy``.
 
+    ``comm``: the run's communicator; the node-local rank and rank count (GPU choice, threads
+    per rank) are taken from it once, here (``MPI_Comm_split_type(COMM_TYPE_SHARED)``,
+    collective). Without it, ``local_rank``/``local_size`` (default 0 and 1) are used.
     ``HPCINV_STREAM_CHECK=1`` gives the host backend with checked asynchronous streams
     (:mod:`hpcinv.backend.checker`). ``cuda_aware`` (``None``: decide) is the run's one
     CUDA-aware-MPI decision for backends whose arrays live in device memory, kept as
@@ -54,6 +58,13 @@ def make_backend(name: str = "auto", *, local_rank: int = 0, local_size: int = 1
         close = difflib.get_close_matches(name, BACKENDS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise BackendError(f"unknown backend {name!r}{hint}; choose one of {', '.join(BACKENDS)}")
+    if comm is not None:
+        from mpi4py import MPI
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        local_rank, local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+    local_rank = 0 if local_rank is None else local_rank
+    local_size = 1 if local_size is None else local_size
     if name == "cupy" or (name == "auto" and cupy_available()):
         from .cupy_backend import CupyBackend
         bk = CupyBackend(local_rank=local_rank)
@@ -61,6 +72,7 @@ def make_backend(name: str = "auto", *, local_rank: int = 0, local_size: int = 1
         bk = CheckedHostBackend(threads=threads, local_size=local_size)
     else:
         bk = HostBackend(threads=threads, local_size=local_size)
+    bk.local_rank, bk.local_size = local_rank, local_size
     decide_cuda_aware(bk, cuda_aware)
     return bk
 

@@ -62,6 +62,9 @@ class Backend:
     #: The run's one CUDA-aware-MPI decision (set by ``make_backend``) and why.
     cuda_aware = True
     cuda_aware_reason = "host memory: MPI reads the arrays directly"
+    #: This rank's place on its node (set by ``make_backend``).
+    local_rank = 0
+    local_size = 1
 
     def __init__(self):
         self._kernels = {}

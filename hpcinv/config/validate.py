@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
@@ -34,8 +35,9 @@ def validate(cfg: Config) -> Config:
     if cfg.solver.dtype not in ("float64", "float32"):
         raise ConfigError(f"solver.dtype must be 'float64' or 'float32', "
                           f"got {cfg.solver.dtype!r}")
-    cfg.pt_params().validate()
-    cfg.adjoint_pt_params().validate("adjoint")
+    for section in ("solver", "adjoint"):
+        with library_names(section, PT_KEYS):
+            getattr(cfg, f"{'adjoint_' if section == 'adjoint' else ''}pt_params")().validate()
     for name in SIDES:
         v = getattr(cfg.boundary, name)
         if not (v == "no-flux" or (isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -265,28 +267,42 @@ def _validate_observations(cfg, ndim):
                               f"got {o.file!r}")
 
 
-def check_optimiser_settings(v):
-    """The ``[inversion]`` keys the optimisers themselves need (``method``, ``dgamma``,
-    ``logK_min``/``logK_max``, ``lbfgs_memory``) on any object that has them: the config
-    section, or :class:`~hpcinv.inverse.optimise.OptimiserSettings` built through the API."""
-    if v.method not in INVERSION_METHODS:
-        raise ConfigError(f"inversion.method must be 'gd' or 'lbfgs', got {v.method!r}"
-                          f"{hint(v.method, INVERSION_METHODS)}")
-    if not (v.dgamma > 0 and math.isfinite(v.dgamma)):
-        raise ConfigError(f"inversion.dgamma must be > 0 and finite, got {v.dgamma}")
-    for key in ("logK_min", "logK_max"):
-        if math.isnan(getattr(v, key)):
-            raise ConfigError(f"inversion.{key} must be a number or +-inf, got nan")
-    if not v.logK_min < v.logK_max:
-        raise ConfigError(f"inversion.logK_min must be < inversion.logK_max, got "
-                          f"{v.logK_min} >= {v.logK_max}")
-    if v.lbfgs_memory < 1:
-        raise ConfigError(f"inversion.lbfgs_memory must be >= 1, got {v.lbfgs_memory}")
+#: Library parameter names that are keys of a config section, for error messages.
+PT_KEYS = ("cfl", "re", "tol", "maxiter", "ncheck")
+OPTIMISER_KEYS = ("method", "dgamma", "logK_min", "logK_max", "lbfgs_memory")
+
+
+class library_names:
+    """Context manager: a :class:`ConfigError` raised by library code, whose message names the
+    library's parameters (``dgamma``), is raised again naming the config keys
+    (``inversion.dgamma``)."""
+
+    def __init__(self, section: str, keys):
+        self.section, self.keys = section, keys
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None and issubclass(kind, ConfigError):
+            msg = str(exc)
+            for key in self.keys:
+                msg = re.sub(rf"(?<![\w.]){key}\b", f"{self.section}.{key}", msg)
+            raise ConfigError(msg) from None
+        return False
+
+
+def _check_optimiser_settings(v):
+    """The ``[inversion]`` keys the optimisers themselves check, with the config's names."""
+    from ..inverse.optimise import OptimiserSettings
+    with library_names("inversion", OPTIMISER_KEYS):
+        OptimiserSettings(method=v.method, dgamma=v.dgamma, logK_min=v.logK_min,
+                          logK_max=v.logK_max, lbfgs_memory=v.lbfgs_memory).validate()
 
 
 def _validate_inversion(cfg):
     v = cfg.inversion
-    check_optimiser_settings(v)
+    _check_optimiser_settings(v)
     if v.iterations < 1:
         raise ConfigError(f"inversion.iterations must be >= 1, got {v.iterations}")
     if not 0 <= v.misfit_ratio < 1:

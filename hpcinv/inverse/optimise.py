@@ -21,7 +21,10 @@ from dataclasses import dataclass
 
 from mpi4py import MPI
 
-from ..config_validate import check_optimiser_settings
+from ..errors import ConfigError
+
+#: Optimisation methods.
+METHODS = ("gd", "lbfgs")
 
 
 @dataclass
@@ -37,8 +40,23 @@ class OptimiserSettings:
     max_step: float = 1.0       # L-BFGS: largest max|dlogK| of a trial step
 
     def validate(self):
-        """The same checks and messages as the config's ``[inversion]`` section."""
-        check_optimiser_settings(self)
+        """Range checks; messages name the setting (the config layer maps them to its
+        ``inversion.*`` keys)."""
+        if self.method not in METHODS:
+            import difflib
+            close = difflib.get_close_matches(str(self.method), METHODS, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"method must be 'gd' or 'lbfgs', got {self.method!r}{hint}")
+        if not (self.dgamma > 0 and math.isfinite(self.dgamma)):
+            raise ConfigError(f"dgamma must be > 0 and finite, got {self.dgamma}")
+        for key in ("logK_min", "logK_max"):
+            if math.isnan(getattr(self, key)):
+                raise ConfigError(f"{key} must be a number or +-inf, got nan")
+        if not self.logK_min < self.logK_max:
+            raise ConfigError(f"logK_min must be < logK_max, got "
+                              f"{self.logK_min} >= {self.logK_max}")
+        if self.lbfgs_memory < 1:
+            raise ConfigError(f"lbfgs_memory must be >= 1, got {self.lbfgs_memory}")
 
 
 class Optimiser:

@@ -46,18 +46,19 @@ class PTParams:
     maxiter: int | None = None
     ncheck: int = 100
 
-    def validate(self, section: str = "solver"):
-        """Range checks; messages name ``section.key`` (``solver`` or ``adjoint``)."""
+    def validate(self):
+        """Range checks; messages name the parameter (``cfl``, ``re``, ...), which the config
+        layer maps to its TOML key (``solver.cfl`` or ``adjoint.cfl``)."""
         if self.cfl is not None and not (0 < self.cfl <= 1):
-            raise ConfigError(f"{section}.cfl must be in (0, 1], got {self.cfl}")
+            raise ConfigError(f"cfl must be in (0, 1], got {self.cfl}")
         if not (self.re > 0 and math.isfinite(self.re)):
-            raise ConfigError(f"{section}.re must be > 0, got {self.re}")
+            raise ConfigError(f"re must be > 0, got {self.re}")
         if not (0 < self.tol < 1):
-            raise ConfigError(f"{section}.tol must be in (0, 1), got {self.tol}")
+            raise ConfigError(f"tol must be in (0, 1), got {self.tol}")
         if self.maxiter is not None and self.maxiter < 1:
-            raise ConfigError(f"{section}.maxiter must be >= 1, got {self.maxiter}")
+            raise ConfigError(f"maxiter must be >= 1, got {self.maxiter}")
         if self.ncheck < 1:
-            raise ConfigError(f"{section}.ncheck must be >= 1, got {self.ncheck}")
+            raise ConfigError(f"ncheck must be >= 1, got {self.ncheck}")
 
     def resolved(self, shape) -> "PTParams":
         """A copy with ``cfl`` and ``maxiter`` defaults filled in for a grid ``shape``."""
@@ -126,8 +127,7 @@ def pt_iterate(step, comm, params: PTParams, scale: float, what: str = "forward"
         if not math.isfinite(err) or err > DIVERGENCE_FACTOR * best:
             raise SolverDivergedError(
                 f"{what} solve diverged at iteration {it} (scaled residual {err:.3e}, best "
-                f"{best:.3e}); try a smaller {'adjoint' if what == 'adjoint' else 'solver'}.cfl "
-                f"(now {params.cfl:.4g})")
+                f"{best:.3e}); try a smaller cfl for the {what} solve (now {params.cfl:.4g})")
         best = min(best, err)
         if err < params.tol:
             break

@@ -1,0 +1,157 @@
+"""The one assembly: a validated config to everything a forward run, a gradient or an inversion
+needs, as a frozen :class:`Setup`.
+
+``build(cfg, comm)`` is, apart from :mod:`hpcinv.config`, the only code that reads a
+:class:`~hpcinv.config.Config`: the CLI's ``forward``, ``gradient``, ``invert`` and ``demo``, the
+self-test, the examples and the benchmarks call it and hand the library objects on. The flow is
+one way::
+
+    config -> backend (device from the node-local rank, one CUDA-aware decision)
+           -> true problem (scenario) -> synthetic data (one forward solve, if needed)
+           -> observations -> initial model -> objective (on a copy of the true problem)
+           -> regularisation -> optimiser
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from ..backend import Backend, make_backend
+from ..errors import ConfigError
+from ..inverse.gradient import AdjointGradient
+from ..inverse.observations import Observations
+from ..inverse.optimise import OptimiserSettings, make_optimiser
+from ..inverse.regularisation import GradientSmoother, Tikhonov
+from ..model.grid import Grid
+from ..model.problems import Problem
+from ..solvers import PTParams, make_darcy_solver
+from . import scenario
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the inversion run needs to know besides the objects it runs (from ``[inversion]``
+    and ``[output]``)."""
+    method: str
+    iterations: int
+    checkpoint_every: int
+    misfit_ratio: float
+    step_tol: float
+    figures: bool
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything built from a config, ready to run.
+
+    Attributes:
+        comm: the communicator of the run.
+        backend: the compute backend (device, threads, CUDA-aware decision).
+        grid: the distributed grid.
+        true: the true problem; nothing modifies it (the objective works on a copy).
+        observations: the observations, with values (synthetic or from a file), or ``None``
+            for :func:`build_forward`.
+        logK0: the initial model, padded local host array (owned cells set).
+        objective: the misfit and its adjoint gradient (:class:`AdjointGradient`).
+        smoother: the gradient smoother of ``[regularisation]`` (``None``: no smoothing).
+        tikhonov: the Tikhonov term (``None``: none).
+        optimiser: the optimiser of ``[inversion]``, not started.
+        optimiser_settings: its settings.
+        forward_params, adjoint_params: the PT parameters of the two solves.
+        solver_options: ``method``, ``overlap``, ``dtype`` of every Darcy solver of the run.
+        run: the run's own settings (:class:`RunSettings`).
+    """
+    comm: object
+    backend: Backend
+    grid: Grid
+    true: Problem
+    observations: Observations | None
+    logK0: np.ndarray | None
+    objective: AdjointGradient | None
+    smoother: GradientSmoother | None
+    tikhonov: Tikhonov | None
+    optimiser: object
+    optimiser_settings: OptimiserSettings | None
+    forward_params: PTParams
+    adjoint_params: PTParams
+    solver_options: dict
+    run: RunSettings
+
+    @property
+    def decomp(self):
+        return self.grid.decomp
+
+
+def backend_of(cfg, comm=None) -> Backend:
+    """The backend of a validated config on ``comm`` (device from the node-local rank)."""
+    p = cfg.parallel
+    return make_backend(p.backend, comm=comm if comm is not None else MPI.COMM_WORLD,
+                        threads=p.threads or None,
+                        cuda_aware=None if p.cuda_aware == "auto" else p.cuda_aware)
+
+
+def solver_options(cfg) -> dict:
+    """Keyword arguments of :func:`~hpcinv.solvers.make_darcy_solver` from a config."""
+    return dict(method=cfg.solver.method, overlap=cfg.parallel.overlap, dtype=cfg.solver.dtype)
+
+
+def pt_params(section) -> PTParams:
+    """:class:`PTParams` of ``[solver]`` or ``[adjoint]``."""
+    return PTParams(cfl=section.cfl, re=section.re, tol=section.tol, maxiter=section.maxiter,
+                    ncheck=section.ncheck)
+
+
+def optimiser_settings(cfg) -> OptimiserSettings:
+    i = cfg.inversion
+    return OptimiserSettings(method=i.method, dgamma=i.dgamma, line_search=i.line_search,
+                             logK_min=i.logK_min, logK_max=i.logK_max,
+                             lbfgs_memory=i.lbfgs_memory)
+
+
+def run_settings(cfg) -> RunSettings:
+    i = cfg.inversion
+    return RunSettings(i.method, i.iterations, i.checkpoint_every, i.misfit_ratio, i.step_tol,
+                       cfg.output.figures)
+
+
+def build_forward(cfg, comm=None, backend: Backend | None = None) -> Setup:
+    """The part of :func:`build` a forward solve needs: backend, grid, true problem."""
+    comm = comm if comm is not None else MPI.COMM_WORLD
+    backend = backend if backend is not None else backend_of(cfg, comm)
+    true = scenario.true_problem(cfg, comm)
+    return Setup(comm, backend, true.grid, true, None, None, None, None, None, None, None,
+                 pt_params(cfg.solver), pt_params(cfg.adjoint), solver_options(cfg),
+                 run_settings(cfg))
+
+
+def build(cfg, comm=None, backend: Backend | None = None, progress=None) -> Setup:
+    """Everything an inversion (or a gradient) needs from a validated config (collective over
+    ``comm``, default ``MPI.COMM_WORLD``). ``progress`` is passed to the synthetic-data solve."""
+    base = build_forward(cfg, comm, backend)
+    bk, true, grid = base.backend, base.true, base.grid
+    opts, fwd, adj = base.solver_options, base.forward_params, base.adjoint_params
+    true_Pf = None
+    if scenario.needs_synthetic_values(cfg):
+        solver = make_darcy_solver(true, bk, fwd, **opts)
+        true_Pf = solver.solve(progress).Pf
+    obs = scenario.make_observations(cfg, grid, bk, true_Pf, demean=true.gauge_free)
+    del true_Pf
+    logK0 = scenario.initial_logK(cfg, true)
+    reg, dt = cfg.regularisation, np.dtype(cfg.solver.dtype)
+    tikhonov = Tikhonov(grid, bk, reg.tikhonov, dt) if reg.tikhonov > 0 else None
+    smoother = (GradientSmoother(grid, bk, reg.smoothing_steps, reg.smoothing_coefficient, dt)
+                if reg.smoothing_steps > 0 else None)
+    objective = AdjointGradient(true.copy(), obs, bk, fwd, adj, tikhonov,
+                                warm_start=cfg.inversion.warm_start, **opts)
+    settings = optimiser_settings(cfg)
+    precondition = smoother
+    if cfg.inversion.method == "lbfgs" and cfg.inversion.precondition == "none":
+        precondition = None          # L-BFGS directly on logK with the raw gradient
+    try:
+        optimiser = make_optimiser(objective, precondition, settings)
+    except ConfigError as exc:
+        raise ConfigError(f"inversion.{exc}") from None
+    return Setup(base.comm, bk, grid, true, obs, logK0, objective, smoother, tikhonov,
+                 optimiser, settings, fwd, adj, opts, base.run)
