@@ -65,7 +65,8 @@ def run_apt(make, shape, args, backend, comm):
 
 
 def run_petsc(make, shape, args, backend, comm):
-    from hpcinv.solvers.petsc import PetscDarcySolver, PetscParams
+    from hpcinv.solvers.petsc import PetscDarcySolver
+    from hpcinv.solvers.petsc_setup import PetscParams
     options = dict(kv.split("=", 1) if "=" in kv else (kv, None) for kv in args.petsc_option)
     params = PetscParams(tol=args.tol, ksp_type=args.ksp_type, pc_type=args.pc_type,
                          options=options)

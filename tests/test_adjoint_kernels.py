@@ -12,7 +12,7 @@ from hpcinv.model.grid import Grid
 from hpcinv.io.gather import owned_face_block
 from hpcinv.parallel import HaloExchange
 from hpcinv.physics import residuals as R
-from hpcinv.solvers.forward import boundary_bits
+from hpcinv.solvers.fields import boundary_bits
 
 SHAPES = [(13, 9), (7, 6, 5)]
 

@@ -1,4 +1,4 @@
-"""Scalable HDF5 output (hpcinv.io.h5io): global datasets whatever the rank count, atomic
+"""Scalable HDF5 output (hpcinv.io): global datasets whatever the rank count, atomic
 replace, virtual-dataset stitching, read-back on other decompositions, XDMF sidecar.
 
 Serial: ``python -m pytest -q tests/test_h5io.py``. MPI (the ``mpi`` marked tests):
@@ -20,10 +20,10 @@ import pytest
 from mpi4py import MPI
 
 from hpcinv.model.grid import Grid
-from hpcinv.io import h5io, h5read, h5write
+from hpcinv.io import h5read, h5write
 from hpcinv.io.gather import owned_face_block
-from hpcinv.io.h5io import (check_xdmf, read_attrs, read_cells, read_faces, read_global,
-                            read_replicated, write_h5, write_xdmf)
+from hpcinv.io import read_attrs, read_cells, read_faces, read_global, read_replicated, write_h5
+from hpcinv.io.xdmf import check_xdmf, write_xdmf
 from hpcinv.parallel import Decomposition
 
 SHAPES = {2: (13, 7), 3: (7, 5, 6)}
@@ -249,7 +249,7 @@ def test_reader_racing_a_rewrite_rereads_new_master(tmp_path, monkeypatch):
 def test_consolidate(tmp_path):
     d = Decomposition(SHAPES[3], comm=MPI.COMM_SELF)
     p = write(tmp_path / "f.h5", d, np.float32, mode="vds")
-    c = h5io.consolidate(p, tmp_path / "plain.h5")
+    c = h5read.consolidate(p, tmp_path / "plain.h5")
     with h5py.File(c, "r") as f:
         assert not f["K"].is_virtual
     assert_same_content(p, c)
@@ -328,14 +328,14 @@ def test_read_errors(tmp_path):
 
 
 def test_mode_selection(monkeypatch):
-    assert h5io.choose_mode(MPI.COMM_SELF) == "single"
+    assert h5write.choose_mode(MPI.COMM_SELF) == "single"
     monkeypatch.setenv("HPCINV_H5_MODE", "vds")
-    assert h5io.choose_mode(MPI.COMM_SELF) == "vds"
+    assert h5write.choose_mode(MPI.COMM_SELF) == "vds"
     with pytest.raises(ValueError):
-        h5io.choose_mode(MPI.COMM_SELF, "bogus")
-    if not h5io.h5py_has_mpi():
+        h5write.choose_mode(MPI.COMM_SELF, "bogus")
+    if not h5write.h5py_has_mpi():
         with pytest.raises(ValueError, match="MPI"):
-            h5io.choose_mode(MPI.COMM_SELF, "mpio")
+            h5write.choose_mode(MPI.COMM_SELF, "mpio")
 
 
 def test_cli_names_still_work():
@@ -427,7 +427,7 @@ def test_mpi_identical_to_one_rank(shared_dir, ndim, dtype, mode):
             assert_same_content(shared_dir / "world.h5", shared_dir / "self.h5")
             assert_matches_expected(p, shape, dtype)
             with h5py.File(p, "r") as f:
-                assert f["K"].is_virtual == ((mode or h5io.choose_mode(comm)) == "vds")
+                assert f["K"].is_virtual == ((mode or h5write.choose_mode(comm)) == "vds")
         except Exception as e:   # noqa: BLE001
             err = e
     if comm.bcast(err is not None):
@@ -520,7 +520,7 @@ def test_mpi_inconsistent_names_fail_everywhere(shared_dir):
 
 @pytest.mark.mpi(min_size=2)
 def test_mpio_matches(shared_dir):
-    if not h5io.h5py_has_mpi():
+    if not h5write.h5py_has_mpi():
         pytest.skip("h5py has no MPI support (pip wheel); the mpio path needs parallel HDF5")
     comm = MPI.COMM_WORLD
     for ndim in (2, 3):

@@ -27,7 +27,8 @@ from conftest import owned, owned_faces, problem_from_global
 from hpcinv.io import gather_cells
 from hpcinv.model.problems import geothermal2d, geothermal3d
 from hpcinv.solvers import PTParams, solve_forward
-from hpcinv.solvers.petsc import PetscDarcySolver, PetscParams, global_ids, petsc_available
+from hpcinv.solvers.petsc import PetscDarcySolver
+from hpcinv.solvers.petsc_setup import PetscParams, global_ids, petsc_available
 from reference import fluxes, solve_reference
 
 if not petsc_available():

@@ -4,7 +4,7 @@ A run directory holds ``config.toml`` (as resolved), ``setup.h5`` (true model if
 observations, wells), ``history.jsonl`` (one line per outer iteration), ``checkpoint.h5``
 (everything needed to continue bitwise: the optimiser's arrays and scalars, the warm-start
 fields and the iteration), ``model_final.h5`` (``logK``, ``Pf``) and ``figures/``. All HDF5
-files hold global arrays (written without gathering, see :mod:`hpcinv.io.h5io`), so a run can
+files hold global arrays (written without gathering, see :mod:`hpcinv.io.h5write`), so a run can
 be restarted on any number of ranks.
 """
 from __future__ import annotations
@@ -21,8 +21,7 @@ from mpi4py import MPI
 
 from ..errors import ConfigError
 from ..io.fields import grid_attrs
-from ..io.h5io import (read_attrs, read_cells, read_faces, read_replicated, write_h5,
-                       write_xdmf)
+from ..io import read_attrs, read_cells, read_faces, read_replicated, write_h5, write_xdmf
 
 CHECKPOINT = "checkpoint.h5"
 
@@ -103,7 +102,7 @@ def write_model_file(path, grid, logK, Pf, attrs, to_host=None) -> Path:
     """A model file of a run directory (``model_final.h5``; collective): ``logK`` and its
     pressure ``Pf`` (padded local arrays), ``attrs`` (e.g. iteration, misfit) plus the grid
     attributes, and the XDMF sidecar (written by rank 0). ``to_host(a, region)``: as for
-    :func:`~hpcinv.io.h5io.write_h5` (``backend.to_host`` for backend arrays)."""
+    :func:`~hpcinv.io.h5write.write_h5` (``backend.to_host`` for backend arrays)."""
     path = Path(path)
     write_h5(path, grid.decomp, {"logK": logK, "Pf": Pf},
              attrs={**attrs, **grid_attrs(grid)}, to_host=to_host)

@@ -1,15 +1,16 @@
-"""Write distributed fields as global HDF5 datasets (see :mod:`hpcinv.io.h5io`).
+"""Write distributed fields as global HDF5 datasets (see :mod:`hpcinv.io.h5write`).
 
 ``fields.h5`` (forward) holds ``Pf`` and ``K`` with shape ``(nx, ny[, nz])`` indexed
 ``[ix, iy(, iz)]``, and ``qx`` ``(nx+1, ny[, nz])``, ``qy`` ``(nx, ny+1[, nz])``, ``qz``
 likewise, whatever the number of ranks, with attributes ``iterations``, ``residual``,
 ``converged`` and the grid geometry, plus the XDMF sidecar ``fields.xmf`` for ParaView. No rank
-gathers the fields: :func:`~hpcinv.io.h5io.write_h5` writes each rank's block (parallel h5py
+gathers the fields: :func:`~hpcinv.io.h5write.write_h5` writes each rank's block (parallel h5py
 where available, else per-rank part files stitched by HDF5 virtual datasets), atomically.
 """
 from __future__ import annotations
 
-from .h5io import write_h5, write_xdmf
+from .h5write import write_h5
+from .xdmf import write_xdmf
 
 __all__ = ["grid_attrs", "write_h5", "write_fields"]
 

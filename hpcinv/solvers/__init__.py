@@ -1,6 +1,7 @@
 """Pseudo-transient solvers: the APT loop (shared by forward and adjoint) and its users."""
 from .apt import PTParams, PTResult, pt_coefficients, pt_iterate
-from .forward import DarcySolver, ForwardState, solve_forward
+from .fields import ForwardState
+from .forward import DarcySolver, solve_forward
 
 SOLVER_METHODS = ("apt", "petsc")
 

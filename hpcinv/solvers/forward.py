@@ -6,7 +6,7 @@ import numpy as np
 from ..backend import Backend
 from ..physics.darcy import apt_step_kernel
 from .apt import PTParams, pt_coefficients, pt_iterate
-from .fields import DarcyFields, ForwardState, boundary_bits  # noqa: F401 (re-exported)
+from .fields import DarcyFields, ForwardState
 from .overlap import OverlappedUpdate, resolve_overlap
 
 

@@ -54,8 +54,8 @@ from ..parallel import split_extent
 from ..physics.residuals import flux_residual_kernel, pressure_residual_kernel
 from .apt import PTParams, PTResult
 from .fields import DarcyFields, ForwardState
-from .petsc_setup import (_OWN_OPTIONS, POLISH_ROUNDS, PetscParams,  # noqa: F401
-                          _reason_name, _shifted, global_ids, import_petsc, petsc_available)
+from .petsc_setup import (_OWN_OPTIONS, POLISH_ROUNDS, PetscParams, _reason_name, _shifted,
+                          global_ids, import_petsc)
 
 class PetscDarcySolver(DarcyFields):
     """KSP solver (CG + GAMG by default) of the discrete Darcy problem on a PETSc DMDA with
