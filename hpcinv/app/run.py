@@ -122,17 +122,17 @@ class Reporter:
         if self.quiet:
             return
         if self.json_log:
-            self.reporter.message(json.dumps(rec))
+            self.say(json.dumps(rec))
             return
         k, el = rec["iteration"], rec["wall_time"]
         eta = el / k * (total - k) if k else float("nan")
         note = f"  [{rec['note']}]" if rec.get("note") else ""
-        self.reporter.message(f"iter {k:4d}/{total}  J/J0 {rec['misfit_ratio']:.4e}  max|dlogK| "
+        self.say(f"iter {k:4d}/{total}  J/J0 {rec['misfit_ratio']:.4e}  max|dlogK| "
                  f"{rec['max_dlogK']:.3e}  PT {rec['forward_iterations']}+"
                  f"{rec['adjoint_iterations']}  elapsed {el:8.1f} s  ETA {eta:7.1f} s{note}")
 
     def message(self, text):
-        self.reporter.message(text)
+        self.say(text)
 
 
 class Inversion:
@@ -163,18 +163,30 @@ class Inversion:
         self.wells = setup.true.wells
 
     # --- checkpoints ------------------------------------------------------------------------
+    def _components(self) -> dict:
+        """The stateful components a checkpoint saves, by name."""
+        return {"optimiser": self.opt, "objective": self.G}
+
     def save_checkpoint(self):
-        cells = {f"opt_{k}": v for k, v in self.opt.arrays.items()}
-        faces = {}
-        for name, (arr, axis) in self.G.warm_state().items():
-            if axis is None:
-                cells[f"warm_{name}"] = arr
-            else:
-                faces[f"warm_{name}"] = (arr, axis)
+        """Every component's named state where it lives (cells, faces along their axis,
+        replicated), with the layout recorded, the optimiser's scalars and the iteration."""
+        cells, faces, replicated, layout = {}, {}, {}, {}
+        for comp, obj in self._components().items():
+            layout[comp] = {}
+            for name, f in obj.state().items():
+                key = f"{comp}.{name}"
+                layout[comp][name] = [key, f.location, f.axis]
+                if f.location == "cell":
+                    cells[key] = f.array
+                elif f.location == "face":
+                    faces[key] = (f.array, f.axis)
+                else:
+                    replicated[key] = f.array
         attrs = {"iteration": self.iteration, "scalars": json.dumps(self.opt.scalars),
-                 "method": self.settings.method, **grid_attrs(self.grid)}
+                 "state_layout": json.dumps(layout), "method": self.settings.method,
+                 **grid_attrs(self.grid)}
         write_h5(self.dir / CHECKPOINT, self.decomp, cells, faces, attrs, self.bk.to_host,
-                 replicated=self.G.warm_replicated())
+                 replicated=replicated)
         # For `hpcinv plot` on a running run: the current model and the pressure of the last
         # evaluated model (no extra solve).
         write_h5(self.dir / "model_latest.h5", self.decomp,
@@ -192,22 +204,19 @@ class Inversion:
             raise ConfigError(f"restart: the checkpoint was written by method "
                               f"{attrs['method']!r}, the config asks for "
                               f"{self.settings.method!r}")
-        import h5py
-        with h5py.File(path, "r") as f:
-            names = list(f.keys())
-        dt = self.G.solver.dtype
-        self.opt.arrays = {n[4:]: self.bk.upload(read_cells(path, n, self.decomp), dtype=dt)
-                           for n in names if n.startswith("opt_")}
-        self.opt.scalars = json.loads(attrs["scalars"])
-        warm, replicated = {}, [n for n in names if n in self.G.warm_replicated_names]
-        for n in names:
-            if n.startswith("warm_") and n not in replicated:
-                key = n[5:]
-                axis = "xyz".index(key[-1]) if "_q" in key else None
-                warm[key] = (read_cells(path, n, self.decomp) if axis is None
-                             else read_faces(path, n, axis, self.decomp))
-        self.G.set_warm_state(warm)
-        self.G.set_warm_replicated({n: read_replicated(path, n) for n in replicated})
+        if "state_layout" not in attrs:
+            raise ConfigError(f"restart: {path} has no state layout (written by an older "
+                              "hpcinv); start the run again")
+        layout = json.loads(attrs["state_layout"])
+        state = {}
+        for comp, fields in layout.items():
+            state[comp] = {}
+            for name, (key, location, axis) in fields.items():
+                state[comp][name] = (read_cells(path, key, self.decomp) if location == "cell"
+                                     else read_faces(path, key, axis, self.decomp)
+                                     if location == "face" else read_replicated(path, key))
+        self.opt.load_state(state.get("optimiser", {}), json.loads(attrs["scalars"]))
+        self.G.load_state(state.get("objective", {}))
         self.iteration = int(attrs["iteration"])
 
     # --- output -----------------------------------------------------------------------------

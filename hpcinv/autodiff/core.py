@@ -95,6 +95,7 @@ class ObservationMap:
         self._gauge_weights = W / np.sum(W)            # dc/d(S Pf): (nobs,), sums to 1
         self._calls = itertools.count()
         self._loaded = None                             # the call whose model the solver holds
+        self._forward = None                            # its ForwardSolution
         self.info = {}                                  # iterations of the last solves
 
     # --- input checks -------------------------------------------------------------------
@@ -129,18 +130,19 @@ class ObservationMap:
         padded = np.zeros(self.decomp.padded_shape)
         padded[self.decomp.owned()] = logK
         e, bk = self.engine, self.backend
-        fwd = e.forward_solve(padded)
+        forward = e.forward_solve(padded)
+        fwd = forward.result
         self._require_converged(fwd, "forward")
         call = next(self._calls)
-        self._loaded = call
+        self._loaded, self._forward = call, forward
         self.info = {"forward_iterations": fwd.iterations}
-        p = self.obs.sample(e.Pf_forward, bk)
+        p = self.obs.sample(forward.Pf, bk)
         c = float(self._gauge_weights @ p) if self.gauge_free else 0.0
         d = (p - c).astype(self.dtype)
         P = None
         if self.return_pressure:
-            P = (bk.to_host(e.Pf_forward, region=self.decomp.owned()) - c).astype(self.dtype)
-        return d, P, Tape(padded, bk.clone(e.Pf_forward), call)
+            P = (bk.to_host(forward.Pf, region=self.decomp.owned()) - c).astype(self.dtype)
+        return d, P, Tape(padded, bk.clone(forward.Pf), call)
 
     def _require_converged(self, result, what):
         if not result.converged:
@@ -185,10 +187,9 @@ class ObservationMap:
         if v_P is not None:
             source[self.decomp.owned()] += v_P
         if tape.call is None or tape.call != self._loaded:
-            e.set_logK(tape.logK)
-            bk.copy(e.Pf_forward, tape.Pf)          # a backend array or a host copy
+            self._forward = e.restore_forward(tape.logK, tape.Pf)   # the tape's model again
             self._loaded = tape.call
-        g, adj = e.adjoint_gradient(bk.upload(source, dtype=self.dtype),
+        g, adj = e.adjoint_gradient(self._forward, bk.upload(source, dtype=self.dtype),
                                     w=v_p if v_P is None else None)
         self._require_converged(adj, "adjoint")
         self.info["adjoint_iterations"] = adj.iterations

@@ -15,18 +15,47 @@ forward solve, independent of the iteration count.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from ..errors import ConfigError
 from ..physics.residuals import flux_residual_adjoint_kernel, pressure_residual_adjoint_kernel
-from ..solvers.apt import PTParams
 from ..solvers import make_darcy_solver
+from ..solvers.apt import PTParams, PTResult
+from .state import StateField
+
+
+class LifecycleError(RuntimeError):
+    """A call made out of order (an adjoint gradient of a forward solution that is not the
+    objective's latest)."""
+
+
+@dataclass(frozen=True)
+class ForwardSolution:
+    """The forward solve an adjoint gradient differentiates: a handle returned by
+    :meth:`AdjointGradient.forward_solve` and taken by :meth:`AdjointGradient.adjoint_gradient`.
+
+    Attributes:
+        Pf: the pressure (the objective's kept copy, padded local backend array, ghosts valid);
+            valid while this is the objective's latest forward solution.
+        result: the forward solve's :class:`~hpcinv.solvers.apt.PTResult`.
+        serial: which forward solution of the objective this is.
+    """
+    Pf: object
+    result: PTResult
+    serial: int
 
 
 class AdjointGradient:
     """Misfit and gradient w.r.t. log K for a problem and its observations.
 
+    It is the objective the optimisers use (:class:`~hpcinv.inverse.optimise.Objective`:
+    :meth:`value`, :meth:`value_and_gradient`, :attr:`backend`, :attr:`decomp`, :attr:`dtype`).
+
     Args:
-        problem: the :class:`~hpcinv.model.problems.Problem`; its ``K`` is replaced per evaluation.
+        problem: the :class:`~hpcinv.model.problems.Problem`; its ``K`` is replaced per
+            evaluation, so give it a copy (``problem.copy()``) of a problem you keep.
         observations: :class:`~hpcinv.inverse.Observations` with values.
         backend: compute backend (default: auto).
         params, adjoint_params: :class:`PTParams` of the forward and adjoint solves.
@@ -63,6 +92,24 @@ class AdjointGradient:
         own = problem.grid.decomp.owned()
         self.logK = np.zeros(problem.K.shape)
         self.logK[own] = np.log(problem.K[own])
+        self._serial, self._latest = 0, None
+
+    # --- the objective protocol ---------------------------------------------------------------
+    @property
+    def decomp(self):
+        return self.problem.grid.decomp
+
+    @property
+    def dtype(self):
+        return self.solver.dtype
+
+    def value(self, logK=None, progress=None):
+        """``(J, info)``: the misfit alone (one forward solve)."""
+        return self.misfit(logK, progress)
+
+    def value_and_gradient(self, logK=None, progress=None):
+        """``(J, dJ/dlogK, info)`` (see :meth:`__call__`)."""
+        return self(logK, progress)
 
     def set_logK(self, logK):
         """Set the model from a padded local array of log K (owned cells are read)."""
@@ -73,35 +120,30 @@ class AdjointGradient:
         if bad:
             raise ConfigError("logK must be finite everywhere (NaN or inf found)")
         self.logK = logK
+        self._latest = None                # no forward solution of this model yet
         self.problem.K[own] = np.exp(logK[own])
         self.problem.validate()
         self.solver.set_permeability(self.problem.K)
 
-    def warm_state(self) -> dict:
-        """Warm-start fields for checkpoints: ``{name: (array, axis or None)}`` (faces carry
-        their axis); empty when warm starts are off or nothing was solved yet."""
+    def state(self) -> dict:
+        """What a checkpoint must keep to continue bitwise: the warm-start fields (the last
+        forward and adjoint solutions) and the last adjoint source weights, as named
+        :class:`~hpcinv.inverse.state.StateField` records; empty when warm starts are off or nothing
+        was solved yet."""
         if self.warm is None or not self._warm_valid:
             return {}
         out = {}
         for kind, (P, q) in self.warm.items():
-            out[f"{kind}_Pf"] = (P, None)
+            out[f"{kind}_Pf"] = StateField(P, "cell")
             for a, qa in enumerate(q):
-                out[f"{kind}_q{'xyz'[a]}"] = (qa, a)
+                out[f"{kind}_q{'xyz'[a]}"] = StateField(qa, "face", a)
+        w = getattr(self, "_w_old", None)
+        if w is not None:
+            out["adjoint_source_weights"] = StateField(w, "replicated")
         return out
 
-    warm_replicated_names = ("warm_w_old",)
-
-    def warm_replicated(self) -> dict:
-        """Small replicated arrays of the warm-start state (the last adjoint source weights)."""
-        w = getattr(self, "_w_old", None)
-        return {} if w is None or self.warm is None else {"warm_w_old": w}
-
-    def set_warm_replicated(self, arrays: dict):
-        if "warm_w_old" in arrays:
-            self._w_old = np.array(arrays["warm_w_old"], dtype=float)
-
-    def set_warm_state(self, fields: dict):
-        """Restore warm-start fields saved by :meth:`warm_state` (host or backend arrays)."""
+    def load_state(self, fields: dict):
+        """Restore what :meth:`state` returned (arrays on the host or the backend)."""
         if self.warm is None or not fields:
             return
         bk = self.backend
@@ -109,6 +151,8 @@ class AdjointGradient:
             bk.copy(P, fields[f"{kind}_Pf"])
             for a, qa in enumerate(q):
                 bk.copy(qa, fields[f"{kind}_q{'xyz'[a]}"])
+        if "adjoint_source_weights" in fields:
+            self._w_old = np.array(fields["adjoint_source_weights"], dtype=float)
         self._warm_valid = True
 
     def _solve(self, kind: str, progress, cold: bool = False):
@@ -149,7 +193,7 @@ class AdjointGradient:
 
     def misfit(self, logK=None, progress=None):
         """``(J, info)``: the misfit alone (one forward solve), e.g. for line-search trials."""
-        fwd = self.forward_solve(logK, progress)
+        fwd = self.forward_solve(logK, progress).result
         s, bk = self.solver, self.backend
         J = self.obs.misfit(s.Pf, bk)
         if self.tikhonov is not None:
@@ -157,29 +201,49 @@ class AdjointGradient:
         return J, {"forward_iterations": fwd.iterations, "adjoint_iterations": 0,
                    "forward_converged": fwd.converged, "adjoint_converged": True}
 
-    def forward_solve(self, logK=None, progress=None):
+    def forward_solve(self, logK=None, progress=None) -> ForwardSolution:
         """Forward solve at ``logK`` (default: the current model); the pressure is kept in
-        :attr:`Pf_forward` (padded local backend array, ghosts valid) for
-        :meth:`adjoint_gradient`. Returns the :class:`~hpcinv.solvers.apt.PTResult`."""
+        :attr:`Pf_forward` (padded local backend array, ghosts valid). Returns the
+        :class:`ForwardSolution` that :meth:`adjoint_gradient` differentiates."""
         if logK is not None:
             self.set_logK(logK)
         s = self.solver
         s.set_source(self.problem.Qf)
         fwd = self._solve("forward", progress)
         self.backend.copy(self.Pf_forward, s.Pf)
-        return fwd
+        return self._new_forward(fwd)
 
-    def adjoint_gradient(self, source, w=None, progress=None):
-        """``(dJ/dlogK, PTResult)`` for an adjoint source ``dJ/dPf`` at the current model and
-        the forward pressure in :attr:`Pf_forward`.
+    def restore_forward(self, logK, Pf, result: PTResult | None = None) -> ForwardSolution:
+        """Make an earlier forward solution current again (its model ``logK`` and pressure
+        ``Pf``, e.g. kept by a tape) without solving; returns its new handle."""
+        self.set_logK(logK)
+        self.backend.copy(self.Pf_forward, Pf)
+        return self._new_forward(result if result is not None else PTResult(0, 0.0, True))
+
+    def _new_forward(self, result) -> ForwardSolution:
+        self._serial += 1
+        self._latest = ForwardSolution(self.Pf_forward, result, self._serial)
+        return self._latest
+
+    def adjoint_gradient(self, forward: ForwardSolution, source, w=None, progress=None):
+        """``(dJ/dlogK, PTResult)`` for an adjoint source ``dJ/dPf`` at the forward solution
+        ``forward`` (which must be the objective's latest: its model and pressure are the ones
+        the objective holds).
 
         Args:
+            forward: the :class:`ForwardSolution` of :meth:`forward_solve` (or
+                :meth:`restore_forward`).
             source: ``dJ/dPf``, padded local array (owned cells read). Without a fixed-pressure
                 side it must sum to zero over the grid (solvability of the adjoint system).
             w: the replicated observation weights ``dJ/dP`` ``(nobs,)`` the source was spread
                 from, used to rescale the adjoint warm start; ``None`` starts the adjoint cold.
         Returns ``dJ/dlogK`` as a new padded local backend array (owned cells, ghosts zero).
         """
+        if forward is None or forward is not self._latest:
+            raise LifecycleError(
+                "adjoint_gradient: the forward solution given is not the objective's latest "
+                "(the model changed or another forward solve came after it); call "
+                "forward_solve (or restore_forward) first and pass its result")
         s, bk = self.solver, self.backend
         s.set_source(source)
         if w is not None:
@@ -189,8 +253,8 @@ class AdjointGradient:
         adj = self._solve("adjoint", progress, cold=w is None)
         self._warm_valid = self.warm is not None
         psi_P = s.Pf
-        # Scratch from the solver's buffers, free once the adjoint solve is done.
-        minus_psi_q, q_bar, K_bar, P_bar = s.q_new, s.q, s.R, s.Pf_new
+        scratch = s.scratch()            # the solver's other buffers, free until its next solve
+        (K_bar, P_bar), (minus_psi_q, q_bar) = scratch["cells"], scratch["faces"]
         for a in (*minus_psi_q, *q_bar, K_bar, P_bar):
             bk.fill(a, 0)
         box = ((1,) * len(s.last), tuple(n + 1 for n in s.last))
@@ -219,10 +283,12 @@ class AdjointGradient:
     def __call__(self, logK=None, progress=None):
         """``(J, dJ/dlogK, info)``; ``dJ/dlogK`` is a padded local backend array (owned cells
         valid, ghosts zero)."""
-        fwd = self.forward_solve(logK, progress)
+        forward = self.forward_solve(logK, progress)
+        fwd = forward.result
         s, bk = self.solver, self.backend
-        J, _, w = self.obs.misfit_from_values(self.obs.sample(s.Pf, bk))
-        g, adj = self.adjoint_gradient(self.obs.spread(w, bk, dtype=s.dtype), w, progress)
+        J, _, w = self.obs.misfit_from_values(self.obs.sample(forward.Pf, bk))
+        g, adj = self.adjoint_gradient(forward, self.obs.spread(w, bk, dtype=s.dtype), w,
+                                       progress)
         if self.tikhonov is not None:
             J += self.tikhonov.value_and_gradient(bk.upload(self.logK, dtype=s.dtype), out=g,
                                                   accumulate=True)[0]

@@ -13,11 +13,17 @@ thousands of PT iterations of a gradient.
 
 All state lives in :attr:`Optimiser.arrays` (padded local arrays, saved as global datasets in
 checkpoints) and :attr:`Optimiser.scalars`, so a restart (on any rank count) continues exactly.
+
+The optimisers see the objective only through the small :class:`Objective` protocol (in the
+spirit of pyadjoint's ReducedFunctional): ``value``, ``value_and_gradient``, ``backend``,
+``decomp``, ``dtype``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from typing import Protocol
 
 from mpi4py import MPI
 
@@ -25,6 +31,20 @@ from ..errors import ConfigError
 
 #: Optimisation methods.
 METHODS = ("gd", "lbfgs")
+
+
+class Objective(Protocol):
+    """What an optimiser needs of the function it minimises over log K (padded local arrays)."""
+
+    backend: object        # the compute backend of the model arrays
+    decomp: object         # the decomposition (owned cells, communicator)
+    dtype: object          # the model arrays' dtype
+
+    def value(self, logK, progress=None):
+        """``(J, info)``."""
+
+    def value_and_gradient(self, logK, progress=None):
+        """``(J, dJ/dlogK, info)``; ``info`` has ``forward_iterations``/``adjoint_iterations``."""
 
 
 @dataclass
@@ -73,10 +93,22 @@ class Optimiser:
         settings.validate()
         self.f, self.S, self.settings, self.progress = objective, smoother, settings, progress
         self.bk = objective.backend
-        self.decomp = objective.problem.grid.decomp
+        self.decomp = objective.decomp
         self.own = self.decomp.owned()
         self.arrays: dict = {}
         self.scalars: dict = {"J0": None, "J": None, "evaluations": 0}
+
+    # --- state (checkpoints) ------------------------------------------------------------------
+    def state(self) -> dict:
+        """The arrays of the optimiser's state as named cell fields (the scalars are in
+        :attr:`scalars`)."""
+        from .state import StateField
+        return {k: StateField(v, "cell") for k, v in self.arrays.items()}
+
+    def load_state(self, fields: dict, scalars: dict):
+        """Restore :meth:`state`'s arrays (host or backend) and the scalars."""
+        self.arrays = {k: self.bk.upload(v, dtype=self.f.dtype) for k, v in fields.items()}
+        self.scalars = dict(scalars)
 
     # --- distributed helpers ----------------------------------------------------------------
     # Arithmetic on the padded local arrays goes through the backend (``bk.elementwise`` on its
@@ -117,8 +149,8 @@ class Optimiser:
         """``(J, g, info)`` (``g`` is ``None`` for a misfit-only trial)."""
         self.scalars["evaluations"] += 1
         if with_gradient:
-            return self.f(x, self.progress)
-        J, info = self.f.misfit(x, self.progress)
+            return self.f.value_and_gradient(x, self.progress)
+        J, info = self.f.value(x, self.progress)
         return J, None, info
 
     @staticmethod
@@ -141,7 +173,7 @@ class GradientDescent(Optimiser):
     """
 
     def start(self, logK0) -> dict:
-        x = self.clip(self.bk.upload(logK0, dtype=self.f.solver.dtype))
+        x = self.clip(self.bk.upload(logK0, dtype=self.f.dtype))
         J, g, info = self.evaluate(x)
         self.scalars.update(J0=J, J=J, gamma=self.settings.dgamma)
         self.arrays = {"x": x, "d": self._direction(g)}
@@ -200,7 +232,7 @@ class LBFGS(Optimiser):
         return self.S.apply_transpose(g) if self.S is not None else g
 
     def start(self, logK0) -> dict:
-        z = self.bk.upload(logK0, dtype=self.f.solver.dtype)    # S preserves constants
+        z = self.bk.upload(logK0, dtype=self.f.dtype)    # S preserves constants
         x = self._x_of(z)
         J, g, info = self.evaluate(x)
         self.scalars.update(J0=J, J=J, npairs=0)

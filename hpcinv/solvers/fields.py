@@ -18,9 +18,17 @@ from ..physics.darcy import WALL_BITS
 from .apt import PTResult
 
 
-@dataclass
+class StaleStateError(RuntimeError):
+    """A borrowed :class:`ForwardState` was read after its solver reused the buffers."""
+
+
 class ForwardState:
     """A forward solution on this rank's block (backend arrays of the padded local shape).
+
+    What ``solve()`` returns is **borrowed**: ``Pf`` and ``q`` are the solver's own iteration
+    buffers, which its next solve (or a request for scratch buffers) reuses. Reading a borrowed
+    state after that raises :class:`StaleStateError` instead of returning another solve's
+    fields; keep ``state.copy()`` (owned arrays) to hold a solution across solves.
 
     Attributes:
         Pf: pressure (cell centres), ghosts valid.
@@ -28,9 +36,38 @@ class ForwardState:
            between cells ``j-1`` and ``j``.
         result: iteration count, residual, convergence and history.
     """
-    Pf: object
-    q: list
-    result: PTResult
+
+    def __init__(self, Pf, q, result: PTResult, owner=None):
+        self._Pf, self._q, self.result = Pf, list(q), result
+        self._owner = owner
+        self._generation = owner.generation if owner is not None else None
+
+    @property
+    def borrowed(self) -> bool:
+        """True while the arrays are the solver's buffers (see the class doc)."""
+        return self._owner is not None
+
+    def _check(self):
+        if self._owner is not None and self._owner.generation != self._generation:
+            raise StaleStateError(
+                "this ForwardState was borrowed from its solver, which has solved again since "
+                "(its buffers now hold another solution): keep state.copy() instead")
+
+    @property
+    def Pf(self):
+        self._check()
+        return self._Pf
+
+    @property
+    def q(self):
+        self._check()
+        return self._q
+
+    def copy(self, backend=None) -> "ForwardState":
+        """An owned copy (new backend arrays), valid whatever the solver does next."""
+        self._check()
+        bk = backend if backend is not None else self._owner.backend
+        return ForwardState(bk.clone(self._Pf), [bk.clone(a) for a in self._q], self.result)
 
 
 def boundary_bits(decomp, fixed_pressure) -> tuple[int, int]:
@@ -80,8 +117,20 @@ class DarcyFields:
         self.wall, self.fixed = boundary_bits(self.decomp, problem.fixed_pressure)
         self.homogeneous = False
         self.cold = True
+        self.generation = 0       # advanced when the iteration buffers are reused
         self._apply_boundary_pressure()
         self._set_scale()
+
+    def next_generation(self):
+        """The iteration buffers are about to be reused: states borrowed so far go stale."""
+        self.generation += 1
+
+    def scratch(self) -> dict:
+        """The solver's iteration buffers, lent as scratch until its next solve: ``cells``
+        (two cell arrays) and ``faces`` (two lists of ``ndim`` face arrays), contents
+        undefined. Borrowed states of the last solve go stale (the buffers are theirs)."""
+        self.next_generation()
+        return {"cells": (self.R, self.Pf_new), "faces": (self.q_new, self.q)}
 
     # The current state and the other ping-pong buffer (swapped by each APT step).
     Pf = property(lambda self: self._P[self._cur])

@@ -64,12 +64,14 @@ class DarcySolver(DarcyFields):
         return self.backend.max_abs(self.R) if check else None
 
     def solve(self, progress=None) -> ForwardState:
-        """Iterate from the current state until converged (or ``maxiter``)."""
+        """Iterate from the current state until converged (or ``maxiter``). The returned state
+        is borrowed (see :class:`~hpcinv.solvers.fields.ForwardState`)."""
+        self.next_generation()
         res = pt_iterate(self.step, self.decomp.comm, self.params, self.scale,
                          "adjoint" if self.homogeneous else "forward", progress,
                          cold=self.cold)
         self.backend.sync()
-        return ForwardState(self.Pf, list(self.q), res)
+        return ForwardState(self.Pf, self.q, res, owner=self)
 
 
 def solve_forward(problem, backend=None, params=None, **kwargs) -> ForwardState:

@@ -240,7 +240,9 @@ class PetscDarcySolver(DarcyFields):
 
     def solve(self, progress=None) -> ForwardState:
         """Solve ``A Pf = Qf + b`` by the KSP; returns the state with fluxes and the APT-style
-        residual ``max|div q - Qf| / max|Qf|``."""
+        residual ``max|div q - Qf| / max|Qf|``. The state is borrowed (see
+        :class:`~hpcinv.solvers.fields.ForwardState`)."""
+        self.next_generation()
         PETSc, d, bk = self.PETSc, self.decomp, self.backend
         own = d.owned()
         t0 = time.perf_counter()
@@ -304,7 +306,7 @@ class PetscDarcySolver(DarcyFields):
         if progress is not None:
             progress(its, err, t3 - t0, what)
         res = PTResult(its, err, err < self.params.tol, history, t3 - t0)
-        return ForwardState(self.Pf, list(self.q), res)
+        return ForwardState(self.Pf, self.q, res, owner=self)
 
     # --- internals --------------------------------------------------------------------------
     def _assemble(self):
