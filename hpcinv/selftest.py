@@ -69,10 +69,10 @@ def add_arguments(p):
     """The options of ``hpcinv selftest`` (argparse subparser ``p``)."""
     p.add_argument("--backend", default="auto", help="auto (GPU if available), host, cupy")
     p.add_argument("--json", action="store_true", help="print one JSON object, not the table")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="tiny sizes: a few seconds")
-    size.add_argument("--full", action="store_true", help="also the GPU acceptance checks "
-                      "(halo ordering, overlap, launch cost, T_eff/T_copy, pool memory)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a few seconds")
+    p.add_argument("--full", action="store_true", help="also the GPU acceptance checks "
+                   "(halo ordering, overlap, launch cost, T_eff/T_copy, pool memory); with "
+                   "--quick at the quick sizes")
     p.add_argument("--allow-shared-device", action="store_true",
                    help="do not FAIL when several ranks share one GPU")
 
@@ -95,7 +95,7 @@ class Sizes:
             self.sample_time = 0.3
         self.gd_steps = 3
         self.smoothing_steps = 5
-        self.teff_sizes = (64, 128, 256, 512) if gpu else (64,)
+        self.teff_sizes = (64, 128, 256, 512) if gpu else (32,) if quick else (64,)
         self.ordering_reps = 100000 if gpu else 200
         self.pool_shape = (64, 64, 64) if gpu else None
 
@@ -931,13 +931,13 @@ def _free_pool(bk):
 
 def _teff_summary(datas):
     d0 = datas[0]
-    parts = [f"{r['size'][0]}^3 {r['dtype'][5:]}: {r['T_eff_GBs']:.1f}/{r['T_copy_GBs']:.1f} "
+    parts = [f"{r['size'][0]}^3 f{r['dtype'][5:]}: {r['T_eff_GBs']:.1f}/{r['T_copy_GBs']:.1f} "
              f"GB/s = {100 * r['ratio']:.0f}%" for r in d0["rows"]]
     text = "T_eff/T_copy rank 0: " + ", ".join(parts)
     if d0["skipped"]:
         text += "; skipped " + ", ".join(d0["skipped"])
     if not d0["gpu"]:
-        text += " (host: 64^3 only; 128^3-512^3 are device-only)"
+        text += " (host: small cube only; 64^3-512^3 are for GPUs)"
     return text
 
 
@@ -985,7 +985,8 @@ def run(args) -> int:
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     bk = make_backend(args.backend, local_rank=node.Get_rank(), local_size=node.Get_size())
     hosts = comm.allgather(MPI.Get_processor_name())
-    mode = "quick" if args.quick else "full" if args.full else "default"
+    mode = "+".join(m for m, on in (("quick", args.quick), ("full", args.full)) if on) \
+        or "default"
     sizes = Sizes(args.quick, bk.name == "cupy")
     runner = Runner(comm, os.environ.get(FAULT_ENV))
     ctx = {"comm": comm, "backend": bk, "node": node, "sizes": sizes, "args": args,
