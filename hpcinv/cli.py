@@ -1,4 +1,5 @@
-"""Command line: ``hpcinv forward|gradient|invert|demo|plot|info|selftest`` (also ``python -m hpcinv``).
+"""Command line: ``hpcinv forward|gradient|invert|demo|plot|info|selftest`` (also
+``python -m hpcinv``).
 
 Runs plainly or under ``mpiexec``/``srun``; only rank 0 prints. Bad input (config, grid, ranks,
 backend) ends with a one-line ``hpcinv: error: ...`` on stderr and exit status 2.

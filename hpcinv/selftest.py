@@ -79,10 +79,18 @@ def add_arguments(p):
 
 # --------------------------------------------------------------------------- sizes
 
+def fit_shape(shape, ranks: int, per_rank: int = 3):
+    """``shape`` grown where needed to give every rank at least ``per_rank`` cells per axis
+    (with ``MPI.Compute_dims``' split), so the small grids work on any number of ranks."""
+    from mpi4py import MPI
+    dims = MPI.Compute_dims(ranks, [0] * len(shape))
+    return tuple(max(int(n), per_rank * p) for n, p in zip(shape, dims))
+
+
 class Sizes:
     """Problem sizes of a mode (``quick``, ``default`` or ``full``) and backend kind."""
 
-    def __init__(self, quick: bool, gpu: bool):
+    def __init__(self, quick: bool, gpu: bool, ranks: int = 1):
         if quick:
             self.corr = ((31, 15), (15, 7, 7))
             self.exch = ((13, 9), (7, 6, 5))
@@ -93,6 +101,8 @@ class Sizes:
             self.exch = ((61, 37), (23, 17, 13))
             self.speed_block = (2048, 2048) if gpu else (256, 256)
             self.sample_time = 0.3
+        self.corr = tuple(fit_shape(c, ranks) for c in self.corr)
+        self.exch = tuple(fit_shape(c, ranks) for c in self.exch)
         self.gd_steps = 3
         self.smoothing_steps = 5
         self.teff_sizes = (64, 128, 256, 512) if gpu else (32,) if quick else (64,)
@@ -987,7 +997,7 @@ def run(args) -> int:
     hosts = comm.allgather(MPI.Get_processor_name())
     mode = "+".join(m for m, on in (("quick", args.quick), ("full", args.full)) if on) \
         or "default"
-    sizes = Sizes(args.quick, bk.name == "cupy")
+    sizes = Sizes(args.quick, bk.name == "cupy", comm.Get_size())
     runner = Runner(comm, os.environ.get(FAULT_ENV))
     ctx = {"comm": comm, "backend": bk, "node": node, "sizes": sizes, "args": args,
            "runner": runner, "nodes": len(set(hosts)), "done": set()}
@@ -1069,8 +1079,9 @@ def report(runner, envs, mode, bk, ok, wall) -> dict:
     return {"selftest": "PASS" if ok else "FAIL", "ok": ok, "mode": mode,
             "ranks": runner.size, "backend": bk.name, "wall_s": round(wall, 3),
             "counts": counts,
-            "checks": [{k: r[k] for k in ("name", "status", "detail", "seconds")}
-                       for r in runner.rows],
+            "checks": [{**{k: r[k] for k in ("name", "status", "detail", "seconds")},
+                        **({"data": r["data"]} if r["name"] not in ("environment", "speed")
+                           and r["data"] else {})} for r in runner.rows],
             "environment": envs,
             "speed": runner.per_rank.get("speed"),
             "fault": runner.fault}

@@ -143,3 +143,23 @@ def test_compare_exact_reports_the_first_difference():
     assert bad[1].startswith("J at 1")
     # -0.0 and 0.0 compare equal as numbers but are different bits
     assert selftest.compare_exact({"x": np.array([0.0])}, {"x": np.array([-0.0])})
+
+
+def test_job_script_reports_the_failing_check(tmp_path):
+    """jobs/selftest.sbatch outside SLURM (HPCINV_LAUNCHER): the selftest's exit status and its
+    table in $HPCINV_OUTPUT/selftest.txt."""
+    import shutil
+    bash, exe = shutil.which("bash"), mpiexec()
+    if bash is None or exe is None:
+        pytest.skip("no bash or mpiexec")
+    env = {k: v for k, v in _clean_env().items()
+           if not k.startswith(("SLURM_", "HPCINV_", "SRUN_", "SBATCH_"))}
+    env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive", HPCINV_PYTHON=sys.executable,
+               HPCINV_BACKEND="host", HPCINV_LAUNCHER=f"{exe} -n 2",
+               HPCINV_OUTPUT=str(tmp_path / "st"), HPCINV_SELFTEST_FAULT="exchange",
+               PYTHONPATH=str(ROOT))
+    p = subprocess.run([bash, str(ROOT / "jobs" / "selftest.sbatch"), "--quick"], env=env,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    text = (tmp_path / "st" / "selftest.txt").read_text()
+    assert "failed: exchange" in text and "selftest.sbatch: exit status 1" in p.stdout
