@@ -947,7 +947,7 @@ def _teff_summary(datas):
     if d0["skipped"]:
         text += "; skipped " + ", ".join(d0["skipped"])
     if not d0["gpu"]:
-        text += " (host: small cube only; 64^3-512^3 are for GPUs)"
+        text += " (host: one small cube; the 64^3-512^3 series runs on GPUs)"
     return text
 
 
