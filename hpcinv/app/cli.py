@@ -1,4 +1,5 @@
-"""Command line: ``hpcinv forward|gradient|invert|demo|plot|info`` (also ``python -m hpcinv``).
+"""Command line: ``hpcinv forward|gradient|invert|demo|plot|info|selftest`` (also
+``python -m hpcinv``).
 
 Runs plainly or under ``mpiexec``/``srun``; only rank 0 prints. Bad input (config, grid, ranks,
 backend) ends with a one-line ``hpcinv: error: ...`` on stderr and exit status 2.
@@ -38,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="backend, device, MPI library, CUDA-awareness, rank layout")
     i.add_argument("--backend", default="auto")
     i.add_argument("--problem", default="geothermal2d", help="problem whose rank layout to show")
+    st = sub.add_parser("selftest", help="check this machine under your launcher (environment, "
+                        "halo exchange, bitwise parallel results, speed): a PASS/FAIL table")
+    from .selftest import add_arguments
+    add_arguments(st)
     return p
 
 
@@ -310,6 +315,11 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_selftest(args) -> int:
+    from .selftest import run
+    return run(args)
+
+
 def _extra_version(dist: str, extra: str, needed_by: str) -> str:
     """Installed version of an optional dependency, or how to get it."""
     try:
@@ -342,7 +352,7 @@ def main(argv=None) -> int:
             check_rank_count()   # srun --mpi=none -n N: N 1-rank copies, each writing the output
         code = {"forward": cmd_forward, "gradient": cmd_gradient, "invert": cmd_invert,
                 "demo": lambda a: cmd_invert(a, demo=True), "plot": cmd_plot,
-                "info": cmd_info}[args.command](args)
+                "info": cmd_info, "selftest": cmd_selftest}[args.command](args)
     except HpcinvError as exc:
         if _rank0() and getattr(exc, "first", True):     # one line, not one per copy
             print(f"hpcinv: error: {config_words(str(exc))}", file=sys.stderr, flush=True)
