@@ -41,10 +41,13 @@ The model, per iteration and per rank (the slowest rank, the one with the most n
   slab normal to the contiguous axis charged ``line / sizeof`` times per cell (each cell of it
   touches its own cache line / memory sector: 64 B on CPUs, 32 B on GPUs).
   overlap off: ``t = t_comp + t_comm + overheads``.
-* overheads (exposed host work per iteration): each extra kernel launch or host call costs
-  ``launch`` (overlap: ``2 ndim`` slab launches + interior launch + ``2 n_nb`` pack/unpack;
-  off: ``2 n_nb + 1``); on CPUs the interior's hand-off to a worker thread costs ``handoff``.
-  On one rank there is no exchange and one launch, as in ``DarcySolver``.
+* overheads (exposed host work per iteration): each kernel launch costs ``launch``. With
+  neighbours, an iteration launches :data:`LAUNCHES_OVERLAP` kernels with overlap (the shell in
+  one launch, the interior, the pack of all faces, the unpack) and :data:`LAUNCHES_BLOCKING`
+  without (the owned box, pack, unpack), whatever the number of neighbours (counted by
+  ``benchmarks/launches.py``; before the stream model they were ``2 ndim + 1 + 2 n_nb`` and
+  ``2 n_nb + 1``); on CPUs the interior's hand-off to a worker thread costs ``handoff``. On one
+  rank there is no exchange and one launch, as in ``DarcySolver``.
 * weak-scaling efficiency ``E(P) = t(1) / t(P)``.
 
 The crossover local size is the smallest cube ``n^ndim`` for which the exchange with all
@@ -138,6 +141,11 @@ def comm_time(local, dims, itemsize: int, hw: Hardware) -> float:
     return t_msg + 4.0 * total / hw.copy_bw
 
 
+#: Kernel launches per APT iteration with neighbours (see the module docstring).
+LAUNCHES_OVERLAP = 4
+LAUNCHES_BLOCKING = 3
+
+
 def predict(local, dims, itemsize: int, hw: Hardware, overlap: bool, share: float = 1.0) -> dict:
     """Predicted time per iteration and its parts for one rank of a ``dims`` layout."""
     local = [int(n) for n in local]
@@ -153,7 +161,7 @@ def predict(local, dims, itemsize: int, hw: Hardware, overlap: bool, share: floa
     t_comm = comm_time(local, dims, itemsize, hw)
     out["t_comm"] = t_comm
     if not overlap:
-        over = (2 * nb + 1) * hw.launch
+        over = LAUNCHES_BLOCKING * hw.launch
         out.update(t_overhead=over, exposed_comm=t_comm, t=t_comp + t_comm + over)
         return out
     interior = int(np.prod([max(k - 2, 0) for k in local]))
@@ -164,7 +172,7 @@ def predict(local, dims, itemsize: int, hw: Hardware, overlap: bool, share: floa
     per_cell = t_comp / n
     t_int = per_cell * interior
     t_bnd = per_cell * (shell + strided * (penalty - 1.0))
-    over = (2 * ndim + 1 + 2 * nb) * hw.launch + hw.handoff
+    over = LAUNCHES_OVERLAP * hw.launch + hw.handoff
     exposed = max(0.0, t_comm - t_int)
     out.update(t_interior=t_int, t_boundary=t_bnd, t_overhead=over, exposed_comm=exposed,
                t=t_bnd + max(t_int, t_comm) + over)

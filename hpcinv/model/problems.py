@@ -215,7 +215,7 @@ def build(name: str, shape=None, comm=None, dims=None, **kwargs) -> Problem:
     """A built-in problem by name."""
     if name == "custom":
         raise ConfigError("problem 'custom' is defined by a config ([grid] extent, "
-                          "[permeability], [[wells]]): use hpcinv.scenario.true_problem(cfg)")
+                          "[permeability], [[wells]]): use hpcinv.app.scenario.true_problem(cfg)")
     if name not in PROBLEMS:
         import difflib
         close = difflib.get_close_matches(name, PROBLEMS, n=1)
