@@ -2,7 +2,13 @@
 # Run every hpcinv test: the serial suite, then the MPI tests on 2, 3 and 4 ranks.
 # Stops at the first failing stage. Usage (from anywhere): bash tests/run_all.sh [PYTEST ARGS]
 #   HPCINV_TEST_RANKS="2 4"   rank counts of the MPI stages (default "2 3 4")
+#   HPCINV_CHECK_RANKS="2 3"  rank counts of the stream-checker stage (default "2 4"; "" skips)
 #   MPIEXEC="srun"            launcher (default: the mpiexec next to python, else on PATH)
+# The stream-checker stage reruns a chosen part of the suite with HPCINV_STREAM_CHECK=1 (the
+# host backend with CUDA's stream semantics, checked; docs/architecture.md): the MPI tests of the
+# exchange, solver, gradient, regularisation and autodiff layers on 2 and 4 ranks, and the
+# inversion tests (GD, L-BFGS, warm starts, SIGKILL/SIGTERM restarts, run on 1-4 ranks through
+# mpiexec). Everything passes under the checker; this subset keeps CI within its time budget.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,5 +37,26 @@ for n in $RANKS; do
     $MPIEXEC -n "$n" "$PYTHON" -m pytest -q --with-mpi -m mpi tests "$@"
     echo "MPI stage ($n ranks) passed in $((SECONDS - t)) s"
 done
+
+CHECK_RANKS=${HPCINV_CHECK_RANKS-"2 4"}
+CHECK_MPI="tests/test_halo.py tests/test_invariance.py tests/test_gradient.py
+ tests/test_regularisation.py tests/test_autodiff_torch.py tests/test_autodiff_jax.py
+ tests/test_streams.py"
+CHECK_SERIAL="tests/test_inversion.py tests/test_streams.py tests/test_state.py"
+if [[ -n "$CHECK_RANKS" ]]; then
+    stage "stream checker, serial: HPCINV_STREAM_CHECK=1 $PYTHON -m pytest -q $CHECK_SERIAL"
+    t=$SECONDS
+    # shellcheck disable=SC2086
+    HPCINV_STREAM_CHECK=1 "$PYTHON" -m pytest -q $CHECK_SERIAL "$@"
+    echo "stream checker (serial) passed in $((SECONDS - t)) s"
+    for n in $CHECK_RANKS; do
+        stage "stream checker, $n ranks: HPCINV_STREAM_CHECK=1 $MPIEXEC -n $n ... -m mpi"
+        t=$SECONDS
+        # shellcheck disable=SC2086
+        HPCINV_STREAM_CHECK=1 $MPIEXEC -n "$n" "$PYTHON" -m pytest -q --with-mpi -m mpi \
+            $CHECK_MPI "$@"
+        echo "stream checker ($n ranks) passed in $((SECONDS - t)) s"
+    done
+fi
 
 stage "all tests passed in $((SECONDS - t_all)) s"
