@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -21,8 +21,14 @@ from mpi4py import MPI
 
 from ..errors import ConfigError
 from ..io.fields import grid_attrs
-from ..io.h5io import (read_attrs, read_cells, read_faces, read_replicated, write_h5,
-                       write_xdmf)
+from ..io.h5io import read_attrs, read_cells, read_faces, read_replicated, write_xdmf
+# --- issue 13 (run integrity): verified checkpoints, checked writes, lock, history ---------
+from ..io import checkpoint as ckpt
+from ..io import rundir
+from ..io.checkpoint import checked_write_h5 as write_h5   # failures: OutputIOError, all ranks
+from ..io.history import History
+from .convergence import InnerSolvePolicy
+# --------------------------------------------------------------------------------------------
 from .gradient import AdjointGradient
 from .optimise import OptimiserSettings, make_optimiser
 from .regularisation import GradientSmoother, Tikhonov
@@ -35,9 +41,10 @@ class RunDirectory:
 
     def __init__(self, path, comm, restart: bool = False, overwrite: bool = False):
         self.path, self.comm = Path(path), comm
-        exists = self.path.exists() and any(self.path.iterdir())
+        exists = self.path.exists() and any(p.name != rundir.LOCK_NAME   # issue 13: the lock
+                                            for p in self.path.iterdir())
         if restart:
-            if not (self.path / CHECKPOINT).exists():
+            if not ckpt.exists(self.path):                                 # or checkpoint.prev.h5
                 raise ConfigError(f"--restart {self.path}: no {CHECKPOINT} there")
         elif exists and not overwrite:
             raise ConfigError(f"output directory {self.path} exists and is not empty; use "
@@ -49,27 +56,6 @@ class RunDirectory:
 
     def __truediv__(self, name):
         return self.path / name
-
-
-class History:
-    """``history.jsonl``, written by rank 0 one line per outer iteration (flushed)."""
-
-    def __init__(self, path: Path, comm, keep: int | None = None):
-        self.path, self.rank0 = path, comm.rank == 0
-        self.lines: list[dict] = []
-        if keep is not None and path.exists():
-            self.lines = [json.loads(s) for s in path.read_text().splitlines() if s][:keep]
-        if self.rank0:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.lines))
-            os.replace(tmp, path)
-        comm.Barrier()
-
-    def append(self, record: dict):
-        self.lines.append(record)
-        if self.rank0:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 class _Signals:
@@ -140,6 +126,13 @@ class Inversion:
         self.quiet, self.json_log = quiet, json_log
         comm = MPI.COMM_WORLD
         self.dir = RunDirectory(run_dir, comm, restart, overwrite or cfg.output.overwrite)
+        # issue 13: config fingerprint; on restart verify the checkpoint (or fall back to the
+        # previous one) before any work
+        self.warn = lambda msg: say(msg, file=sys.stderr)
+        self.fingerprint = ckpt.config_fingerprint(cfg, comm)
+        self.ckpt_path = (ckpt.select(self.dir.path, comm, self.fingerprint, self.warn)[0]
+                          if restart else None)
+        self.inner = InnerSolvePolicy(cfg, self.dir.path, self.warn)
         kw = solver_kwargs or {}
         true = scenario.true_problem(cfg, comm)
         self.grid, self.decomp = true.grid, true.grid.decomp
@@ -180,8 +173,11 @@ class Inversion:
                 faces[f"warm_{name}"] = (arr, axis)
         attrs = {"iteration": self.iteration, "scalars": json.dumps(self.opt.scalars),
                  "method": self.cfg.inversion.method, **grid_attrs(self.grid)}
-        write_h5(self.dir / CHECKPOINT, self.decomp, cells, faces, attrs, self.bk.to_host,
-                 replicated=self.G.warm_replicated())
+        history = getattr(self, "history", None)                  # issue 13: verified write
+        ckpt.save(self.dir.path, self.decomp, cells, faces, attrs, self.bk.to_host,
+                  replicated=self.G.warm_replicated(),
+                  history=history.lines if history is not None else None,
+                  fingerprint=self.fingerprint)
         # For `hpcinv plot` on a running run: the current model and the pressure of the last
         # evaluated model (no extra solve).
         write_h5(self.dir / "model_latest.h5", self.decomp,
@@ -190,7 +186,7 @@ class Inversion:
                         **grid_attrs(self.grid)}, to_host=self.bk.to_host)
 
     def load_checkpoint(self):
-        path = self.dir / CHECKPOINT
+        path = self.ckpt_path or self.dir / CHECKPOINT      # issue 13: the verified one
         attrs = read_attrs(path)
         if tuple(attrs["shape"]) != tuple(self.grid.shape):
             raise ConfigError(f"restart: the checkpoint's grid {tuple(attrs['shape'])} differs "
@@ -216,6 +212,7 @@ class Inversion:
         self.G.set_warm_state(warm)
         self.G.set_warm_replicated({n: read_replicated(path, n) for n in replicated})
         self.iteration = int(attrs["iteration"])
+        self.saved_history = ckpt.saved_history(path)      # issue 13: rebuilds a lost history
 
     # --- output -----------------------------------------------------------------------------
     def write_setup(self):
@@ -247,7 +244,8 @@ class Inversion:
         t0 = time.perf_counter()
         if self.restart:
             self.load_checkpoint()
-            history = History(self.dir / "history.jsonl", comm, keep=self.iteration + 1)
+            history = History.resume(self.dir / "history.jsonl", comm, keep=self.iteration + 1,
+                                     saved=self.saved_history, say=self.warn)
             wall0 = history.lines[-1]["wall_time"] if history.lines else 0.0
             self.say(f"restarting from iteration {self.iteration} ({self.dir / CHECKPOINT})")
         else:
@@ -258,6 +256,8 @@ class Inversion:
                    "wall_time": time.perf_counter() - t0}
             history.append(rec)
             self.progress(rec, t0, inv.iterations)
+            self.inner.check(rec)                       # issue 13: unconverged inner solves
+        self.history = history                          # issue 13: copied into checkpoints
         signals = _Signals()
         stop = ""
         try:
@@ -267,6 +267,8 @@ class Inversion:
                        "wall_time": wall0 + time.perf_counter() - t0}
                 history.append(rec)
                 self.progress(rec, t0, inv.iterations)
+                rundir.heartbeat()                      # issue 13: the run-directory lock
+                self.inner.check(rec)                   # issue 13: warn; stop after 3 in a row
                 stop = self._stop_reason(rec)
                 term = comm.allreduce(signals.flag, op=MPI.MAX)
                 every = inv.checkpoint_every
