@@ -50,6 +50,7 @@ DAMAGED = "checkpoint.damaged.h5"
 FORMAT = 2
 HISTORY_DATASET = "history_jsonl"
 _DIGEST_ATTRS = ("data_sha256", "state_sha256")
+SEAL_IN_MEMORY = 256 << 20
 _GEN_RE = re.compile(r"^checkpoint-[0-9a-f]{12}\.h5$")
 _PARTS_RE = re.compile(r"^checkpoint(-[0-9a-f]{12})?\.h5\.parts-[0-9a-f]{12}$")
 _TMP_RE = re.compile(r"^\.checkpoint(-[0-9a-f]{12})?\.h5\.tmp-[0-9a-f]{12}$")
@@ -287,12 +288,37 @@ def _verify_blocks(path, decomp, items, replicated) -> None:
 
 
 def _seal(gen: Path, digests: dict, state: str) -> None:
-    """Rank 0: store the dataset digests, close (errors propagate), fsync, re-open, check."""
+    """Rank 0: store the dataset digests, close (errors propagate), fsync, re-open, check.
+
+    Up to :data:`SEAL_IN_MEMORY` bytes (a ``vds`` master, a one-rank file) the attribute is
+    added to an in-memory copy whose bytes are then written by checked ``os.write`` calls to
+    a temporary name and renamed onto ``gen`` (HDF5 never writes to the disk itself); larger
+    shared files (``mpio``) are updated in place, the flush and close raising on failure."""
+    import io
     h5py = _h5py()
     text = json.dumps(digests, sort_keys=True)
-    with h5py.File(gen, "r+") as f:
-        f.attrs["data_sha256"] = text
-        f.flush()
+    if gen.stat().st_size <= SEAL_IN_MEMORY:
+        buf = io.BytesIO(gen.read_bytes())
+        with h5py.File(buf, "r+") as f:
+            f.attrs["data_sha256"] = text
+        tmp = gen.with_name(f".{gen.name}.tmp-{uuid.uuid4().hex[:12]}")
+        view = memoryview(buf.getbuffer())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, gen)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    else:
+        with h5py.File(gen, "r+") as f:
+            f.attrs["data_sha256"] = text
+            f.flush()
     _fsync_path(gen)
     with h5py.File(gen, "r") as f:
         back = {k: f.attrs[k] for k in f.attrs}

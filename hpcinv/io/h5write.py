@@ -36,10 +36,20 @@ either the complete previous file or the complete new one, and a crash at any po
 the previous file intact (at worst an orphaned ``.tmp-``/``.parts-`` entry, removed by the
 next successful write to the same path). One writer per path at a time.
 
+Checked writes. In the ``single`` and ``vds`` modes HDF5 never writes to the disk itself: each
+file is built in memory and its bytes are written with ``os.write`` and fsynced
+(:func:`write_image`), so a full disk or an I/O error raises ``OSError`` right there. (HDF5's own
+file driver reports such errors unreliably: a failed write of a dataset's buffer at close is
+only printed, "Exception ignored", and the broken file state it leaves can crash the process
+later.) ``mpio`` and ``sequential`` write through HDF5 (there is no in-memory alternative for a
+shared file); callers that need certainty re-read what they wrote (see
+:mod:`hpcinv.io.checkpoint`).
+
 Reading back: :mod:`hpcinv.io.h5read`; XDMF sidecars: :mod:`hpcinv.io.xdmf`.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -163,6 +173,22 @@ def _cleanup(path: Path, keep: str | None) -> None:
                 pass
 
 
+def write_image(path, build) -> None:
+    """Create the HDF5 file ``path``: ``build(f)`` fills an in-memory file, whose bytes are then
+    written with checked ``os.write`` calls and fsynced (any failure raises ``OSError``)."""
+    buf = io.BytesIO()
+    with _h5py().File(buf, "w") as f:
+        build(f)
+    view = memoryview(buf.getbuffer())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _new_uid(comm) -> str:
     return comm.bcast(uuid.uuid4().hex[:12] if comm.Get_rank() == 0 else None, root=0)
 
@@ -257,11 +283,18 @@ def _write_shared(path, comm, items, attrs, replicated, mode) -> None:
         if mode == "mpio":
             _write_mpio(tmp, comm, items, create, replicated)
         elif err is None and rank == 0:
-            with h5py.File(tmp, "w") as f:
-                _, reps = create(f)
+            def build(f):
+                dsets, reps = create(f)
                 for k, ds in reps.items():
                     ds[...] = replicated[k]
-                f.flush()                      # errors of deferred writes raise here
+                if mode == "single":
+                    for ds, it in zip(dsets, items):
+                        ds[it.selection] = it.block
+            if mode == "single":
+                write_image(tmp, build)        # every byte written and checked by os.write
+            else:
+                with h5py.File(tmp, "w") as f:
+                    build(f)
     except Exception as e:   # noqa: BLE001
         err = e
     if mode == "sequential":   # ranks take turns writing their hyperslabs (testing aid)
@@ -273,18 +306,8 @@ def _write_shared(path, comm, items, attrs, replicated, mode) -> None:
                     with h5py.File(tmp, "r+") as f:
                         for it in items:
                             f[it.name][it.selection] = it.block
-                        f.flush()
                 except Exception as e:   # noqa: BLE001
                     err = e
-    elif mode == "single":
-        try:
-            if err is None:
-                with h5py.File(tmp, "r+") as f:
-                    for it in items:
-                        f[it.name][it.selection] = it.block
-                    f.flush()
-        except Exception as e:   # noqa: BLE001
-            err = e
     _finish(comm, err, path, tmp, None, None)
 
 
@@ -394,15 +417,15 @@ def _write_vds(path, comm, items, attrs, replicated) -> None:
     try:
         for it in items:
             _check_block(it)
-        with h5py.File(part, "w") as f:
+
+        def build_part(f):
             f.attrs["rank"] = rank
             f.attrs["size"] = comm.Get_size()
             for it in items:
                 ds = f.create_dataset(it.name, data=it.block)
                 ds.attrs["offset"] = np.asarray(it.offset, dtype=np.int64)
                 ds.attrs["global_shape"] = np.asarray(it.global_shape, dtype=np.int64)
-            f.flush()                          # errors of deferred writes raise here
-        _fsync_path(part)
+        write_image(part, build_part)          # checked writes, fsynced
     except Exception as e:   # noqa: BLE001
         err = e
     # every rank's (offset, shape) per dataset; metadata only, a few integers per rank
@@ -416,7 +439,8 @@ def _write_vds(path, comm, items, attrs, replicated) -> None:
     if rank == 0:
         try:
             _fsync_dir(parts_dir)
-            with h5py.File(tmp, "w") as f:
+
+            def build_master(f):
                 for k, it in enumerate(items):
                     layout = h5py.VirtualLayout(shape=it.global_shape, dtype=it.block.dtype)
                     for r, m in enumerate(meta):
@@ -429,7 +453,7 @@ def _write_vds(path, comm, items, attrs, replicated) -> None:
                 for k, v in replicated.items():
                     f.create_dataset(k, data=v)
                 _write_attrs(f, attrs)
-                f.flush()
+            write_image(tmp, build_master)
         except Exception as e:   # noqa: BLE001
             err = e
     _finish(comm, err, path, tmp, parts_dir, parts_name)
