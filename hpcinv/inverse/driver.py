@@ -247,7 +247,8 @@ class Inversion:
             history = History.resume(self.dir / "history.jsonl", comm, keep=self.iteration + 1,
                                      saved=self.saved_history, say=self.warn)
             wall0 = history.lines[-1]["wall_time"] if history.lines else 0.0
-            self.say(f"restarting from iteration {self.iteration} ({self.dir / CHECKPOINT})")
+            self.say(f"restarting from iteration {self.iteration} "
+                     f"({self.ckpt_path or self.dir / CHECKPOINT})")   # issue 13: may be .prev
         else:
             self.write_setup()
             history = History(self.dir / "history.jsonl", comm)
