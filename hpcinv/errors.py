@@ -1,8 +1,10 @@
-"""Exceptions that carry a one-line message for the user (the CLI prints it and exits 2)."""
+"""Exceptions that carry a one-line message for the user: the CLI prints it and exits with the
+exception's ``exit_code`` (2 unless a subclass says otherwise; the list is in the README)."""
 
 
 class HpcinvError(Exception):
-    """Base class: bad input or an environment problem the user can fix."""
+    """Base class: bad input or an environment problem the user can fix (exit status 2)."""
+    exit_code = 2
 
 
 class ConfigError(HpcinvError):
@@ -23,3 +25,20 @@ class SolverDivergedError(HpcinvError):
 
 class MissingExtraError(HpcinvError, ImportError):
     """An optional dependency (a pip extra such as ``torch`` or ``jax``) is not installed."""
+
+
+class OutputIOError(HpcinvError):
+    """Writing or reading run output failed (disk full, quota, I/O error, a damaged checkpoint
+    with no usable fallback): exit status 4. Raised on every rank (collectively)."""
+    exit_code = 4
+
+
+class RunLockedError(HpcinvError):
+    """Another run holds the output directory's lock (``DIR/.hpcinv.lock``): exit status 5."""
+    exit_code = 5
+
+
+class InnerSolveError(HpcinvError):
+    """An inversion stopped because its forward/adjoint solves kept failing to converge
+    (exit status 1, like an unconverged ``hpcinv forward``)."""
+    exit_code = 1

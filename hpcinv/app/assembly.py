@@ -28,6 +28,7 @@ from ..model.grid import Grid
 from ..model.problems import Problem
 from ..solvers import PTParams, make_darcy_solver
 from . import scenario
+from .fingerprint import config_fingerprint
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Setup:
         forward_params, adjoint_params: the PT parameters of the two solves.
         solver_options: ``method``, ``overlap``, ``dtype`` of every Darcy solver of the run.
         run: the run's own settings (:class:`RunSettings`).
+        fingerprint: ``(sha256, canonical JSON)`` of what a restart must not change
+            (:mod:`hpcinv.app.fingerprint`; ``None`` for :func:`build_forward`).
     """
     comm: object
     backend: Backend
@@ -78,6 +81,7 @@ class Setup:
     adjoint_params: PTParams
     solver_options: dict
     run: RunSettings
+    fingerprint: tuple | None = None
 
     @property
     def decomp(self):
@@ -154,4 +158,5 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None) -> Setu
     except ConfigError as exc:
         raise ConfigError(f"inversion.{exc}") from None
     return Setup(base.comm, bk, grid, true, obs, logK0, objective, smoother, tikhonov,
-                 optimiser, settings, fwd, adj, opts, base.run)
+                 optimiser, settings, fwd, adj, opts, base.run,
+                 config_fingerprint(cfg, base.comm))

@@ -2,7 +2,9 @@
 ``python -m hpcinv``).
 
 Runs plainly or under ``mpiexec``/``srun``; only rank 0 prints. Bad input (config, grid, ranks,
-backend) ends with a one-line ``hpcinv: error: ...`` on stderr and exit status 2.
+backend) ends with a one-line ``hpcinv: error: ...`` on stderr and exit status 2; the other exit
+statuses (1 not converged, 3 SIGTERM checkpoint, 4 I/O error, 5 output directory locked by
+another run) are listed in the README.
 """
 from __future__ import annotations
 
@@ -61,6 +63,8 @@ def _common_run_options(p):
     p.add_argument("--no-overlap", action="store_true", help="blocking halo exchange")
     p.add_argument("--output", "-o", help="output directory (default: the config's output.dir)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    p.add_argument("--force-unlock", action="store_true", help="take over the output "
+                   "directory's lock (DIR/.hpcinv.lock) even if its run looks alive")
 
 
 def _inversion_options(p):
@@ -128,6 +132,7 @@ def cmd_forward(args) -> int:
     from ..io import write_fields
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     cfg = _apply_overrides(cfg, args)
+    _lock_output(cfg.output.dir, args)                    # one run per directory
     setup = build_forward(cfg)
     solver = make_darcy_solver(setup.true, setup.backend, setup.forward_params,
                                **setup.solver_options)
@@ -193,6 +198,7 @@ def cmd_gradient(args) -> int:
     if not args.output and not (args.config and "dir" in _raw_output(args.config)):
         cfg.output.dir = "runs/gradient"
     cfg = _apply_overrides(cfg, args)
+    _lock_output(cfg.output.dir, args)                    # one run per directory
     progress = Progress(args.quiet)
     setup = build(cfg, progress=progress)
     backend, grid, obs = setup.backend, setup.grid, setup.observations
@@ -245,6 +251,7 @@ def cmd_invert(args, demo=False) -> int:
         if getattr(args, key) is not None:
             setattr(cfg.inversion, key, getattr(args, key))
     cfg.validate()
+    _lock_output(cfg.output.dir, args, create=not args.restart)   # one run per directory
     run_dir = RunDirectory(cfg.output.dir, MPI.COMM_WORLD, restart=bool(args.restart),
                            overwrite=args.overwrite or cfg.output.overwrite)
     setup = build(cfg)
@@ -268,6 +275,12 @@ def cmd_invert(args, demo=False) -> int:
     say(f"done: J/J0 = {last['misfit_ratio']:.4e} after {last['iteration']} iterations; "
         f"results in {out}")
     return 0
+
+
+def _lock_output(directory, args, create=True):
+    """Issue 13: hold ``DIR/.hpcinv.lock`` for the rest of the run (released by :func:`main`)."""
+    from ..io.rundir import acquire_world
+    return acquire_world(directory, force=args.force_unlock, create=create)
 
 
 def cmd_plot(args) -> int:
@@ -356,18 +369,35 @@ def main(argv=None) -> int:
     except HpcinvError as exc:
         if _rank0() and getattr(exc, "first", True):     # one line, not one per copy
             print(f"hpcinv: error: {config_words(str(exc))}", file=sys.stderr, flush=True)
-        return 2
+        return exc.exit_code          # 2 bad input; 1, 4, 5: see errors.py and the README
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:            # issue 13: an I/O error on some rank (not collective)
+        from mpi4py import MPI
+        print(f"hpcinv: error: I/O error: {exc}", file=sys.stderr, flush=True)
+        if MPI.COMM_WORLD.Get_size() > 1:
+            _release_locks()
+            MPI.COMM_WORLD.Abort(4)
+        return 4
     except Exception:
         from mpi4py import MPI
         if MPI.COMM_WORLD.Get_size() > 1:     # an error on one rank must not hang the others
             import traceback
             traceback.print_exc()
             sys.stderr.flush()
+            _release_locks()
             MPI.COMM_WORLD.Abort(1)
         raise
+    finally:
+        _release_locks()
     return code
+
+
+def _release_locks():
+    """Issue 13: release the run-directory lock on every exit path (if one was taken)."""
+    mod = sys.modules.get("hpcinv.io.rundir")
+    if mod is not None:
+        mod.release_all()
 
 
 if __name__ == "__main__":

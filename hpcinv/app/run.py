@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +21,11 @@ from mpi4py import MPI
 
 from ..errors import ConfigError
 from ..io.fields import grid_attrs
-from ..io import read_attrs, read_cells, read_faces, read_replicated, write_h5, write_xdmf
+from ..io import checkpoint as ckpt
+from ..io import read_attrs, read_cells, read_faces, read_replicated, rundir, write_xdmf
+from ..io.checkpoint import checked_write_h5 as write_h5   # failures: OutputIOError, all ranks
+from ..io.history import History
+from .convergence import InnerSolvePolicy
 
 CHECKPOINT = "checkpoint.h5"
 
@@ -31,9 +35,10 @@ class RunDirectory:
 
     def __init__(self, path, comm, restart: bool = False, overwrite: bool = False):
         self.path, self.comm = Path(path), comm
-        exists = self.path.exists() and any(self.path.iterdir())
+        exists = self.path.exists() and any(p.name != rundir.LOCK_NAME   # issue 13: the lock
+                                            for p in self.path.iterdir())
         if restart:
-            if not (self.path / CHECKPOINT).exists():
+            if not ckpt.exists(self.path):                                 # or checkpoint.prev.h5
                 raise ConfigError(f"--restart {self.path}: no {CHECKPOINT} there")
         elif exists and not overwrite:
             raise ConfigError(f"output directory {self.path} exists and is not empty; use "
@@ -45,27 +50,6 @@ class RunDirectory:
 
     def __truediv__(self, name):
         return self.path / name
-
-
-class History:
-    """``history.jsonl``, written by rank 0 one line per outer iteration (flushed)."""
-
-    def __init__(self, path: Path, comm, keep: int | None = None):
-        self.path, self.rank0 = path, comm.rank == 0
-        self.lines: list[dict] = []
-        if keep is not None and path.exists():
-            self.lines = [json.loads(s) for s in path.read_text().splitlines() if s][:keep]
-        if self.rank0:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.lines))
-            os.replace(tmp, path)
-        comm.Barrier()
-
-    def append(self, record: dict):
-        self.lines.append(record)
-        if self.rank0:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 class _Signals:
@@ -134,6 +118,10 @@ class Reporter:
     def message(self, text):
         self.say(text)
 
+    def warn(self, text):
+        """A warning line on stderr (also with ``quiet``)."""
+        self.say(text, file=sys.stderr)
+
 
 class Inversion:
     """Run (or continue) an inversion that :func:`~hpcinv.app.assembly.build` assembled.
@@ -154,6 +142,15 @@ class Inversion:
         self.bk, self.settings = setup.backend, setup.run
         self.grid, self.decomp = setup.grid, setup.grid.decomp
         self.obs, self.G, self.opt = setup.observations, setup.objective, setup.optimiser
+        comm = self.decomp.comm
+        self.warn = self.reporter.warn
+        # Verify the checkpoint of a restart (or fall back to the previous one) before any work;
+        # the config fingerprint guards what must not change across a restart.
+        self.fingerprint = setup.fingerprint
+        self.ckpt_path = (ckpt.select(self.dir.path, comm, self.fingerprint, self.warn)[0]
+                          if restart else None)
+        self.inner = InnerSolvePolicy(setup.forward_params, setup.adjoint_params,
+                                      self.dir.path, self.warn)
         own = self.decomp.owned()
         self.true_logK = np.zeros(setup.true.K.shape)
         self.true_logK[own] = np.log(setup.true.K[own])
@@ -185,8 +182,11 @@ class Inversion:
         attrs = {"iteration": self.iteration, "scalars": json.dumps(self.opt.scalars),
                  "state_layout": json.dumps(layout), "method": self.settings.method,
                  **grid_attrs(self.grid)}
-        write_h5(self.dir / CHECKPOINT, self.decomp, cells, faces, attrs, self.bk.to_host,
-                 replicated=replicated)
+        history = getattr(self, "history", None)          # copied into the checkpoint
+        ckpt.save(self.dir.path, self.decomp, cells, faces, attrs, self.bk.to_host,
+                  replicated=replicated,
+                  history=history.lines if history is not None else None,
+                  fingerprint=self.fingerprint)
         # For `hpcinv plot` on a running run: the current model and the pressure of the last
         # evaluated model (no extra solve).
         write_h5(self.dir / "model_latest.h5", self.decomp,
@@ -195,7 +195,7 @@ class Inversion:
                         **grid_attrs(self.grid)}, to_host=self.bk.to_host)
 
     def load_checkpoint(self):
-        path = self.dir / CHECKPOINT
+        path = self.ckpt_path or self.dir / CHECKPOINT      # the verified one
         attrs = read_attrs(path)
         if tuple(attrs["shape"]) != tuple(self.grid.shape):
             raise ConfigError(f"restart: the checkpoint's grid {tuple(attrs['shape'])} differs "
@@ -218,6 +218,7 @@ class Inversion:
         self.opt.load_state(state.get("optimiser", {}), json.loads(attrs["scalars"]))
         self.G.load_state(state.get("objective", {}))
         self.iteration = int(attrs["iteration"])
+        self.saved_history = ckpt.saved_history(path)      # rebuilds a lost history
 
     # --- output -----------------------------------------------------------------------------
     def write_setup(self):
@@ -236,9 +237,11 @@ class Inversion:
         t0 = time.perf_counter()
         if self.restart:
             self.load_checkpoint()
-            history = History(self.dir / "history.jsonl", comm, keep=self.iteration + 1)
+            history = History.resume(self.dir / "history.jsonl", comm, keep=self.iteration + 1,
+                                     saved=self.saved_history, say=self.warn)
             wall0 = history.lines[-1]["wall_time"] if history.lines else 0.0
-            self.reporter.message(f"restarting from iteration {self.iteration} ({self.dir / CHECKPOINT})")
+            self.reporter.message(f"restarting from iteration {self.iteration} "
+                                  f"({self.ckpt_path or self.dir / CHECKPOINT})")
         else:
             self.write_setup()
             history = History(self.dir / "history.jsonl", comm)
@@ -247,6 +250,8 @@ class Inversion:
                    "wall_time": time.perf_counter() - t0}
             history.append(rec)
             self.reporter.iteration(rec, inv.iterations)
+            self.inner.check(rec)                       # unconverged inner solves
+        self.history = history                          # copied into checkpoints
         signals = _Signals()
         stop = ""
         try:
@@ -256,14 +261,17 @@ class Inversion:
                        "wall_time": wall0 + time.perf_counter() - t0}
                 history.append(rec)
                 self.reporter.iteration(rec, inv.iterations)
+                rundir.heartbeat()                      # the run-directory lock
+                self.inner.check(rec)                   # warn; stop after 3 in a row
                 stop = self._stop_reason(rec)
                 term = comm.allreduce(signals.flag, op=MPI.MAX)
                 every = inv.checkpoint_every
                 if term or (every and self.iteration % every == 0):
                     self.save_checkpoint()
                 if term:
-                    self.reporter.message(f"SIGTERM: checkpoint written at iteration {self.iteration}; "
-                             f"continue with: hpcinv invert --restart {self.dir.path}")
+                    self.reporter.message(
+                        f"SIGTERM: checkpoint written at iteration {self.iteration}; "
+                        f"continue with: hpcinv invert --restart {self.dir.path}")
                     return {**rec, "terminated": True}
         finally:
             signals.restore()

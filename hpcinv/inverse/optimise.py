@@ -97,6 +97,7 @@ class Optimiser:
         self.own = self.decomp.owned()
         self.arrays: dict = {}
         self.scalars: dict = {"J0": None, "J": None, "evaluations": 0}
+        self.unconverged = 0     # solves of the current iteration that missed their tolerance
 
     # --- state (checkpoints) ------------------------------------------------------------------
     def state(self) -> dict:
@@ -149,9 +150,12 @@ class Optimiser:
         """``(J, g, info)`` (``g`` is ``None`` for a misfit-only trial)."""
         self.scalars["evaluations"] += 1
         if with_gradient:
-            return self.f.value_and_gradient(x, self.progress)
-        J, info = self.f.value(x, self.progress)
-        return J, None, info
+            J, g, info = self.f.value_and_gradient(x, self.progress)
+        else:
+            (J, info), g = self.f.value(x, self.progress), None
+        self.unconverged += (not info.get("forward_converged", True)) + \
+            (not info.get("adjoint_converged", True))
+        return J, g, info
 
     @staticmethod
     def _pt(info) -> tuple[int, int]:
@@ -159,10 +163,11 @@ class Optimiser:
 
     def record(self, J, step, max_grad, max_dlogK, pts, note="") -> dict:
         J0 = self.scalars["J0"]
+        unconverged, self.unconverged = self.unconverged, 0
         return {"misfit": J, "misfit_ratio": J / J0 if J0 else 1.0, "step": step,
                 "max_grad": max_grad, "max_dlogK": max_dlogK, "forward_iterations": pts[0],
                 "adjoint_iterations": pts[1], "evaluations": self.scalars["evaluations"],
-                "note": note}
+                "unconverged_solves": unconverged, "note": note}
 
 
 class GradientDescent(Optimiser):

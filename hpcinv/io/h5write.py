@@ -36,10 +36,20 @@ either the complete previous file or the complete new one, and a crash at any po
 the previous file intact (at worst an orphaned ``.tmp-``/``.parts-`` entry, removed by the
 next successful write to the same path). One writer per path at a time.
 
+Checked writes. In the ``single`` and ``vds`` modes HDF5 never writes to the disk itself: each
+file is built in memory and its bytes are written with ``os.write`` and fsynced
+(:func:`write_image`), so a full disk or an I/O error raises ``OSError`` right there. (HDF5's own
+file driver reports such errors unreliably: a failed write of a dataset's buffer at close is
+only printed, "Exception ignored", and the broken file state it leaves can crash the process
+later.) ``mpio`` and ``sequential`` write through HDF5 (there is no in-memory alternative for a
+shared file); callers that need certainty re-read what they wrote (see
+:mod:`hpcinv.io.checkpoint`).
+
 Reading back: :mod:`hpcinv.io.h5read`; XDMF sidecars: :mod:`hpcinv.io.xdmf`.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -163,6 +173,22 @@ def _cleanup(path: Path, keep: str | None) -> None:
                 pass
 
 
+def write_image(path, build) -> None:
+    """Create the HDF5 file ``path``: ``build(f)`` fills an in-memory file, whose bytes are then
+    written with checked ``os.write`` calls and fsynced (any failure raises ``OSError``)."""
+    buf = io.BytesIO()
+    with _h5py().File(buf, "w") as f:
+        build(f)
+    view = memoryview(buf.getbuffer())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _new_uid(comm) -> str:
     return comm.bcast(uuid.uuid4().hex[:12] if comm.Get_rank() == 0 else None, root=0)
 
@@ -249,24 +275,26 @@ def _write_shared(path, comm, items, attrs, replicated, mode) -> None:
         _write_attrs(f, attrs)
         return dsets, reps
 
-    err = None
+    err = _attempt(lambda: [_check_block(it) for it in items])
+    if mode != "single":
+        # the collective region (or the ranks' turns) is entered only when every rank is ready
+        _sync(comm, err, "write_h5 (preparing the blocks)")
     try:
         if mode == "mpio":
-            with h5py.File(tmp, "w", driver="mpio", comm=comm) as f:
-                dsets, reps = create(f)                       # collective
-                for ds, it in zip(dsets, items):
-                    with ds.collective:                         # every rank writes its slab
+            _write_mpio(tmp, comm, items, create, replicated)
+        elif err is None and rank == 0:
+            def build(f):
+                dsets, reps = create(f)
+                for k, ds in reps.items():
+                    ds[...] = replicated[k]
+                if mode == "single":
+                    for ds, it in zip(dsets, items):
                         ds[it.selection] = it.block
-                if rank == 0:
-                    for k, ds in reps.items():                  # independent, rank 0 only
-                        ds[...] = replicated[k]
-                f.flush()                                       # MPI_File_sync
-        else:
-            if rank == 0:
+            if mode == "single":
+                write_image(tmp, build)        # every byte written and checked by os.write
+            else:
                 with h5py.File(tmp, "w") as f:
-                    _, reps = create(f)
-                    for k, ds in reps.items():
-                        ds[...] = replicated[k]
+                    build(f)
     except Exception as e:   # noqa: BLE001
         err = e
     if mode == "sequential":   # ranks take turns writing their hyperslabs (testing aid)
@@ -280,15 +308,61 @@ def _write_shared(path, comm, items, attrs, replicated, mode) -> None:
                             f[it.name][it.selection] = it.block
                 except Exception as e:   # noqa: BLE001
                     err = e
-    elif mode == "single":
-        try:
-            if err is None:
-                with h5py.File(tmp, "r+") as f:
-                    for it in items:
-                        f[it.name][it.selection] = it.block
-        except Exception as e:   # noqa: BLE001
-            err = e
     _finish(comm, err, path, tmp, None, None)
+
+
+def _attempt(fn) -> BaseException | None:
+    """Run a rank-local step; its exception (or ``None``), to be combined with :func:`_sync`."""
+    try:
+        fn()
+    except Exception as e:   # noqa: BLE001 - combined by the caller
+        return e
+    return None
+
+
+def _check_block(it: _Item) -> None:
+    """Rank-local check of a block before any collective call uses it (a failure here is
+    combined over the ranks first, so no rank waits in a collective another never enters)."""
+    b = it.block
+    if not isinstance(b, np.ndarray) or not b.flags.c_contiguous:
+        raise ValueError(f"write_h5: block of {it.name!r} is not a C-contiguous NumPy array")
+    if any(o < 0 or o + n > g for o, n, g in zip(it.offset, b.shape, it.global_shape)) \
+            or len(it.offset) != len(it.global_shape):
+        raise ValueError(f"write_h5: block of {it.name!r} at {it.offset} with shape "
+                         f"{b.shape} does not fit the global shape {it.global_shape}")
+
+
+def _write_mpio(tmp, comm, items, create, replicated) -> None:
+    """The ``mpio`` writer as a sequence of collective steps. Every rank-local failure is
+    detected before the collective region (:func:`_check_block`, combined by the caller); each
+    step's outcome is combined over the ranks (:func:`_sync`) before the next one starts, so an
+    error raised by HDF5 on some ranks raises on every rank and all ranks still close the file
+    together (H5Fclose is collective). The open is assumed to fail or succeed on every rank
+    together (MPI_File_open is collective)."""
+    h5py = _h5py()
+    rank = comm.Get_rank()
+    f = h5py.File(tmp, "w", driver="mpio", comm=comm)
+    try:
+        made = {}
+
+        def make():
+            made["dsets"], made["reps"] = create(f)                 # collective metadata
+        _sync(comm, _attempt(make), "write_h5 (creating the datasets)")
+        for ds, it in zip(made["dsets"], items):
+            def write(ds=ds, it=it):
+                with ds.collective:                                   # every rank its slab
+                    ds[it.selection] = it.block
+            _sync(comm, _attempt(write), f"write_h5 (writing {it.name!r})")
+        if rank == 0:
+            err = _attempt(lambda: [ds.__setitem__(Ellipsis, replicated[k])
+                                    for k, ds in made["reps"].items()])   # independent
+        else:
+            err = None
+        _sync(comm, err, "write_h5 (writing the replicated datasets)")
+        _sync(comm, _attempt(f.flush), "write_h5 (flushing)")        # MPI_File_sync
+    finally:
+        close_err = _attempt(f.close)                                  # collective
+    _sync(comm, close_err, "write_h5 (closing)")
 
 
 def _finish(comm, err, path, tmp, parts_dir, parts_name) -> None:
@@ -341,14 +415,17 @@ def _write_vds(path, comm, items, attrs, replicated) -> None:
     _sync(comm, err, "write_h5 (creating the parts directory)")
     part = parts_dir / f"rank{rank:05d}.h5"
     try:
-        with h5py.File(part, "w") as f:
+        for it in items:
+            _check_block(it)
+
+        def build_part(f):
             f.attrs["rank"] = rank
             f.attrs["size"] = comm.Get_size()
             for it in items:
                 ds = f.create_dataset(it.name, data=it.block)
                 ds.attrs["offset"] = np.asarray(it.offset, dtype=np.int64)
                 ds.attrs["global_shape"] = np.asarray(it.global_shape, dtype=np.int64)
-        _fsync_path(part)
+        write_image(part, build_part)          # checked writes, fsynced
     except Exception as e:   # noqa: BLE001
         err = e
     # every rank's (offset, shape) per dataset; metadata only, a few integers per rank
@@ -362,7 +439,8 @@ def _write_vds(path, comm, items, attrs, replicated) -> None:
     if rank == 0:
         try:
             _fsync_dir(parts_dir)
-            with h5py.File(tmp, "w") as f:
+
+            def build_master(f):
                 for k, it in enumerate(items):
                     layout = h5py.VirtualLayout(shape=it.global_shape, dtype=it.block.dtype)
                     for r, m in enumerate(meta):
@@ -375,6 +453,7 @@ def _write_vds(path, comm, items, attrs, replicated) -> None:
                 for k, v in replicated.items():
                     f.create_dataset(k, data=v)
                 _write_attrs(f, attrs)
+            write_image(tmp, build_master)
         except Exception as e:   # noqa: BLE001
             err = e
     _finish(comm, err, path, tmp, parts_dir, parts_name)
