@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from hpcinv import selftest
+from hpcinv.app import selftest
 from test_cli import ROOT, _clean_env, mpiexec
 
 

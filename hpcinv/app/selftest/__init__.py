@@ -276,8 +276,8 @@ def check_environment(ctx) -> Result:
     from mpi4py import MPI
 
     import numpy as np
-    from ..parallel.cuda_aware import library_info
-    from ..solvers.overlap import resolve_overlap
+    from ...parallel.cuda_aware import library_info
+    from ...solvers.overlap import resolve_overlap
     comm, bk = ctx["comm"], ctx["backend"]
     mine = environment_of(bk, comm, ctx["node"])
     lib = MPI.Get_library_version().strip().splitlines()[0].strip()
@@ -287,7 +287,7 @@ def check_environment(ctx) -> Result:
     mine["overlap_auto"], mine["overlap_reason"] = on, why
     problems = []
     try:
-        from ..io.h5write import choose_mode, h5py_has_mpi
+        from ...io.h5write import choose_mode, h5py_has_mpi
         import h5py
         mine["h5py"] = h5py.__version__
         mine["h5py_mpi"] = h5py_has_mpi()
@@ -409,7 +409,7 @@ def check_exchange(ctx, name, cuda_aware) -> Result:
     """Exchanges on non-periodic and periodic decompositions, 2D and 3D, float64 and
     float32 (``cuda_aware``: hand device buffers to MPI, else stage; host memory: direct)."""
     import numpy as np
-    from ..parallel import Decomposition, HaloExchange
+    from ...parallel import Decomposition, HaloExchange
     comm, bk, sizes = ctx["comm"], ctx["backend"], ctx["sizes"]
     corrupt = ctx["runner"].fault_for(name) and comm.Get_rank() == comm.Get_size() - 1
     checked = wrong = messages = 0
@@ -448,7 +448,7 @@ def _exchange_summary(how):
 # --------------------------------------------------------------------------- (c) correctness
 
 def _make(ndim):
-    from ..model import problems
+    from ...model import problems
     return problems.geothermal2d if ndim == 2 else problems.geothermal3d
 
 
@@ -456,16 +456,16 @@ class Chain:
     """The forward -> gradient -> descent computation on one communicator."""
 
     def __init__(self, ndim, shape, comm, bk, overlap, smoothing_steps):
-        from ..solvers import PTParams
+        from ...solvers import PTParams
         self.ndim, self.shape, self.comm, self.bk = ndim, shape, comm, bk
         self.overlap, self.smoothing_steps = overlap, smoothing_steps
         self.params = PTParams()
 
     def forward(self):
-        from ..inverse import Observations
-        from ..model.geothermal import workshop_points
-        from ..io import gather_cells, gather_faces
-        from ..solvers import DarcySolver
+        from ...inverse import Observations
+        from ...model.geothermal import workshop_points
+        from ...io import gather_cells, gather_faces
+        from ...solvers import DarcySolver
         true = _make(self.ndim)(self.shape, comm=self.comm)
         s = DarcySolver(true, self.bk, self.params, overlap=self.overlap)
         st = s.solve()
@@ -481,9 +481,9 @@ class Chain:
                      "converged": r.converged, "overlap": s.overlap}
 
     def gradient(self):
-        from ..inverse import AdjointGradient
-        from ..inverse.regularisation import GradientSmoother
-        from ..io import gather_cells
+        from ...inverse import AdjointGradient
+        from ...inverse.regularisation import GradientSmoother
+        from ...io import gather_cells
         model = _make(self.ndim)(self.shape, comm=self.comm, k_background=1.0, k_barrier=1.0)
         self.G = AdjointGradient(model, self.obs, self.bk, self.params, self.params,
                                  overlap=self.overlap)
@@ -497,8 +497,8 @@ class Chain:
 
     def descent(self, steps):
         import numpy as np
-        from ..inverse.optimise import GradientDescent, OptimiserSettings
-        from ..io import gather_cells
+        from ...inverse.optimise import GradientDescent, OptimiserSettings
+        from ...io import gather_cells
         opt = GradientDescent(self.G, self.S, OptimiserSettings(method="gd"))
         hist = [opt.start(np.zeros(self.model.grid.decomp.padded_shape))]
         for _ in range(steps):
@@ -673,7 +673,7 @@ def speed_block_shape(sizes, comm):
 def check_speed(ctx) -> Result:
     import numpy as np
     from mpi4py import MPI
-    from ..solvers import DarcySolver, PTParams
+    from ...solvers import DarcySolver, PTParams
     comm, bk, sizes = ctx["comm"], ctx["backend"], ctx["sizes"]
     shape = speed_block_shape(sizes, comm)
     nd = len(shape)
@@ -747,7 +747,7 @@ def slow_write_kernel():
     exchange is issued, unless the exchange waits for it)."""
     global SLOW_WRITE
     if SLOW_WRITE is None:
-        from ..backend.kernel import Kernel
+        from ...backend.kernel import Kernel
         SLOW_WRITE = Kernel(
             "selftest_slow_write", ("F", "A"), ("value",),
             "real acc = (real)0;\n"
@@ -761,7 +761,7 @@ def check_halo_ordering(ctx) -> Result:
     """A slow kernel writes the field right before each exchange, on the exchange's stream and
     (with an event) on another stream; the ghosts must hold the final values every round."""
     import numpy as np
-    from ..parallel import Decomposition, HaloExchange
+    from ...parallel import Decomposition, HaloExchange
     comm, bk, sizes = ctx["comm"], ctx["backend"], ctx["sizes"]
     checked = wrong = 0
     first = ""
@@ -797,9 +797,9 @@ def check_halo_ordering(ctx) -> Result:
 @data_fault
 def check_overlap_bitwise(ctx) -> Result:
     from mpi4py import MPI
-    from ..model import problems
-    from ..io import gather_cells
-    from ..solvers import DarcySolver, PTParams
+    from ...model import problems
+    from ...io import gather_cells
+    from ...solvers import DarcySolver, PTParams
     comm, bk, sizes = ctx["comm"], ctx["backend"], ctx["sizes"]
     params = PTParams(tol=1e-30, maxiter=200)
     results = {}
@@ -844,9 +844,9 @@ def check_overlap_bitwise(ctx) -> Result:
 
 def check_launch_cost(ctx) -> Result:
     import numpy as np
-    from ..model import problems
-    from ..physics.darcy import apt_step_kernel
-    from ..solvers import DarcySolver, PTParams
+    from ...model import problems
+    from ...physics.darcy import apt_step_kernel
+    from ...solvers import DarcySolver, PTParams
     bk = ctx["backend"]
     s = DarcySolver(problems.periodic_block((8, 8)), bk, PTParams(tol=1e-12))
     k = bk.kernel(apt_step_kernel(2), 2, np.float64)
@@ -878,7 +878,7 @@ COPY_KERNEL = None
 def copy_kernel():
     global COPY_KERNEL
     if COPY_KERNEL is None:
-        from ..backend.kernel import Kernel
+        from ...backend.kernel import Kernel
         COPY_KERNEL = Kernel("selftest_copy", ("dst", "src"), (), "dst[idx] = src[idx];",
                              writes=("dst",), reach=0)
     return COPY_KERNEL
@@ -909,7 +909,7 @@ def check_teff(ctx) -> Result:
 def _teff_one(bk, shape, dt, target):
     import numpy as np
     from mpi4py import MPI
-    from ..solvers import DarcySolver, PTParams
+    from ...solvers import DarcySolver, PTParams
     s = DarcySolver(_make(3)(shape, comm=MPI.COMM_SELF), bk, PTParams(tol=1e-30, maxiter=10**9),
                     overlap=False, dtype=dt)
     pshape = s.decomp.padded_shape
@@ -955,9 +955,9 @@ def check_pool_memory(ctx) -> Result:
     """Peak CuPy pool bytes of a gradient (forward + adjoint + smoothing), in full fields."""
     import numpy as np
     from mpi4py import MPI
-    from ..inverse import AdjointGradient, Observations
-    from ..model.geothermal import workshop_points
-    from ..inverse.regularisation import GradientSmoother
+    from ...inverse import AdjointGradient, Observations
+    from ...model.geothermal import workshop_points
+    from ...inverse.regularisation import GradientSmoother
     bk, sizes = ctx["backend"], ctx["sizes"]
     if bk.name != "cupy":
         return Result("SKIP", f"device-only (CuPy memory pool); backend {bk.name}")
@@ -989,7 +989,7 @@ def run(args) -> int:
     no check failed, else 1."""
     from mpi4py import MPI
 
-    from ..backend import make_backend
+    from ...backend import make_backend
     comm = MPI.COMM_WORLD
     t_start = time.perf_counter()
     bk = make_backend(args.backend, comm=comm)
