@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from hpcinv import selftest
+from hpcinv.app.selftest.correctness import compare_exact
+from hpcinv.app.selftest.runner import FAULT_ENV, STATUS_ORDER, Runner
 from test_cli import ROOT, _clean_env, mpiexec
 
 
@@ -29,7 +30,7 @@ def run_selftest(n: int, *args, timeout=120, **env):
             pytest.skip("no mpiexec found (pip install mpich, or load the cluster's MPI)")
         cmd = [exe, "-n", str(n)] + cmd
     full_env = _clean_env(OMP_WAIT_POLICY="passive", HPCINV_STREAM_CHECK="0")
-    full_env.pop(selftest.FAULT_ENV, None)
+    full_env.pop(FAULT_ENV, None)
     full_env.update(env)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=full_env)
@@ -40,7 +41,7 @@ def rows(stdout: str) -> dict:
     out = {}
     for line in stdout.splitlines():
         parts = line.split(None, 4)
-        if len(parts) >= 2 and parts[1] in selftest.STATUS_ORDER:
+        if len(parts) >= 2 and parts[1] in STATUS_ORDER:
             out[parts[0]] = (parts[1], parts[4] if len(parts) > 4 else "")
     return out
 
@@ -122,7 +123,7 @@ def test_stream_checker_run_passes():
 # --------------------------------------------------------------------------- in-process units
 
 def test_a_raising_check_is_a_one_line_fail():
-    r = selftest.Runner(MPI.COMM_SELF, None)
+    r = Runner(MPI.COMM_SELF, None)
 
     def boom():
         raise ValueError("first line\nsecond line")
@@ -136,13 +137,13 @@ def test_compare_exact_reports_the_first_difference():
     a = np.arange(6.0).reshape(2, 3)
     b = a.copy()
     b[1, 2] = np.nextafter(b[1, 2], np.inf)
-    assert selftest.compare_exact({"x": a, "J": [1.0, 2.0]}, {"x": a.copy(), "J": [1.0, 2.0]}) \
+    assert compare_exact({"x": a, "J": [1.0, 2.0]}, {"x": a.copy(), "J": [1.0, 2.0]}) \
         == []
-    bad = selftest.compare_exact({"x": a, "J": [1.0, 2.0]}, {"x": b, "J": [1.0, 3.0]})
+    bad = compare_exact({"x": a, "J": [1.0, 2.0]}, {"x": b, "J": [1.0, 3.0]})
     assert bad[0].startswith("x: 1 value(s) differ, first at (1, 2)")
     assert bad[1].startswith("J at 1")
     # -0.0 and 0.0 compare equal as numbers but are different bits
-    assert selftest.compare_exact({"x": np.array([0.0])}, {"x": np.array([-0.0])})
+    assert compare_exact({"x": np.array([0.0])}, {"x": np.array([-0.0])})
 
 
 def test_job_script_reports_the_failing_check(tmp_path):
