@@ -64,16 +64,9 @@ from _common import emit, log, machine, parse_sizes, reset_peak, status_kib  # n
 
 from hpcinv.backend import make_backend  # noqa: E402
 from hpcinv.inverse import AdjointGradient, Observations  # noqa: E402
+from hpcinv.model.geothermal import workshop_points  # noqa: E402
 from hpcinv.model.problems import geothermal2d, geothermal3d  # noqa: E402
 from hpcinv.solvers import DarcySolver, PTParams  # noqa: E402
-
-
-def observation_points(ndim: int) -> np.ndarray:
-    """The workshop's 8 x 8 grid; in 3D on 4 levels z in linspace(0.25, 0.75, 4)."""
-    axes = [np.linspace(-1 / 3, 1 / 3, 8), np.linspace(0.25, 0.85, 8)]
-    if ndim == 3:
-        axes.append(np.linspace(0.25, 0.75, 4))
-    return np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
 
 
 def make_problem(shape, comm=MPI.COMM_SELF):
@@ -89,7 +82,7 @@ def setup(shape, values):
     prob = make_problem(shape)
     d = prob.grid.decomp
     prob.K[d.owned()] = 1.0
-    obs = Observations(prob.grid, observation_points(len(shape)))
+    obs = Observations(prob.grid, workshop_points(len(shape)))
     obs.values = values
     logK = np.zeros(d.padded_shape)
     return prob, obs, logK
@@ -177,7 +170,7 @@ def timing(shape, args, backend):
     t0 = time.perf_counter()
     s_true = DarcySolver(true, backend, PTParams()).solve()
     t_true = time.perf_counter() - t0
-    obs = Observations(true.grid, observation_points(len(shape)))
+    obs = Observations(true.grid, workshop_points(len(shape)))
     obs.record(s_true.Pf, backend)
     values = np.array(obs.values)
     del s_true, true
@@ -252,14 +245,14 @@ def main(argv=None):
         rec = {"benchmark": "gradient_cost", "problem": problem_name(shape), "size": list(shape),
                "ranks": 1, "backend": "host", "threads": args.threads, "dtype": "float64",
                "params": "PTParams() defaults",
-               "observations": len(observation_points(len(shape)))}
+               "observations": len(workshop_points(len(shape)))}
         if not args.no_time or not args.no_memory:
             values, t = timing(shape, args, backend) if not args.no_time else (None, {})
             rec.update(t)
         if not args.no_memory:
             if values is None:            # memory only: observations from the true model
                 true = make_problem(shape)
-                obs = Observations(true.grid, observation_points(len(shape)))
+                obs = Observations(true.grid, workshop_points(len(shape)))
                 obs.record(DarcySolver(true, backend, PTParams()).solve().Pf, backend)
                 values = np.array(obs.values)
             rec.update(memory(shape, values, args))
