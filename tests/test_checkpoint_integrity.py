@@ -18,6 +18,7 @@ import pytest
 from mpi4py import MPI
 
 from hpcinv.app.cli import main
+import inversion_cases
 from hpcinv.errors import OutputIOError
 from hpcinv.app.fingerprint import config_fingerprint
 from hpcinv.io import checkpoint as ckpt
@@ -27,12 +28,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"}
 
 
 def small_config(tmp_path, **inversion):
-    inversion = {"iterations": 3, "checkpoint_every": 2, **inversion}
-    lines = ["[grid]", "nx = 63", "ny = 31", "[inversion]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in inversion.items()]
-    path = tmp_path / "small.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return inversion_cases.small_config(tmp_path, **{"iterations": 3, "checkpoint_every": 2,
+                                                     **inversion})
 
 
 # The size limit is set after MPI_Init (MPI's own shared-memory files must not hit it), then

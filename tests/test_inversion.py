@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from hpcinv.app.cli import main
+from inversion_cases import small_config
 
 MPIEXEC = str(Path(sys.executable).with_name("mpiexec"))
 if not Path(MPIEXEC).exists():
@@ -31,16 +32,6 @@ def strip(h):
 def final(run, name="logK"):
     with h5py.File(Path(run) / "model_final.h5") as f:
         return f[name][...]
-
-
-def small_config(tmp_path, regularisation=None, **inversion):
-    inversion = {"iterations": 8, **inversion}
-    lines = ["[grid]", "nx = 63", "ny = 31", "[inversion]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in inversion.items()]
-    lines += ["[regularisation]"] + [f"{k} = {v}" for k, v in (regularisation or {}).items()]
-    path = tmp_path / "small.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def run_cli(*args, ranks=1, **popen):

@@ -11,6 +11,7 @@ import time
 import pytest
 from mpi4py import MPI
 
+import inversion_cases
 from hpcinv.errors import RunLockedError
 from hpcinv.io import rundir
 
@@ -18,12 +19,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"}
 
 
 def small_config(tmp_path, **inversion):
-    inversion = {"iterations": 200, "checkpoint_every": 2, **inversion}
-    lines = ["[grid]", "nx = 63", "ny = 31", "[inversion]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in inversion.items()]
-    path = tmp_path / "small.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return inversion_cases.small_config(tmp_path, **{"iterations": 200, "checkpoint_every": 2,
+                                                     **inversion})
 
 
 def run_cli(*args):

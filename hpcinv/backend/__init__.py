@@ -16,6 +16,9 @@ from .kernel import Kernel
 
 BACKENDS = ("auto", "host", "cupy")
 
+__all__ = ["BACKENDS", "Backend", "BackendError", "CheckedHostBackend", "HostBackend", "Kernel",
+           "KernelArgumentError", "Stream", "StreamRaceError", "make_backend"]
+
 
 def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo), else the machine type."""

@@ -8,7 +8,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .schema import (AXES, INVERSION_METHODS, OBS_FILE_SUFFIXES, PERMEABILITY_TYPES,
+from .schema import (AXES, OBS_FILE_SUFFIXES, PERMEABILITY_TYPES,
                      POINT_KINDS, PRECONDITIONERS, PROBLEM_EXTENTS, SIDES, WellConfig, is_number)
 
 if TYPE_CHECKING:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..physics.residuals import flux_residual_adjoint_kernel, pressure_residual_adjoint_kernel
 from ..solvers import make_darcy_solver
 from ..solvers.apt import PTParams, PTResult

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, OutputIOError
-from .h5util import _fsync_dir, _fsync_path, _h5py
+from .h5util import _fsync_dir, _fsync_path, _h5py, write_all
 
 CHECKPOINT = "checkpoint.h5"
 PREVIOUS = "checkpoint.prev.h5"
@@ -253,15 +253,8 @@ def _seal(gen: Path, digests: dict, state: str) -> None:
         with h5py.File(buf, "r+") as f:
             f.attrs["data_sha256"] = text
         tmp = gen.with_name(f".{gen.name}.tmp-{uuid.uuid4().hex[:12]}")
-        view = memoryview(buf.getbuffer())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            try:
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_all(tmp, buf.getbuffer(), exclusive=True)
             os.replace(tmp, gen)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -24,3 +24,17 @@ def _fsync_dir(p: Path) -> None:
     except OSError:   # some file systems refuse fsync on directories; the rename still stands
         pass
 
+
+
+def write_all(path, data, exclusive: bool = False) -> None:
+    """Write the bytes ``data`` to ``path`` with checked ``os.write`` calls and fsync them (any
+    failure, a full disk included, raises ``OSError``). ``exclusive``: the file must be new."""
+    view = memoryview(data)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o644)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

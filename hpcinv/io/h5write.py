@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .h5util import _fsync_dir, _fsync_path, _h5py
+from .h5util import _fsync_dir, _fsync_path, _h5py, write_all
 
 MODES = ("auto", "mpio", "vds", "single", "sequential")
 PART_DIR_RE = r"\.parts-[0-9a-f]{12}$"
@@ -179,14 +179,7 @@ def write_image(path, build) -> None:
     buf = io.BytesIO()
     with _h5py().File(buf, "w") as f:
         build(f)
-    view = memoryview(buf.getbuffer())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_all(path, buf.getbuffer())
 
 
 def _new_uid(comm) -> str:

@@ -7,8 +7,6 @@ A solver adds its iteration (``solve``) and its parameters (``set_params``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from mpi4py import MPI
 
