@@ -51,6 +51,10 @@ def level_config(cfg, factor: int):
     if len(shape) == 3:
         c.grid.nz = shape[2]
     if factor != 1:
+        if cfg.inversion.level_smoothing != "same":   # default: the same smoothing length
+            c.regularisation.smoothing_steps = max(1, round(
+                cfg.regularisation.smoothing_steps / factor ** 2)) \
+                if cfg.regularisation.smoothing_steps else 0
         if c.permeability.type == "file":
             c.permeability = type(c.permeability)(type="constant")
         c.inversion.initial_file, c.inversion.initial_logK = None, None

@@ -153,6 +153,7 @@ class InversionConfig:
     levels: list | None = None               # coarsening factors, e.g. [4, 2, 1]
     level_iterations: list | None = None     # outer iterations per level, e.g. [30, 15, 5]
     level_misfit_ratio: list | None = None   # a level ends when J/J0 falls below (0: off)
+    level_smoothing: str | None = None       # "physical" (default): steps / f^2, or "same"
 
     def level_factors(self) -> list:
         """The coarsening factors of the run (``[1]``: today's single grid)."""

@@ -334,8 +334,11 @@ def _validate_inversion(cfg):
 def _validate_levels(cfg):
     """``inversion.levels``, ``level_iterations``, ``level_misfit_ratio`` (coarse-to-fine)."""
     v = cfg.inversion
+    if v.level_smoothing not in (None, "same", "physical"):
+        raise ConfigError(f"inversion.level_smoothing must be \"same\" or \"physical\", got "
+                          f"{v.level_smoothing!r}")
     if v.levels is None:
-        for key in ("level_iterations", "level_misfit_ratio"):
+        for key in ("level_iterations", "level_misfit_ratio", "level_smoothing"):
             if getattr(v, key) is not None:
                 raise ConfigError(f"inversion.{key} needs inversion.levels (e.g. levels = "
                                   f"[4, 2, 1])")
