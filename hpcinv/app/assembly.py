@@ -130,17 +130,22 @@ def build_forward(cfg, comm=None, backend: Backend | None = None) -> Setup:
                  run_settings(cfg))
 
 
-def build(cfg, comm=None, backend: Backend | None = None, progress=None) -> Setup:
+def build(cfg, comm=None, backend: Backend | None = None, progress=None,
+          data: Observations | None = None) -> Setup:
     """Everything an inversion (or a gradient) needs from a validated config (collective over
-    ``comm``, default ``MPI.COMM_WORLD``). ``progress`` is passed to the synthetic-data solve."""
+    ``comm``, default ``MPI.COMM_WORLD``). ``progress`` is passed to the synthetic-data solve.
+    ``data``: observations whose values and sigma are used instead of the config's (a coarse
+    level of :mod:`hpcinv.app.levels` fits the fine grid's data; no synthetic solve)."""
     base = build_forward(cfg, comm, backend)
     bk, true, grid = base.backend, base.true, base.grid
     opts, fwd, adj = base.solver_options, base.forward_params, base.adjoint_params
     true_Pf = None
-    if scenario.needs_synthetic_values(cfg):
+    if data is None and scenario.needs_synthetic_values(cfg):
         solver = make_darcy_solver(true, bk, fwd, **opts)
         true_Pf = solver.solve(progress).Pf
     obs = scenario.make_observations(cfg, grid, bk, true_Pf, demean=true.gauge_free)
+    if data is not None:
+        obs.values, obs.sigma = np.array(data.values), np.array(data.sigma)
     del true_Pf
     logK0 = scenario.initial_logK(cfg, true)
     reg, dt = cfg.regularisation, np.dtype(cfg.solver.dtype)

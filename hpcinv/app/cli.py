@@ -259,11 +259,19 @@ def cmd_invert(args, demo=False) -> int:
     if setup.decomp.rank == 0 and not args.restart:
         (out / "config.toml").write_text(config_mod.dumps(cfg))
     g = setup.grid
-    inv = Inversion(setup, run_dir, Reporter(say, args.quiet, args.json),
-                    restart=bool(args.restart))
+    reporter = Reporter(say, args.quiet, args.json)
+    if len(cfg.inversion.level_factors()) > 1:          # coarse-to-fine (app/levels.py)
+        from .levels import LevelledInversion, level_shapes
+        inv = LevelledInversion(cfg, setup, run_dir, reporter, restart=bool(args.restart))
+        plan = ", ".join(f"{'x'.join(map(str, s))}: {k}" for s, k in
+                         zip(level_shapes(cfg), cfg.inversion.level_iterations))
+        what = f"levels ({plan}) iterations"
+    else:
+        inv = Inversion(setup, run_dir, reporter, restart=bool(args.restart))
+        what = f"{cfg.inversion.iterations} iterations"
     say(f"hpcinv {'demo' if demo else 'invert'}: {cfg.problem.name} "
         f"{'x'.join(map(str, g.shape))} cells on {g.decomp.size} rank(s), backend "
-        f"{setup.backend.name}, {cfg.inversion.method}, {cfg.inversion.iterations} iterations, "
+        f"{setup.backend.name}, {cfg.inversion.method}, {what}, "
         f"{len(setup.observations)} observations -> {out}; "
         f"{describe_parallel(setup.objective.solver)}")
     last = inv.run()

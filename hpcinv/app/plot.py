@@ -257,7 +257,9 @@ def plot_pressure(out: Path, title: str, ext, setup: dict, model: dict, which: s
 
 
 def plot_misfit(run: Path, out: Path, title: str) -> Path:
-    """``misfit.png``: J/J0 against the iteration (log scale), noted iterations marked."""
+    """``misfit.png``: J/J0 against the iteration (log scale), noted iterations marked, the
+    start of every level of a coarse-to-fine run (``level``, ``grid`` in the history) a dotted
+    line."""
     path = run / "history.jsonl"
     if not path.exists():
         raise _Skip(f"no history.jsonl in {run} yet")
@@ -266,15 +268,18 @@ def plot_misfit(run: Path, out: Path, title: str) -> Path:
     except (OSError, ValueError) as exc:
         raise _Skip(f"cannot read {path}: {exc}") from None
     j0 = next((r["misfit"] for r in recs if r.get("iteration") == 0 and "misfit" in r), None)
-    it, ratio, notes = [], [], []
+    it, ratio, notes, starts = [], [], [], []
     for r in recs:
+        if "level" in r and (not starts or starts[-1][1] != r["level"]):   # coarse-to-fine
+            starts.append((int(r["iteration"]), r["level"], r.get("grid")))
         q = r.get("misfit_ratio")
         if q is None and j0 and r.get("misfit") is not None:
             q = r["misfit"] / j0
         if q is not None and np.isfinite(q) and q > 0:
             it.append(int(r["iteration"]))
             ratio.append(float(q))
-            notes.append(r.get("note"))
+            note = r.get("note")
+            notes.append(None if note and note.startswith("level ") else note)
     if not it:
         raise _Skip(f"{path} holds no iteration with a positive misfit ratio yet")
     fig = _figure(1, 7.0, 4.5)
@@ -284,6 +289,11 @@ def plot_misfit(run: Path, out: Path, title: str) -> Path:
         sel = [i for i, n in enumerate(notes) if n == note]
         ax.scatter([it[i] for i in sel], [ratio[i] for i in sel], marker="X", s=60, zorder=3,
                    color=f"C{(k + 1) % 10}", label=note)
+    for k, (i0, level, grid) in enumerate(starts):
+        shape = "x".join(map(str, grid)) if grid else "?"
+        ax.axvline(i0, color="0.5", ls=":", lw=1, label="levels (grid)" if k == 0 else None)
+        ax.annotate(f"L{level} {shape}", (i0, 1), xycoords=("data", "axes fraction"),
+                    xytext=(2, -10), textcoords="offset points", fontsize="x-small")
     ax.set_xlabel("iteration")
     ax.set_ylabel("misfit ratio J / J0")
     ax.grid(True, which="both", alpha=0.3)

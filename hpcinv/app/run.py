@@ -111,7 +111,9 @@ class Reporter:
         k, el = rec["iteration"], rec["wall_time"]
         eta = el / k * (total - k) if k else float("nan")
         note = f"  [{rec['note']}]" if rec.get("note") else ""
-        self.say(f"iter {k:4d}/{total}  J/J0 {rec['misfit_ratio']:.4e}  max|dlogK| "
+        lvl = (f"L{rec['level']} {'x'.join(map(str, rec['grid']))}  " if "level" in rec
+               else "")                                   # coarse-to-fine (app/levels.py)
+        self.say(f"{lvl}iter {k:4d}/{total}  J/J0 {rec['misfit_ratio']:.4e}  max|dlogK| "
                  f"{rec['max_dlogK']:.3e}  PT {rec['forward_iterations']}+"
                  f"{rec['adjoint_iterations']}  elapsed {el:8.1f} s  ETA {eta:7.1f} s{note}")
 
@@ -158,6 +160,7 @@ class Inversion:
         self.restart = restart
         self.iteration = 0
         self.wells = setup.true.wells
+        self.extra_attrs = {}     # more checkpoint attributes (the level of app/levels.py)
 
     # --- checkpoints ------------------------------------------------------------------------
     def _components(self) -> dict:
@@ -181,7 +184,7 @@ class Inversion:
                     replicated[key] = f.array
         attrs = {"iteration": self.iteration, "scalars": json.dumps(self.opt.scalars),
                  "state_layout": json.dumps(layout), "method": self.settings.method,
-                 **grid_attrs(self.grid)}
+                 **grid_attrs(self.grid), **self.extra_attrs}
         history = getattr(self, "history", None)          # copied into the checkpoint
         ckpt.save(self.dir.path, self.decomp, cells, faces, attrs, self.bk.to_host,
                   replicated=replicated,

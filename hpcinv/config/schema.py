@@ -149,6 +149,15 @@ class InversionConfig:
     initial_file: str | None = None
     initial_dataset: str = "logK"
     checkpoint_every: int = 10
+    # coarse-to-fine (docs/configuration.md, "Coarse-to-fine levels"); None: one level, the grid
+    levels: list | None = None               # coarsening factors, e.g. [4, 2, 1]
+    level_iterations: list | None = None     # outer iterations per level, e.g. [30, 15, 5]
+    level_misfit_ratio: list | None = None   # a level ends when J/J0 falls below (0: off)
+    level_smoothing: str | None = None       # "physical" (default): steps / f^2, or "same"
+
+    def level_factors(self) -> list:
+        """The coarsening factors of the run (``[1]``: today's single grid)."""
+        return [int(f) for f in self.levels] if self.levels else [1]
 
 
 @dataclass

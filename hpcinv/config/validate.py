@@ -62,6 +62,7 @@ def validate(cfg: Config) -> Config:
     if not (r.tikhonov >= 0 and math.isfinite(r.tikhonov)):
         raise ConfigError(f"regularisation.tikhonov must be >= 0, got {r.tikhonov}")
     _validate_inversion(cfg)
+    _validate_levels(cfg)
     if cfg.parallel.backend not in BACKENDS:
         raise ConfigError(f"parallel.backend: unknown backend {cfg.parallel.backend!r}"
                           f"{hint(cfg.parallel.backend, BACKENDS)}; choose one of "
@@ -328,6 +329,49 @@ def _validate_inversion(cfg):
     if v.checkpoint_every < 0:
         raise ConfigError(f"inversion.checkpoint_every must be >= 0 (0: only at the end and "
                           f"on SIGTERM), got {v.checkpoint_every}")
+
+
+def _validate_levels(cfg):
+    """``inversion.levels``, ``level_iterations``, ``level_misfit_ratio`` (coarse-to-fine)."""
+    v = cfg.inversion
+    if v.level_smoothing not in (None, "same", "physical"):
+        raise ConfigError(f"inversion.level_smoothing must be \"same\" or \"physical\", got "
+                          f"{v.level_smoothing!r}")
+    if v.levels is None:
+        for key in ("level_iterations", "level_misfit_ratio", "level_smoothing"):
+            if getattr(v, key) is not None:
+                raise ConfigError(f"inversion.{key} needs inversion.levels (e.g. levels = "
+                                  f"[4, 2, 1])")
+        return
+    lv = v.levels
+    if (not lv or not all(_is_int(f) and f >= 1 for f in lv)
+            or any(a <= b for a, b in zip(lv, lv[1:])) or lv[-1] != 1):
+        raise ConfigError(f"inversion.levels must be strictly decreasing integer coarsening "
+                          f"factors ending with 1 (e.g. [4, 2, 1]), got {lv!r}")
+    n = len(lv)
+    it = v.level_iterations
+    if n == 1 and it is not None:
+        raise ConfigError("inversion.level_iterations with a single level: use "
+                          "inversion.iterations")
+    if it is None:
+        if n > 1:
+            raise ConfigError(f"inversion.level_iterations is required with inversion.levels "
+                              f"= {lv}: the outer iterations of each level, e.g. "
+                              f"{[30, 15, 5][-n:] if n <= 3 else [10] * n}")
+    elif (len(it) != n or not all(_is_int(k) and k >= 0 for k in it) or it[-1] < 1):
+        raise ConfigError(f"inversion.level_iterations must have one integer >= 0 per level "
+                          f"({n}), the last >= 1, got {it!r}")
+    r = v.level_misfit_ratio
+    if r is not None and (len(r) != n or not all(is_number(x) and 0 <= x < 1 for x in r)):
+        raise ConfigError(f"inversion.level_misfit_ratio must have one number in [0, 1) per "
+                          f"level ({n}; 0: off), got {r!r}")
+    shape = cfg.grid_shape()
+    for i, f in enumerate(lv):
+        cs = tuple(-(-s // f) for s in shape)
+        if min(cs) < 3:
+            raise ConfigError(f"inversion.levels: level {i} (factor {f}) would have "
+                              f"{'x'.join(map(str, cs))} cells, fewer than 3 along an axis; "
+                              f"use a smaller factor")
 
 
 # --------------------------------------------------------------------------- helpers

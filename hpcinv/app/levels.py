@@ -1,0 +1,241 @@
+"""Coarse-to-fine inversion (``inversion.levels``): the same problem on coarser grids first.
+
+Level ``l`` with coarsening factor ``f`` is the config's problem on the grid of
+``ceil(n / f)`` cells per axis (same box, wells, boundaries, observation points), built by
+:func:`~hpcinv.app.assembly.build` from a copy of the config with that shape. Its observations
+are the *fine* run's data (values and sigma; observations are data, they do not change across
+levels); the coarse "true problem" only supplies the wells and sides (a ``file`` permeability is
+replaced by a constant there: the truth exists on the fine grid only). Level 0 starts from the
+fine initial model restricted by averaging (:mod:`hpcinv.parallel.transfer`); each later level
+from the previous level's model prolongated piecewise constant. Forward and adjoint solves of a
+new level start cold (docs/performance.md measures why warm prolongated starts are not worth it).
+
+One run directory, one ``history.jsonl`` (``level``, ``grid`` and ``work_units`` on every line;
+the first evaluation of a level is a line of its own with step 0), one sequence of checkpoints:
+a checkpoint records the level, the iteration its first line had and whether it has finished,
+beside the level's own state, so ``--restart`` continues on any rank count, bitwise. ``J/J0`` is
+relative to the run's first misfit (the initial model on the coarsest grid). The run's
+``misfit_ratio`` and ``step_tol`` stop the finest level; a coarser level ends after its
+``level_iterations``, below its ``level_misfit_ratio``, below ``step_tol`` or when a line search
+fails.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from ..errors import ConfigError, DecompositionError
+from ..io import checkpoint as ckpt
+from ..io import rundir
+from ..io.history import History
+from ..parallel.transfer import GridTransfer, coarse_shape
+from .assembly import build
+from .run import CHECKPOINT, Inversion, _Signals
+
+
+def level_shapes(cfg) -> list[tuple]:
+    """The grid shape of every level (``ceil(n / f)`` per axis)."""
+    return [coarse_shape(cfg.grid_shape(), f) for f in cfg.inversion.level_factors()]
+
+
+def level_config(cfg, factor: int):
+    """A copy of ``cfg`` whose grid is coarsened by ``factor`` (everything else the same; a
+    ``file`` permeability and initial model are dropped: see the module docstring)."""
+    c = copy.deepcopy(cfg)
+    shape = coarse_shape(cfg.grid_shape(), factor)
+    c.grid.nx, c.grid.ny = shape[0], shape[1]
+    if len(shape) == 3:
+        c.grid.nz = shape[2]
+    if factor != 1:
+        if cfg.inversion.level_smoothing != "same":   # default: the same smoothing length
+            c.regularisation.smoothing_steps = max(1, round(
+                cfg.regularisation.smoothing_steps / factor ** 2)) \
+                if cfg.regularisation.smoothing_steps else 0
+        if c.permeability.type == "file":
+            c.permeability = type(c.permeability)(type="constant")
+        c.inversion.initial_file, c.inversion.initial_logK = None, None
+        c.inversion.initial_dataset = "logK"
+    return c
+
+
+class LevelledInversion:
+    """Run (or continue) a coarse-to-fine inversion.
+
+    Args:
+        cfg: the validated config (``inversion.levels`` with more than one level).
+        fine: the :class:`~hpcinv.app.assembly.Setup` of the finest level (its data, initial
+            model, fingerprint; built by the caller as for a one-level run).
+        run_dir, reporter, restart: as for :class:`~hpcinv.app.run.Inversion`.
+    """
+
+    def __init__(self, cfg, fine, run_dir, reporter, restart: bool = False):
+        self.cfg, self.fine, self.dir, self.reporter = cfg, fine, run_dir, reporter
+        inv = cfg.inversion
+        self.factors = inv.level_factors()
+        n = len(self.factors)
+        self.iterations = list(inv.level_iterations or [inv.iterations] * n)
+        self.ratios = list(inv.level_misfit_ratio or [0.0] * n)
+        self.shapes = level_shapes(cfg)
+        self.fine_cells = math.prod(self.shapes[-1])
+        self.comm = fine.comm
+        self.restart = restart
+        self.ckpt = (ckpt.select(run_dir.path, self.comm, fine.fingerprint, reporter.warn)
+                     if restart else None)
+
+    @property
+    def total(self) -> int:
+        """Lines after the first: every level's iterations plus one start line per later
+        level."""
+        return sum(self.iterations) + len(self.factors) - 1
+
+    # --- levels -----------------------------------------------------------------------------
+    def _inversion(self, level: int) -> Inversion:
+        """The :class:`Inversion` of one level (its own Setup on the level's grid)."""
+        if level == len(self.factors) - 1:
+            setup = self.fine
+        else:
+            try:
+                setup = build(level_config(self.cfg, self.factors[level]), self.comm,
+                              backend=self.fine.backend, data=self.fine.observations)
+            except DecompositionError as exc:
+                raise ConfigError(
+                    f"inversion.levels: level {level} (factor {self.factors[level]}, grid "
+                    f"{'x'.join(map(str, self.shapes[level]))}) cannot be split over "
+                    f"{self.comm.Get_size()} ranks ({exc}); use a smaller coarsening factor or "
+                    f"fewer ranks") from None
+        out = Inversion(setup, self.dir, self.reporter)
+        out.fingerprint = self.fine.fingerprint          # the run's, on every level
+        return out
+
+    def _attrs(self, level, first, done) -> dict:
+        return {"level": level, "level_first_iteration": first, "level_done": int(bool(done)),
+                "levels": list(self.factors)}
+
+    def _record(self, level, iteration, opt_rec, t0, wall0) -> dict:
+        rec = {"iteration": iteration, "level": level, "grid": list(self.shapes[level]),
+               **opt_rec}
+        rec["work_units"] = ((rec["forward_iterations"] + rec["adjoint_iterations"])
+                             * math.prod(self.shapes[level]) / self.fine_cells)
+        rec["wall_time"] = wall0 + time.perf_counter() - t0
+        return rec
+
+    def _level_stop(self, inv, level, rec) -> str:
+        if not math.isfinite(rec["misfit"]):
+            raise ConfigError(f"misfit became {rec['misfit']} at iteration {rec['iteration']}")
+        if level == len(self.factors) - 1:
+            return inv._stop_reason(rec)
+        if "line search failed" in rec.get("note", ""):
+            return rec["note"]
+        r = self.ratios[level]
+        if r > 0 and rec["misfit_ratio"] < r:
+            return f"level {level}: misfit ratio {rec['misfit_ratio']:.3e} below {r:g}"
+        tol = self.cfg.inversion.step_tol
+        if tol > 0 and 0 < rec["max_dlogK"] < tol:
+            return f"level {level}: max|dlogK| {rec['max_dlogK']:.3e} below {tol:g}"
+        return ""
+
+    @staticmethod
+    def _start_level(inv, logK, J0=None):
+        """Start a level's optimiser at the model ``logK`` (padded host array on its grid); its
+        ``J0`` becomes the run's, so every line's J/J0 has one reference."""
+        rec = inv.opt.start(logK)
+        if J0 is not None:
+            inv.opt.scalars["J0"] = J0
+            rec["misfit_ratio"] = rec["misfit"] / J0 if J0 else 1.0
+        return rec
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        comm, t0 = self.comm, time.perf_counter()
+        last = len(self.factors) - 1
+        if self.restart:
+            path, attrs = self.ckpt
+            if "level" not in attrs:
+                raise ConfigError(f"restart: {path} was written by a one-level run; "
+                                  "inversion.levels may not change across a restart")
+            level, first = int(attrs["level"]), int(attrs["level_first_iteration"])
+            done = bool(attrs["level_done"])
+            inv = self._inversion(level)
+            inv.ckpt_path = path
+            inv.load_checkpoint()
+            iteration = inv.iteration
+            history = History.resume(self.dir / "history.jsonl", comm, keep=iteration + 1,
+                                     saved=inv.saved_history, say=self.reporter.warn)
+            wall0 = history.lines[-1]["wall_time"] if history.lines else 0.0
+            t0 = time.perf_counter()
+            self.reporter.message(f"restarting from iteration {iteration}, level {level} "
+                                  f"({path})")
+        else:
+            fine_inv = Inversion(self.fine, self.dir, self.reporter)
+            fine_inv.write_setup()
+            del fine_inv
+            history = History(self.dir / "history.jsonl", comm)
+            wall0, level, first, iteration, done = 0.0, 0, 0, 0, False
+            inv = self._inversion(0)
+            rec = self._start_level(
+                inv, GridTransfer(self.fine.decomp, inv.decomp).restrict(self.fine.logK0))
+            rec = self._record(0, 0, rec, t0, wall0)
+            history.append(rec)
+            self.reporter.iteration(rec, self.total)
+            inv.inner.check(rec)
+        signals = _Signals()
+        stop = ""
+        try:
+            while True:
+                n_done = iteration - first
+                if done or n_done >= self.iterations[level]:
+                    if level == last:
+                        break
+                    # next level: the model prolongated; the old level's memory released
+                    x = inv.bk.to_host(inv.opt.arrays["x"])
+                    J0 = inv.opt.scalars["J0"]
+                    nxt = self._inversion(level + 1)
+                    logK = GridTransfer(nxt.decomp, inv.decomp).prolong(x)
+                    inv, x = nxt, None
+                    level, iteration, done = level + 1, iteration + 1, False
+                    first = iteration
+                    rec = self._start_level(inv, logK, J0)
+                    rec["note"] = (f"level {level}: {'x'.join(map(str, self.shapes[level]))}, "
+                                   f"model prolongated" + (f"; {rec['note']}" if rec["note"]
+                                                           else ""))
+                else:
+                    iteration += 1
+                    rec = inv.opt.step()
+                rec = self._record(level, iteration, rec, t0, wall0)
+                history.append(rec)
+                self.reporter.iteration(rec, self.total)
+                rundir.heartbeat()
+                inv.inner.check(rec)
+                reason = self._level_stop(inv, level, rec) if iteration > first else ""
+                if reason:
+                    if level == last:
+                        stop = reason
+                    else:
+                        done = True
+                        self.reporter.message(f"ending {reason}")
+                term = comm.allreduce(signals.flag, op=MPI.MAX)
+                every = self.cfg.inversion.checkpoint_every
+                inv.iteration, inv.history = iteration, history
+                inv.extra_attrs = self._attrs(level, first, done)
+                if term or (every and iteration % every == 0):
+                    inv.save_checkpoint()
+                if term:
+                    self.reporter.message(
+                        f"SIGTERM: checkpoint written at iteration {iteration} (level {level}); "
+                        f"continue with: hpcinv invert --restart {self.dir.path}")
+                    return {**rec, "terminated": True}
+                if stop:
+                    break
+        finally:
+            signals.restore()
+        if stop:
+            self.reporter.message(f"stopping: {stop}")
+        inv.iteration, inv.history = iteration, history
+        inv.extra_attrs = self._attrs(level, first, True)
+        inv.save_checkpoint()
+        inv.write_model("model_final.h5")
+        return history.lines[-1]
