@@ -4,8 +4,10 @@
 
 * Each stream (``compute``, ``boundary``, ``interior``) is an in-order queue executed by its own
   worker thread, with random delays (``HPCINV_STREAM_CHECK_DELAY`` microseconds at most,
-  default 100, on a random quarter of the operations; ``HPCINV_STREAM_CHECK_SEED`` seeds them),
-  so work on different streams really runs concurrently and in varying interleavings.
+  default 100, on a random 1/32 of the operations; ``HPCINV_STREAM_CHECK_SEED`` seeds them),
+  so work on different streams really runs concurrently and in varying interleavings. The
+  detection does not depend on the delays (it is by vector clocks); they vary the interleaving
+  of the values. ``HPCINV_STREAM_CHECK_DELAY=0`` turns them off (several times faster).
 * Events and synchronisation are real: ``record`` marks a stream position, ``wait`` blocks the
   consumer stream's queue, ``sync`` blocks the host.
 * Backend arrays behave like device memory: MPI gets staged host copies unless CUDA-aware MPI
@@ -273,7 +275,7 @@ class CheckedStream(Stream):
             op = self._q.get()
             if op is None:
                 return
-            if self._max_delay and self._rng.random() < 0.25:
+            if self._max_delay and self._rng.random() < 1 / 32:
                 time.sleep(self._rng.random() * self._max_delay)
             try:
                 op(self)
