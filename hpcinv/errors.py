@@ -15,6 +15,12 @@ class BackendError(HpcinvError):
     """The requested compute backend cannot run here (no compiler, no CuPy, no device)."""
 
 
+class GpuUnusableError(BackendError):
+    """A GPU is there, but CuPy cannot compile or run a kernel on it (NVRTC or the CUDA
+    runtime not found, a driver too old for them). ``--backend auto`` falls back to the host
+    backend with a warning; ``--backend cupy`` stops with the one-line fix."""
+
+
 class DecompositionError(HpcinvError):
     """The grid cannot be split over the ranks as asked."""
 

@@ -397,7 +397,7 @@ def test_shell_scripts_parse(script):
 def test_readme_commands():
     text = (ROOT / "README.md").read_text()
     assert 'pip install -e ".[mpich]" && hpcinv demo --output runs/demo' in text
-    assert 'pip install -e ".[dev,cuda13]" && bash tests/run_all.sh' in text
+    assert 'pip install -e ".[dev,mpich,cuda13]" && bash tests/run_all.sh' in text
     assert "bash tests/run_all.sh" in (ROOT / ".ci" / "run").read_text()
 
 

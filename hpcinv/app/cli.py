@@ -87,6 +87,21 @@ def say(*args, **kw):
         print(*args, **kw, flush=True)
 
 
+def backend_text(bk) -> str:
+    """The backend's name for run headers, with why ``auto`` fell back where a GPU is unusable."""
+    if getattr(bk, "fallback_warning", False):
+        return f"{bk.name} (GPU unusable: {bk.fallback_reason})"
+    return bk.name
+
+
+def warn_fallback(bk):
+    """One line on stderr (rank 0) where ``--backend auto`` left a GPU unused because CuPy
+    cannot compile or run kernels on it; the library itself stays quiet."""
+    if getattr(bk, "fallback_warning", False):
+        say(f"hpcinv: warning: GPU not used, running on the host backend: "
+            f"{bk.fallback_reason}", file=sys.stderr)
+
+
 def _apply_overrides(cfg, args):
     if args.problem:
         cfg.problem.name = args.problem
@@ -134,11 +149,12 @@ def cmd_forward(args) -> int:
     cfg = _apply_overrides(cfg, args)
     _lock_output(cfg.output.dir, args)                    # one run per directory
     setup = build_forward(cfg)
+    warn_fallback(setup.backend)
     solver = make_darcy_solver(setup.true, setup.backend, setup.forward_params,
                                **setup.solver_options)
     d, g = solver.decomp, solver.grid
     say(f"hpcinv forward: {cfg.problem.name} {'x'.join(map(str, g.shape))} cells on {d.size} "
-        f"rank(s) {'x'.join(map(str, d.dims))}, backend {solver.backend.name}, "
+        f"rank(s) {'x'.join(map(str, d.dims))}, backend {backend_text(solver.backend)}, "
         f"{_describe_method(cfg, solver.params)}; {describe_parallel(solver)}")
     t0 = time.perf_counter()
     state = solver.solve(progress=Progress(args.quiet))
@@ -202,8 +218,9 @@ def cmd_gradient(args) -> int:
     progress = Progress(args.quiet)
     setup = build(cfg, progress=progress)
     backend, grid, obs = setup.backend, setup.grid, setup.observations
+    warn_fallback(backend)
     say(f"hpcinv gradient: {cfg.problem.name} {'x'.join(map(str, grid.shape))} cells on "
-        f"{grid.decomp.size} rank(s), backend {backend.name}")
+        f"{grid.decomp.size} rank(s), backend {backend_text(backend)}")
     t0 = time.perf_counter()
     J, g, info = setup.objective(np.zeros(grid.decomp.padded_shape), progress=progress)
     wall = time.perf_counter() - t0
@@ -255,6 +272,7 @@ def cmd_invert(args, demo=False) -> int:
     run_dir = RunDirectory(cfg.output.dir, MPI.COMM_WORLD, restart=bool(args.restart),
                            overwrite=args.overwrite or cfg.output.overwrite)
     setup = build(cfg)
+    warn_fallback(setup.backend)
     out = Path(cfg.output.dir)
     if setup.decomp.rank == 0 and not args.restart:
         (out / "config.toml").write_text(config_mod.dumps(cfg))
@@ -271,7 +289,7 @@ def cmd_invert(args, demo=False) -> int:
         what = f"{cfg.inversion.iterations} iterations"
     say(f"hpcinv {'demo' if demo else 'invert'}: {cfg.problem.name} "
         f"{'x'.join(map(str, g.shape))} cells on {g.decomp.size} rank(s), backend "
-        f"{setup.backend.name}, {cfg.inversion.method}, {what}, "
+        f"{backend_text(setup.backend)}, {cfg.inversion.method}, {what}, "
         f"{len(setup.observations)} observations -> {out}; "
         f"{describe_parallel(setup.objective.solver)}")
     last = inv.run()
@@ -302,9 +320,13 @@ def cmd_info(args) -> int:
     from ..model import geothermal, problems
     from ..backend import make_backend
     from ..parallel import Decomposition, cuda_aware_mpi
+    from ..backend.cuda import cupy_status
+    from ..io.h5write import describe_mode
     world = MPI.COMM_WORLD
     backend = make_backend(args.backend, comm=world)
+    warn_fallback(backend)
     aware, why = cuda_aware_mpi(gpu=backend.device_memory and backend.name != "host")
+    h5_mode, h5_why = describe_mode(world)
     shape = geothermal.DEFAULT_SHAPES.get(args.problem)
     if shape is None:
         problems.build(args.problem)   # raises the one-line error with a hint
@@ -317,8 +339,13 @@ def cmd_info(args) -> int:
         import mpi4py
         import numpy
         lib = MPI.Get_library_version().strip().splitlines()[0]
+        chosen = backend.name if args.backend == backend.name else \
+            f"{backend.name} (--backend {args.backend}" + \
+            (f": {backend.fallback_reason})" if backend.fallback_reason else ")")
         summary = {"hpcinv": _version(), "python": sys.version.split()[0],
                    "numpy": numpy.__version__, "mpi4py": mpi4py.__version__,
+                   "backend": chosen, "cupy": cupy_status(),
+                   "h5py": _h5py_text(), "h5_mode": h5_mode, "h5_mode_reason": h5_why,
                    "mpi_library": lib, "mpi_standard": "%d.%d" % MPI.Get_version(),
                    "cuda_aware_mpi": aware, "cuda_aware_reason": why,
                    "backend_cuda_aware": backend.cuda_aware,
@@ -339,6 +366,15 @@ def cmd_info(args) -> int:
 def cmd_selftest(args) -> int:
     from .selftest import run
     return run(args)
+
+
+def _h5py_text() -> str:
+    try:
+        import h5py
+        return f"{h5py.__version__} ({'with MPI' if h5py.get_config().mpi else 'serial'}, " \
+               f"HDF5 {h5py.version.hdf5_version})"
+    except Exception as exc:
+        return f"unusable ({type(exc).__name__}: {exc})"
 
 
 def _extra_version(dist: str, extra: str, needed_by: str) -> str:

@@ -1,13 +1,14 @@
 """Compute backends: array allocation, kernel compilation and device work on named streams.
 
 ``make_backend("auto" | "host" | "cupy")`` returns a :class:`Backend`. ``auto`` picks CuPy when
-it imports and sees a GPU, else the host (C++/OpenMP) backend. Physics code allocates arrays and
+it imports, sees a GPU and compiles and runs a test kernel on it, else the host (C++/OpenMP)
+backend (``backend.fallback_reason`` says why). Physics code allocates arrays and
 compiles kernels only through the backend, so the same code runs on both. The device-work
 model (streams, events, host syncs) is described in :mod:`hpcinv.backend.base`.
 """
 from __future__ import annotations
 
-from ..errors import BackendError
+from ..errors import BackendError, GpuUnusableError
 from .base import Backend, Stream
 from .binding import KernelArgumentError
 from .checker import CheckedHostBackend, StreamRaceError, stream_check_enabled
@@ -34,10 +35,10 @@ def cpu_model() -> str:
 
 
 def cupy_available() -> bool:
-    """True when CuPy imports and sees at least one GPU."""
+    """True when CuPy imports, sees a GPU, and compiles (NVRTC) and runs a kernel on it."""
     try:
-        from .cuda import import_cupy
-        import_cupy()
+        from .cuda import check_cupy_usable
+        check_cupy_usable()
         return True
     except BackendError:
         return False
@@ -47,6 +48,14 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
                  local_size: int | None = None, threads: int | None = None,
                  cuda_aware: bool | None = None) -> Backend:
     """Backend by name: ``auto`` (GPU if CuPy finds one, else host), ``host`` or ``cupy``.
+
+    The GPU backend is used only once CuPy has compiled (NVRTC) and run a test kernel on the
+    rank's device (:func:`~hpcinv.backend.cuda.check_cupy_usable`). ``cupy`` raises a one-line
+    :class:`~hpcinv.errors.BackendError` naming the fix where it cannot; ``auto`` then returns
+    the host backend and records why in ``backend.fallback_reason`` (``""`` when nothing fell
+    back) and ``backend.fallback_warning`` (True when a GPU is there but unusable, e.g. NVRTC
+    missing: callers should warn; False for the ordinary "no CuPy / no GPU"). The library
+    prints nothing: ``hpcinv`` commands print the warning once, on rank 0.
 
     ``comm``: the run's communicator; the node-local rank and rank count (GPU choice, threads
     per rank) are taken from it once, here (``MPI_Comm_split_type(COMM_TYPE_SHARED)``,
@@ -68,14 +77,21 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
         node.Free()
     local_rank = 0 if local_rank is None else local_rank
     local_size = 1 if local_size is None else local_size
-    if name == "cupy" or (name == "auto" and cupy_available()):
+    bk, reason, warn = None, "", False
+    if name in ("cupy", "auto"):
         from .cupy_backend import CupyBackend
-        bk = CupyBackend(local_rank=local_rank)
-    elif stream_check_enabled():
-        bk = CheckedHostBackend(threads=threads, local_size=local_size)
-    else:
-        bk = HostBackend(threads=threads, local_size=local_size)
+        try:
+            bk = CupyBackend(local_rank=local_rank)
+        except BackendError as exc:
+            if name == "cupy":
+                raise
+            reason = str(exc).removeprefix("backend 'cupy': ")
+            warn = isinstance(exc, GpuUnusableError)
+    if bk is None:
+        host = CheckedHostBackend if stream_check_enabled() else HostBackend
+        bk = host(threads=threads, local_size=local_size)
     bk.local_rank, bk.local_size = local_rank, local_size
+    bk.fallback_reason, bk.fallback_warning = reason, warn
     decide_cuda_aware(bk, cuda_aware)
     return bk
 

@@ -65,6 +65,10 @@ class Backend:
     #: This rank's place on its node (set by ``make_backend``).
     local_rank = 0
     local_size = 1
+    #: Why ``make_backend("auto")`` did not pick the GPU (``""``: nothing fell back), and
+    #: whether that deserves a warning (a GPU is there but CuPy cannot use it).
+    fallback_reason = ""
+    fallback_warning = False
 
     def __init__(self):
         self._kernels = {}

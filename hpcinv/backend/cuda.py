@@ -22,9 +22,11 @@ computed by either neighbouring rank is bitwise identical (decomposition invaria
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, GpuUnusableError
 from .binding import CompiledKernel
 from .kernel import BOX_INTS, Kernel, header, launch_geometry
 
@@ -71,8 +73,50 @@ def elementwise_parts(kernel: Kernel, ndim: int, dtype):
     return ", ".join(in_params), ", ".join(out_params), operation, preamble
 
 
+def cupy_extra() -> str:
+    """The hpcinv extra matching the installed CuPy wheel: ``"hpcinv[cuda13]"`` for
+    ``cupy-cuda13x``, ``"hpcinv[cuda12]"`` for ``cupy-cuda12x``, else both (a CuPy from conda
+    or from source)."""
+    from importlib.metadata import PackageNotFoundError, version
+    for extra, dist in (("cuda13", "cupy-cuda13x"), ("cuda12", "cupy-cuda12x")):
+        try:
+            version(dist)
+            return f'"hpcinv[{extra}]"'
+        except PackageNotFoundError:
+            pass
+    return '"hpcinv[cuda13]" (CUDA 13 driver) or "hpcinv[cuda12]" (CUDA 12 driver)'
+
+
+def install_fix() -> str:
+    """The one-line fix for a CuPy that cannot load NVRTC or the CUDA runtime."""
+    return (f"pip install {cupy_extra()} (brings NVRTC and the CUDA runtime) or "
+            "`module load cuda` (a CUDA toolkit on the system)")
+
+
+def _driver_present() -> bool:
+    """True when an NVIDIA kernel driver is loaded (Linux), i.e. there is a GPU to waste."""
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+def _why(exc: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters."""
+    msg = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _library_missing(exc: BaseException) -> bool:
+    """CuPy could not load a CUDA library (NVRTC, the runtime): cuda-pathfinder's
+    ``DynamicLibNotFoundError`` or an OSError/RuntimeError naming ``libnvrtc``/``libcudart``."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return ("dynamiclibnotfound" in text or "libnvrtc" in text or "libcudart" in text
+            or "nvrtc64" in text or "cudart64" in text)
+
+
 def import_cupy():
-    """Import CuPy and check that a device is usable; a clear error otherwise."""
+    """Import CuPy and check that it counts at least one GPU; a one-line BackendError
+    otherwise (:class:`~hpcinv.errors.GpuUnusableError` where a driver is loaded but CuPy
+    cannot use it). Cheap; :func:`check_cupy_usable` also compiles and runs a kernel."""
     try:
         import cupy
     except ImportError as exc:
@@ -80,11 +124,89 @@ def import_cupy():
                            "'hpcinv[cuda13]' (matching your CUDA driver)") from exc
     try:
         n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDARuntimeError: no driver, insufficient driver, ...
-        raise BackendError(f"backend 'cupy': CuPy finds no usable GPU ({exc})") from exc
+    except Exception as exc:  # CUDARuntimeError: no driver, insufficient driver, no runtime
+        if _library_missing(exc):
+            err = GpuUnusableError if _driver_present() else BackendError
+            raise err(f"backend 'cupy': CuPy cannot load the CUDA runtime ({_why(exc)}); "
+                      f"fix: {install_fix()}") from exc
+        if _driver_present() and "insufficientdriver" in str(exc).replace(" ", "").lower():
+            raise GpuUnusableError(
+                f"backend 'cupy': the NVIDIA driver is older than CuPy's CUDA runtime "
+                f"({_why(exc)}); fix: install the extra of the driver's CUDA major version "
+                f"(nvidia-smi shows it: pip install \"hpcinv[cuda12]\" for CUDA 12) or update "
+                f"the driver") from exc
+        none = "" if _driver_present() else "no NVIDIA driver loaded: "
+        raise BackendError(f"backend 'cupy': CuPy finds no usable GPU ({none}{_why(exc)})") \
+            from exc
     if n < 1:
         raise BackendError("backend 'cupy': CuPy finds no GPU")
     return cupy
+
+
+#: The probe of :func:`check_cupy_usable`: compiled through NVRTC like every hpcinv kernel.
+_PROBE = ("float64 x", "float64 y", "y = 2.0 * x + 1.0", "hpcinv_probe")
+
+
+def check_cupy_usable(device_id: int | None = None):
+    """CuPy imports, counts a GPU, loads NVRTC, and compiles and runs a trivial
+    ``ElementwiseKernel`` (through NVRTC, with hpcinv's options) on ``device_id`` (default: the
+    current device). Returns the ``cupy`` module.
+
+    Raises a one-line :class:`~hpcinv.errors.BackendError` naming the fix; where a GPU is
+    there but CuPy cannot use it (NVRTC or the CUDA runtime not found, a driver too old for
+    them, a kernel that does not run) it is a :class:`~hpcinv.errors.GpuUnusableError`, on
+    which ``make_backend("auto")`` falls back to the host backend with a warning. Without this
+    check, ``import cupy`` and ``getDeviceCount()`` succeed on a node with only a driver and the
+    first real kernel dies with a traceback.
+    """
+    cupy = import_cupy()
+    try:
+        cupy.cuda.nvrtc.getVersion()
+    except Exception as exc:   # DynamicLibNotFoundError (a RuntimeError), OSError
+        raise GpuUnusableError(f"backend 'cupy': CuPy cannot load NVRTC, CUDA's runtime "
+                               f"compiler ({_why(exc)}); fix: {install_fix()}") from exc
+    dev = "?" if device_id is None else device_id
+    try:
+        dev = cupy.cuda.runtime.getDevice() if device_id is None else device_id
+        with cupy.cuda.Device(dev):
+            in_p, out_p, op, name = _PROBE
+            k = cupy.ElementwiseKernel(in_p, out_p, op, name, options=NVRTC_OPTIONS)
+            got = cupy.asnumpy(k(cupy.arange(4, dtype=cupy.float64))).tolist()
+    except Exception as exc:  # CompileException, NVRTCError, CUDADriverError, RuntimeError
+        if _library_missing(exc) or "nvrtc" in type(exc).__name__.lower() \
+                or "compile" in type(exc).__name__.lower():
+            raise GpuUnusableError(f"backend 'cupy': CuPy cannot compile a test kernel with "
+                                   f"NVRTC ({_why(exc)}); fix: {install_fix()}") from exc
+        raise GpuUnusableError(f"backend 'cupy': a test kernel does not run on GPU {dev} "
+                               f"({_why(exc)}); fix: a driver at least as new as NVRTC "
+                               f"(hpcinv info shows both), or {install_fix()}") from exc
+    if got != [1.0, 3.0, 5.0, 7.0]:
+        raise GpuUnusableError(f"backend 'cupy': a test kernel on GPU {dev} returned {got}, "
+                               "expected [1.0, 3.0, 5.0, 7.0]")
+    return cupy
+
+
+def cupy_status() -> str:
+    """One line for ``hpcinv info``: the CuPy version, NVRTC, the GPUs CuPy counts and the
+    driver's CUDA version, each with the reason where it fails (never raises)."""
+    try:
+        import cupy
+    except ImportError:
+        return "not installed (GPUs need pip install 'hpcinv[cuda12]' or 'hpcinv[cuda13]')"
+    except Exception as exc:
+        return f"does not import ({_why(exc)})"
+    parts = [str(getattr(cupy, "__version__", "?"))]
+    try:
+        parts.append("NVRTC " + ".".join(map(str, cupy.cuda.nvrtc.getVersion())))
+    except Exception as exc:
+        parts.append(f"NVRTC not found ({_why(exc, 140)})")
+    try:
+        parts.append(f"{cupy.cuda.runtime.getDeviceCount()} GPU(s)")
+        v = cupy.cuda.runtime.driverGetVersion()
+        parts.append(f"driver for CUDA {v // 1000}.{(v % 1000) // 10}" if v else "no driver")
+    except Exception as exc:
+        parts.append(f"no GPU ({_why(exc, 140)})")
+    return ", ".join(parts)
 
 
 class CudaKernel(CompiledKernel):

@@ -26,12 +26,14 @@ class CupyBackend(Backend):
     device_memory = True
 
     def __init__(self, local_rank: int = 0):
-        from .cuda import import_cupy
+        from .cuda import check_cupy_usable, import_cupy
         cp = import_cupy()
         self.xp = cp
         ndev = cp.cuda.runtime.getDeviceCount()
         self.device_id = local_rank % ndev
         cp.cuda.Device(self.device_id).use()
+        check_cupy_usable(self.device_id)   # NVRTC there, a kernel compiles and runs: else
+        # one line naming the fix here, not a traceback at the first kernel of the run
         self._lo, self._hi = cp.cuda.runtime.deviceGetStreamPriorityRange()
         super().__init__()
         self.compute.cp.use()       # stray work goes to compute, never to the legacy stream

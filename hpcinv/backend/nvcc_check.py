@@ -88,15 +88,24 @@ def nvcc_command(nvcc: str, arch: str = "90") -> list[str]:
     """nvcc plus the options CuPy hands NVRTC for an ElementwiseKernel of ours.
 
     ``assemble_cupy_compiler_options(("-fmad=false",))`` (CuPy's CCCL and header ``-I``s,
-    ``--std=c++17``), ``-ftz=true`` (``_compile_with_cache_cuda``) and ``-arch=sm_XX``.
+    ``--std=c++17``; without its ``-I`` of CUDA toolkit headers: nvcc uses its own),
+    ``-ftz=true`` (``_compile_with_cache_cuda``) and ``-arch=sm_XX``.
     """
     from cupy._core import core
     try:
         opts = tuple(core.assemble_cupy_compiler_options(NVRTC_OPTIONS))
     except Exception:  # needs a CUDA runtime library; fall back to the essential ones
         opts = NVRTC_OPTIONS + ("--std=c++17", "-I" + core._get_header_dir_path())
-    opts = tuple(o for o in opts if o not in _NVRTC_ONLY) + ("-ftz=true",)
-    return [nvcc, f"-arch=sm_{arch}", *opts]
+    opts = tuple(o for o in opts if o not in _NVRTC_ONLY and not _toolkit_include(o))
+    return [nvcc, f"-arch=sm_{arch}", *opts, "-ftz=true"]
+
+
+def _toolkit_include(opt: str) -> bool:
+    """``-I<dir>`` of CUDA toolkit headers (``cuda_runtime_api.h`` there), which CuPy adds for
+    NVRTC: nvcc brings its own, and those of a newer toolkit (the ``nvidia-cuda-runtime``
+    wheel of ``hpcinv[cuda13]``) make an older nvcc stop with "CUDA compiler and CUDA toolkit
+    headers are incompatible". CuPy's own include directories have no such file."""
+    return opt.startswith("-I") and os.path.isfile(os.path.join(opt[2:], "cuda_runtime_api.h"))
 
 
 def nvcc_compile(path: str, command: list[str]) -> subprocess.CompletedProcess:

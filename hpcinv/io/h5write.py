@@ -95,6 +95,26 @@ def choose_mode(comm, mode: str | None = None) -> str:
     return mode
 
 
+def describe_mode(comm) -> tuple[str, str]:
+    """``(mode, why)``: the write strategy :func:`choose_mode` picks on ``comm`` and the reason,
+    for ``hpcinv info`` and the selftest; ``("?", error)`` where ``HPCINV_H5_MODE`` cannot be
+    honoured. Not collective."""
+    env = (os.environ.get("HPCINV_H5_MODE") or "").strip()
+    try:
+        mode = choose_mode(comm)
+    except ValueError as exc:
+        return "?", str(exc)
+    if env and env.lower() != "auto":
+        return mode, f"HPCINV_H5_MODE={env}"
+    mpi = h5py_has_mpi()
+    if comm.Get_size() == 1:
+        return mode, "one rank: a plain file"
+    if mpi:
+        return mode, "h5py built with MPI: one shared file, collective MPI-IO writes"
+    return mode, ("serial h5py (e.g. the pip wheel): a part file per rank stitched by virtual "
+                  "datasets; parallel h5py gives mpio (README: Using a cluster's own MPI)")
+
+
 def _sync(comm, err: BaseException | None, what: str) -> None:
     """Collective error check: if any rank failed, raise on every rank (no deadlock)."""
     failed = comm.allgather(None if err is None else f"{type(err).__name__}: {err}")

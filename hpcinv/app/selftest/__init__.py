@@ -10,9 +10,11 @@ Run it first on a new machine, with the launcher and rank layout of your real ru
 Checks (one table row each; every rank takes part in every check):
 
 ``environment``
-    per rank: backend, device (and PCI bus id on GPUs), CuPy/NVRTC/driver versions, MPI
-    library, the CUDA-aware decision and its reason, threads, host, node-local rank; the HDF5
-    output mode a run would use (``HPCINV_H5_MODE``, parallel h5py).
+    per rank: backend (and why ``auto`` did not pick the GPU), device (and PCI bus id on GPUs),
+    CuPy/NVRTC/driver versions, MPI library, the CUDA-aware decision and its reason, threads,
+    host, node-local rank; the HDF5 output mode a run would use and why (``HPCINV_H5_MODE``,
+    parallel h5py). WARN where a GPU is there but CuPy cannot compile or run a kernel on it
+    (NVRTC missing: the run falls back to the host backend).
 ``device-binding``
     GPUs: every rank on its own device (two ranks on one device FAIL unless
     ``--allow-shared-device``); host: SKIP.
@@ -89,6 +91,10 @@ def run(args) -> int:
     comm = MPI.COMM_WORLD
     t_start = time.perf_counter()
     bk = make_backend(args.backend, comm=comm)
+    if comm.Get_rank() == 0 and bk.fallback_warning:       # stderr: also with --json
+        import sys
+        print(f"hpcinv: warning: GPU not used, running on the host backend: "
+              f"{bk.fallback_reason}", file=sys.stderr, flush=True)
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)      # for the binding report (hosts, devices)
     hosts = comm.allgather(MPI.Get_processor_name())
     mode = "+".join(m for m, on in (("quick", args.quick), ("full", args.full)) if on) \

@@ -1,5 +1,6 @@
-"""Checks ``environment`` (per rank: backend, device, versions, MPI library, CUDA-aware
-decision, HDF5 output mode) and ``device-binding`` (one GPU per rank)."""
+"""Checks ``environment`` (per rank: backend and why ``auto`` fell back, device, versions, MPI
+library, CUDA-aware decision, HDF5 output mode and why) and ``device-binding`` (one GPU per
+rank). ``environment`` WARNs where a GPU is there but CuPy cannot compile or run kernels."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,8 @@ def environment_of(bk, comm, node) -> dict:
     info = {"rank": comm.Get_rank(), "host": MPI.Get_processor_name() or socket.gethostname(),
             "node_rank": node.Get_rank(), "node_size": node.Get_size(),
             "backend": bk.name, "stream_check": bool(bk.describe().get("stream_check", False)),
+            "backend_fallback": getattr(bk, "fallback_reason", ""),
+            "gpu_unusable": bool(getattr(bk, "fallback_warning", False)),
             "threads": getattr(bk, "threads", None),
             "cuda_aware": bool(bk.cuda_aware), "cuda_aware_reason": bk.cuda_aware_reason,
             "device_memory": bool(bk.device_memory)}
@@ -59,12 +62,13 @@ def check_environment(ctx) -> Result:
     mine["overlap_auto"], mine["overlap_reason"] = on, why
     problems = []
     try:
-        from ...io.h5write import choose_mode, h5py_has_mpi
+        from ...io.h5write import choose_mode, describe_mode, h5py_has_mpi
         import h5py
         mine["h5py"] = h5py.__version__
         mine["h5py_mpi"] = h5py_has_mpi()
-        mine["h5_mode"] = choose_mode(comm)
         mine["h5_mode_env"] = os.environ.get("HPCINV_H5_MODE", "")
+        mine["h5_mode_reason"] = describe_mode(comm)[1]
+        mine["h5_mode"] = choose_mode(comm)
     except Exception as exc:
         mine["h5_mode"] = "?"
         problems.append(f"HDF5 output: {_reason(exc)}")
@@ -78,6 +82,9 @@ def check_environment(ctx) -> Result:
     text = (f"{comm.Get_size()} rank(s) on {nodes} node(s), backend {bk.name}"
             f"{' (stream check)' if mine['stream_check'] else ''}, {mine['mpi_name']}, "
             f"halos {_halo_mode(bk)}, HDF5 mode {mine['h5_mode']}")
+    if mine["gpu_unusable"]:      # a GPU is there, but CuPy cannot compile or run kernels
+        return Result("WARN", f"GPU unusable, backend auto fell back to host: "
+                      f"{mine['backend_fallback']}", mine)
     return Result("PASS", text, mine)
 
 

@@ -18,7 +18,9 @@ def report(runner, envs, mode, bk, ok, wall) -> dict:
     """The JSON object of ``--json``."""
     counts = {s: sum(1 for r in runner.rows if r["status"] == s) for s in STATUS_ORDER}
     return {"selftest": "PASS" if ok else "FAIL", "ok": ok, "mode": mode,
-            "ranks": runner.size, "backend": bk.name, "wall_s": round(wall, 3),
+            "ranks": runner.size, "backend": bk.name,
+            "backend_fallback": getattr(bk, "fallback_reason", ""),
+            "wall_s": round(wall, 3),
             "counts": counts,
             "checks": [{**{k: r[k] for k in ("name", "status", "detail", "seconds")},
                         **({"data": r["data"]} if r["name"] not in ("environment", "speed")
@@ -30,6 +32,8 @@ def report(runner, envs, mode, bk, ok, wall) -> dict:
 
 def print_environment(envs):
     e0 = envs[0]
+    if e0.get("backend_fallback"):
+        print(f"  backend        {e0.get('backend')} (auto: {e0['backend_fallback']})")
     print(f"  MPI library    {e0.get('mpi_library', '?')}")
     if e0.get("device_memory"):
         aware = "device buffers to MPI" if e0.get("cuda_aware") else "staged via host"
@@ -40,7 +44,8 @@ def print_environment(envs):
           f"({e0.get('overlap_reason', '?')})")
     env = f" (HPCINV_H5_MODE={e0['h5_mode_env']})" if e0.get("h5_mode_env") else ""
     print(f"  HDF5 output    mode {e0.get('h5_mode', '?')}{env}; h5py {e0.get('h5py', '?')}"
-          f"{' with MPI' if e0.get('h5py_mpi') else ' (serial)'}")
+          f"{' with MPI' if e0.get('h5py_mpi') else ' (serial)'}"
+          f"{'; ' + e0['h5_mode_reason'] if e0.get('h5_mode_reason') else ''}")
     if e0.get("backend") == "cupy":
         print(f"  CUDA           cupy {e0.get('cupy')}, NVRTC {e0.get('nvrtc')}, runtime "
               f"{e0.get('cuda_runtime')}, driver {e0.get('cuda_driver')}")
