@@ -25,7 +25,6 @@ import copy
 import math
 import time
 
-import numpy as np
 from mpi4py import MPI
 
 from ..errors import ConfigError, DecompositionError
@@ -34,7 +33,7 @@ from ..io import rundir
 from ..io.history import History
 from ..parallel.transfer import GridTransfer, coarse_shape
 from .assembly import build
-from .run import CHECKPOINT, Inversion, _Signals
+from .run import Inversion, _Signals
 
 
 def level_shapes(cfg) -> list[tuple]:
