@@ -149,6 +149,9 @@ class InversionConfig:
     initial_file: str | None = None
     initial_dataset: str = "logK"
     checkpoint_every: int = 10
+    adaptive_tolerance: bool = True
+    tolerance_loose: float = 1e-3
+    adjoint_memory: int | None = None    # None: 6 with adaptive_tolerance, else 0
 
 
 @dataclass
