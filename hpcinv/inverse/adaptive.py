@@ -63,6 +63,17 @@ class AdaptiveMixin:
         self._extra.update(adjoint_tol=tol)
         return g
 
+    def _initial(self, x, pts):
+        """``J0`` (refined to ``J0_accuracy`` relative error: every reported ratio J/J0 rests
+        on it) and the gradient at ``x``."""
+        st, P = self.tol_state, self.policy
+        J, e = self._misfit(x, P.forward_tol(st), pts)
+        tol = self._extra["forward_tol"]
+        while e > P.s.J0_accuracy * abs(J) and not P.at_floor(tol):
+            J, e, tol = self._refine(tol, pts)
+        st["J_error"] = e
+        return J, self._gradient(pts)
+
     def _accepted(self, J, e, decrease, tol):
         st = self.tol_state
         st.update(J_error=e, retried=False, decrease=decrease,
@@ -103,10 +114,7 @@ class AdaptiveGradientDescent(AdaptiveMixin, GradientDescent):
         self._begin()
         pts = [0, 0]
         x = self.clip(self.bk.upload(logK0, dtype=self.f.dtype))
-        tol = self.policy.forward_tol(self.tol_state)
-        J, e = self._misfit(x, tol, pts)
-        g = self._gradient(pts)
-        self.tol_state["J_error"] = e
+        J, g = self._initial(x, pts)
         self.scalars.update(J0=J, J=J, gamma=self.settings.dgamma)
         self.arrays = {"x": x, "d": self._direction(g)}
         return self.record(J, 0.0, self.scalars["max_grad"], 0.0, pts)
@@ -147,9 +155,7 @@ class AdaptiveLBFGS(AdaptiveMixin, LBFGS):
         pts = [0, 0]
         z = self.bk.upload(logK0, dtype=self.f.dtype)
         x = self._x_of(z)
-        J, e = self._misfit(x, self.policy.forward_tol(self.tol_state), pts)
-        g = self._gradient(pts)
-        self.tol_state["J_error"] = e
+        J, g = self._initial(x, pts)
         self.scalars.update(J0=J, J=J, npairs=0)
         self.arrays = {"z": z, "x": x, "gz": self._grad_z(g)}
         return self.record(J, 0.0, self.max_abs(g), 0.0, pts)
@@ -187,7 +193,7 @@ class AdaptiveLBFGS(AdaptiveMixin, LBFGS):
                 st.update(J_error=e_old, retried=True)
                 sc.update(J=J_old, npairs=0)
                 A["gz"] = self._grad_z(g)
-                return self.record(J_old, t, self.max_abs(g), 0.0, pts, "line search failed "
+                return self.record(J_old, t, self.max_abs(g), 0.0, pts, "no Armijo decrease "
                                    "with loose solves: tolerances tightened, gradient "
                                    "re-evaluated, memory reset")
             return self.record(J, t, self.max_abs(A["gz"]), 0.0, pts,

@@ -49,6 +49,8 @@ class ToleranceSettings:
         kappa: a comparison is decided when the difference is ``kappa`` times the errors' sum.
         refine: factor of one tightening (a forward solve is continued by this factor).
         safety: the two-stage error estimate is multiplied by this.
+        J0_accuracy: the initial misfit (the denominator of every reported J/J0) is refined to
+            this relative error.
         adjoint_recover: after an accepted step the adjoint tolerance loosens by this factor
             (up to ``loose``) again; a rejection tightens it by ``refine``.
     """
@@ -60,6 +62,7 @@ class ToleranceSettings:
     refine: float = 10.0
     safety: float = 2.0
     adjoint_recover: float = 10.0 ** 0.5
+    J0_accuracy: float = 1e-3
 
     def validate(self):
         if not 0 < self.loose < 1:
