@@ -159,7 +159,7 @@ def test_warm_starts_cut_pt_iterations(tmp_path):
     with a fixed tolerance that is a fraction, not a multiple (see docs/performance.md)."""
     totals = {}
     for warm in (True, False):
-        cfg = small_config(tmp_path, iterations=8, warm_start=warm)
+        cfg = small_config(tmp_path, iterations=8, warm_start=warm, adaptive_tolerance=False)
         run = tmp_path / f"warm{warm}"
         assert main(["invert", str(cfg), "-q", "-o", str(run)]) == 0
         h = history(run)

@@ -84,9 +84,11 @@ def test_state_field_checks_its_location():
         StateField(np.zeros(3), "cell", 0)
 
 
-def test_inversion_leaves_the_true_problem_intact_and_names_its_state(tmp_path):
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_inversion_leaves_the_true_problem_intact_and_names_its_state(tmp_path, adaptive):
     cfg = config_mod.from_dict({"grid": {"nx": 31, "ny": 15}, "parallel": {"backend": "host"},
-                                "inversion": {"iterations": 3}, "output": {"figures": False}})
+                                "inversion": {"iterations": 3, "adaptive_tolerance": adaptive},
+                                "output": {"figures": False}})
     setup = build(cfg, MPI.COMM_WORLD)
     K_true = setup.true.K.copy()
     assert setup.objective.problem is not setup.true
@@ -98,4 +100,8 @@ def test_inversion_leaves_the_true_problem_intact_and_names_its_state(tmp_path):
     layout = json.loads(read_attrs(tmp_path / "run" / "checkpoint.h5")["state_layout"])
     assert layout["optimiser"]["x"][1] == "cell"
     assert layout["objective"]["forward_qy"][1:] == ["face", 1]
-    assert layout["objective"]["adjoint_source_weights"][1] == "replicated"
+    if adaptive:     # the adjoint subspace (issue 12): solutions and their source weights
+        assert layout["objective"]["adjoint_basis0_w"][1] == "replicated"
+        assert layout["objective"]["adjoint_basis0_qx"][1:] == ["face", 0]
+    else:
+        assert layout["objective"]["adjoint_source_weights"][1] == "replicated"

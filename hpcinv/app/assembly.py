@@ -22,7 +22,9 @@ from ..backend import Backend, make_backend
 from ..errors import ConfigError
 from ..inverse.gradient import AdjointGradient
 from ..inverse.observations import Observations
+from ..inverse.adaptive import make_adaptive
 from ..inverse.optimise import OptimiserSettings, make_optimiser
+from ..inverse.tolerance import TolerancePolicy, ToleranceSettings
 from ..inverse.regularisation import GradientSmoother, Tikhonov
 from ..model.grid import Grid
 from ..model.problems import Problem
@@ -120,6 +122,33 @@ def run_settings(cfg) -> RunSettings:
                        cfg.output.figures)
 
 
+def adaptive(cfg) -> bool:
+    """Whether the inversion adapts its solve tolerances (APT solves only)."""
+    return cfg.inversion.adaptive_tolerance and cfg.solver.method == "apt"
+
+
+def adjoint_memory(cfg) -> int:
+    """Adjoint solutions kept for warm starts (``inversion.adjoint_memory``; unset: 6 with
+    adaptive tolerances and warm starts, else 0, the rescaled previous solution)."""
+    m = cfg.inversion.adjoint_memory
+    if m is None:
+        m = 6 if adaptive(cfg) else 0
+    return m if cfg.inversion.warm_start else 0
+
+
+def tolerance_policy(cfg) -> TolerancePolicy | None:
+    """The adaptive-tolerance policy of ``[inversion]`` (``None``: fixed tolerances)."""
+    if not adaptive(cfg):
+        return None
+    i = cfg.inversion
+    # L-BFGS builds curvature pairs from differences of gradients and its line search compares
+    # small decreases: its cap is 10x tighter (measured: docs/performance.md)
+    loose = i.tolerance_loose / (10 if i.method == "lbfgs" else 1)
+    loose = max(loose, cfg.solver.tol, cfg.adjoint.tol)
+    return TolerancePolicy(ToleranceSettings(forward_tol=cfg.solver.tol,
+                                             adjoint_tol=cfg.adjoint.tol, loose=loose))
+
+
 def build_forward(cfg, comm=None, backend: Backend | None = None) -> Setup:
     """The part of :func:`build` a forward solve needs: backend, grid, true problem."""
     comm = comm if comm is not None else MPI.COMM_WORLD
@@ -153,13 +182,16 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
     smoother = (GradientSmoother(grid, bk, reg.smoothing_steps, reg.smoothing_coefficient, dt)
                 if reg.smoothing_steps > 0 else None)
     objective = AdjointGradient(true.copy(), obs, bk, fwd, adj, tikhonov,
-                                warm_start=cfg.inversion.warm_start, **opts)
+                                warm_start=cfg.inversion.warm_start,
+                                adjoint_memory=adjoint_memory(cfg), **opts)
     settings = optimiser_settings(cfg)
     precondition = smoother
     if cfg.inversion.method == "lbfgs" and cfg.inversion.precondition == "none":
         precondition = None          # L-BFGS directly on logK with the raw gradient
     try:
-        optimiser = make_optimiser(objective, precondition, settings)
+        policy = tolerance_policy(cfg)
+        optimiser = (make_adaptive(objective, precondition, settings, policy)
+                     if policy is not None else make_optimiser(objective, precondition, settings))
     except ConfigError as exc:
         raise ConfigError(f"inversion.{exc}") from None
     return Setup(base.comm, bk, grid, true, obs, logK0, objective, smoother, tikhonov,

@@ -33,7 +33,7 @@ from ..io import rundir
 from ..io.history import History
 from ..parallel.transfer import GridTransfer, coarse_shape
 from .assembly import build
-from .run import Inversion, _Signals
+from .run import Inversion, _Signals, finish, unfinalise
 
 
 def level_shapes(cfg) -> list[tuple]:
@@ -164,6 +164,7 @@ class LevelledInversion:
             iteration = inv.iteration
             history = History.resume(self.dir / "history.jsonl", comm, keep=iteration + 1,
                                      saved=inv.saved_history, say=self.reporter.warn)
+            unfinalise(history)              # continue as if the final evaluation never ran
             wall0 = history.lines[-1]["wall_time"] if history.lines else 0.0
             t0 = time.perf_counter()
             self.reporter.message(f"restarting from iteration {iteration}, level {level} "
@@ -236,5 +237,6 @@ class LevelledInversion:
         inv.iteration, inv.history = iteration, history
         inv.extra_attrs = self._attrs(level, first, True)
         inv.save_checkpoint()
-        inv.write_model("model_final.h5")
+        final = finish(inv.opt, history)     # the final model at the user's tolerances
+        inv.write_model("model_final.h5", final)
         return history.lines[-1]

@@ -125,6 +125,37 @@ class Reporter:
         self.say(text, file=sys.stderr)
 
 
+def finish(opt, history) -> dict | None:
+    """Adaptive tolerances (issue 12): evaluate the final model at the user's tolerances
+    (``opt.finish()``) and amend the history's last line with that accurate misfit (the loose
+    values are kept under ``before_final``). Runs after the final checkpoint, so a restart
+    continues from the state before it (:func:`unfinalise`). ``None`` for other optimisers."""
+    fin = getattr(opt, "finish", None)
+    if fin is None or not history.lines:
+        return None
+    final = fin()
+    last = history.lines[-1]
+    before = {k: last.get(k) for k in final}
+    history.lines[-1] = {**last, **final, "before_final": before}
+    history.rewrite()
+    return final
+
+
+def unfinalise(history):
+    """Undo :func:`finish`'s amendment of the last line (a restart continues from the
+    checkpoint written before the final evaluation)."""
+    last = history.lines[-1] if history.lines else {}
+    if "before_final" in last:
+        rec = {k: v for k, v in last.items() if k != "before_final"}
+        for k, v in last["before_final"].items():
+            if v is None:
+                rec.pop(k, None)
+            else:
+                rec[k] = v
+        history.lines[-1] = rec
+        history.rewrite()
+
+
 class Inversion:
     """Run (or continue) an inversion that :func:`~hpcinv.app.assembly.build` assembled.
 
@@ -227,9 +258,12 @@ class Inversion:
     def write_setup(self):
         write_setup_file(self.dir / "setup.h5", self.grid, self.obs, self.wells, self.true_logK)
 
-    def write_model(self, name):
+    def write_model(self, name, final=None):
         x = self.opt.arrays["x"]
-        J, _ = self.G.misfit(x)              # the pressure of the accepted model
+        if final is not None:                # evaluated at the user's tolerances just now
+            J = final["misfit"]
+        else:
+            J, _ = self.G.misfit(x)          # the pressure of the accepted model
         write_model_file(self.dir / name, self.grid, x, self.G.solver.Pf,
                          {"iteration": self.iteration, "misfit": J}, self.bk.to_host)
 
@@ -243,6 +277,7 @@ class Inversion:
             history = History.resume(self.dir / "history.jsonl", comm, keep=self.iteration + 1,
                                      saved=self.saved_history, say=self.warn)
             wall0 = history.lines[-1]["wall_time"] if history.lines else 0.0
+            unfinalise(history)                         # see finish(): continue as if not
             self.reporter.message(f"restarting from iteration {self.iteration} "
                                   f"({self.ckpt_path or self.dir / CHECKPOINT})")
         else:
@@ -281,7 +316,8 @@ class Inversion:
         if stop:
             self.reporter.message(f"stopping: {stop}")
         self.save_checkpoint()
-        self.write_model("model_final.h5")
+        final = finish(self.opt, history)
+        self.write_model("model_final.h5", final)
         return history.lines[-1]
 
     def _stop_reason(self, rec) -> str:

@@ -149,6 +149,9 @@ class InversionConfig:
     initial_file: str | None = None
     initial_dataset: str = "logK"
     checkpoint_every: int = 10
+    adaptive_tolerance: bool = True
+    tolerance_loose: float = 1e-3
+    adjoint_memory: int | None = None    # None: 6 with adaptive_tolerance, else 0
     # coarse-to-fine (docs/configuration.md, "Coarse-to-fine levels"); None: one level, the grid
     levels: list | None = None               # coarsening factors, e.g. [4, 2, 1]
     level_iterations: list | None = None     # outer iterations per level, e.g. [30, 15, 5]

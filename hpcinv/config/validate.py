@@ -303,6 +303,12 @@ def _check_optimiser_settings(v):
 
 def _validate_inversion(cfg):
     v = cfg.inversion
+    if not 0 < v.tolerance_loose < 1:
+        raise ConfigError(f"inversion.tolerance_loose must be in (0, 1), got "
+                          f"{v.tolerance_loose}")
+    if v.adjoint_memory is not None and not 0 <= v.adjoint_memory <= 64:
+        raise ConfigError(f"inversion.adjoint_memory must be in [0, 64] (0: the rescaled "
+                          f"previous adjoint solution), got {v.adjoint_memory}")
     _check_optimiser_settings(v)
     if v.iterations < 1:
         raise ConfigError(f"inversion.iterations must be >= 1, got {v.iterations}")

@@ -15,13 +15,16 @@ forward solve, independent of the iteration count.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import math
 
 import numpy as np
 
 from ..physics.residuals import flux_residual_adjoint_kernel, pressure_residual_adjoint_kernel
 from ..solvers import make_darcy_solver
 from ..solvers.apt import PTParams, PTResult
+from .adjoint_warm import AdjointSubspace
 from .state import StateField
 
 
@@ -62,12 +65,17 @@ class AdjointGradient:
             its gradient.
         warm_start: start each forward and adjoint solve from the previous call's solution
             (the model changes little between outer iterations); costs ``2 (ndim + 1)`` fields.
+        adjoint_memory: with warm starts, start each adjoint solve from the least-squares mix
+            of the last ``adjoint_memory`` adjoint solutions
+            (:class:`~hpcinv.inverse.adjoint_warm.AdjointSubspace`; ``adjoint_memory (ndim + 1)``
+            fields more); 0: the previous solution rescaled to the new source.
         solver_kwargs: passed to :func:`~hpcinv.solvers.make_darcy_solver` (``method`` "apt"
             or "petsc", ``overlap``, ``dtype``).
     """
 
     def __init__(self, problem, observations, backend=None, params=None, adjoint_params=None,
-                 tikhonov=None, warm_start: bool = False, **solver_kwargs):
+                 tikhonov=None, warm_start: bool = False, adjoint_memory: int = 0,
+                 **solver_kwargs):
         self.problem, self.obs, self.tikhonov = problem, observations, tikhonov
         if problem.gauge_free and not getattr(observations, "demean", True):
             from ..errors import ConfigError
@@ -88,6 +96,10 @@ class AdjointGradient:
             self.warm = {k: (bk.zeros(shape, dt), [bk.zeros(shape, dt) for _ in range(nd)])
                          for k in ("forward", "adjoint")}
         self._warm_valid = False
+        self.subspace = (AdjointSubspace(bk, shape, dt, nd, adjoint_memory)
+                         if warm_start and adjoint_memory > 0 else None)
+        self._holds = None       # "forward" while the solver holds the latest forward solve
+        self._stage = None       # (J, residual) of the latest forward solve (misfit estimates)
         own = problem.grid.decomp.owned()
         self.logK = np.zeros(problem.K.shape)
         self.logK[own] = np.log(problem.K[own])
@@ -120,6 +132,7 @@ class AdjointGradient:
             raise ConfigError("logK must be finite everywhere (NaN or inf found)")
         self.logK = logK
         self._latest = None                # no forward solution of this model yet
+        self._holds = None
         self.problem.K[own] = np.exp(logK[own])
         self.problem.validate()
         self.solver.set_permeability(self.problem.K)
@@ -139,6 +152,8 @@ class AdjointGradient:
         w = getattr(self, "_w_old", None)
         if w is not None:
             out["adjoint_source_weights"] = StateField(w, "replicated")
+        if self.subspace is not None:
+            out.update(self.subspace.state())
         return out
 
     def load_state(self, fields: dict):
@@ -152,6 +167,8 @@ class AdjointGradient:
                 bk.copy(qa, fields[f"{kind}_q{'xyz'[a]}"])
         if "adjoint_source_weights" in fields:
             self._w_old = np.array(fields["adjoint_source_weights"], dtype=float)
+        if self.subspace is not None:
+            self.subspace.load_state(fields)
         self._warm_valid = True
 
     def _solve(self, kind: str, progress, cold: bool = False):
@@ -166,12 +183,96 @@ class AdjointGradient:
         else:
             s.set_state(homogeneous=homogeneous)
         result = s.solve(progress).result
+        self._holds = kind
+        self._keep_warm(kind)
+        return result
+
+    def _keep_warm(self, kind):
         if self.warm is not None:
             P, q = self.warm[kind]
-            self.backend.copy(P, s.Pf)
-            for qa, sa in zip(q, s.q):
+            self.backend.copy(P, self.solver.Pf)
+            for qa, sa in zip(q, self.solver.q):
                 self.backend.copy(qa, sa)
-        return result
+
+    # --- per-evaluation tolerances (adaptive inversions, hpcinv.inverse.tolerance) ------------
+    def set_tolerances(self, forward: float | None = None, adjoint: float | None = None):
+        """Solve the next forward / adjoint solves to these tolerances (``None``: unchanged);
+        the other PT parameters stay."""
+        if forward is not None:
+            self.forward_params = replace(self.forward_params, tol=float(forward))
+        if adjoint is not None:
+            self.adjoint_params = replace(self.adjoint_params, tol=float(adjoint))
+
+    def _sampled_misfit(self):
+        s, bk = self.solver, self.backend
+        J = self.obs.misfit(s.Pf, bk)
+        if self.tikhonov is not None:
+            J += self.tikhonov.value(bk.upload(self.logK, dtype=s.dtype))
+        return J
+
+    def misfit_estimate(self, logK=None, tol: float | None = None, refine: float = 10.0,
+                        progress=None):
+        """``(J, error, info)``: the misfit at ``logK`` from a forward solve to ``tol`` continued
+        to ``tol / refine``, and an estimate of the solve error of ``J`` from the two stages.
+
+        The APT iteration converges linearly, so the error of the observed pressures, and to
+        first order of ``J``, is proportional to the residual: with ``J1, r1`` after the first
+        stage and ``J2, r2`` after the second, ``error = |J1 - J2| r2 / (r1 - r2)``.
+        ``info`` as :meth:`misfit`'s plus ``forward_residual`` and ``forward_tol``."""
+        tol = self.forward_params.tol if tol is None else tol
+        self.set_tolerances(forward=min(tol * refine, 0.5))
+        J1, info = self.misfit(logK, progress)
+        J2, err, more = self.refine_misfit(tol, progress)
+        info["forward_iterations"] += more["forward_iterations"]
+        info["forward_converged"] = more["forward_converged"]
+        info.update(forward_residual=more["forward_residual"], forward_tol=tol)
+        return J2, err, info
+
+    @staticmethod
+    def _error(J1, r1, J2, r2) -> float:
+        if not (r1 > r2 > 0) or r1 < 1.05 * r2:      # no measurable progress: be pessimistic
+            return abs(J1 - J2)
+        return abs(J1 - J2) * r2 / (r1 - r2)
+
+    def refine_misfit(self, tol: float, progress=None):
+        """``(J, error, info)``: continue the latest forward solve (which the solver must
+        still hold: no adjoint solve since) to ``tol``; ``error`` from this and the previous
+        stage (see :meth:`misfit_estimate`). The forward solution handle stays the latest."""
+        if self._holds != "forward" or self._latest is None:
+            raise LifecycleError("refine_misfit: the solver no longer holds the latest forward "
+                                 "solve (an adjoint solve came after it)")
+        J1, r1 = self._stage if self._stage is not None else (None, None)
+        s = self.solver
+        self.set_tolerances(forward=tol)
+        s.set_params(self.forward_params)
+        s.cold = False                                    # continue from the current fields
+        res = s.solve(progress).result
+        self._keep_warm("forward")
+        self.backend.copy(self.Pf_forward, s.Pf)
+        J = self._sampled_misfit()
+        prev = self._latest.result
+        total = PTResult(prev.iterations + res.iterations, res.residual, res.converged,
+                         prev.history + res.history, prev.wall_time + res.wall_time)
+        self._latest = ForwardSolution(self.Pf_forward, total, self._latest.serial)
+        self._stage = (J, res.residual)
+        err = self._error(J1, r1, J, res.residual) if J1 is not None else math.inf
+        return J, err, {"forward_iterations": res.iterations, "forward_converged": res.converged,
+                        "forward_residual": res.residual}
+
+    def gradient(self, progress=None):
+        """``(dJ/dlogK, info)`` at the latest forward solution (an adjoint solve only)."""
+        forward = self._latest
+        s, bk = self.solver, self.backend
+        J, _, w = self.obs.misfit_from_values(self.obs.sample(forward.Pf, bk))
+        g, adj = self.adjoint_gradient(forward, self.obs.spread(w, bk, dtype=s.dtype), w,
+                                       progress)
+        if self.tikhonov is not None:
+            self.tikhonov.value_and_gradient(bk.upload(self.logK, dtype=s.dtype), out=g,
+                                             accumulate=True)
+            bk.sync()
+        return g, {"forward_iterations": 0, "adjoint_iterations": adj.iterations,
+                   "forward_converged": True, "adjoint_converged": adj.converged,
+                   "adjoint_residual": adj.residual}
 
     def _rescale_adjoint_warm_start(self, w):
         """Scale the previous adjoint solution to the new source.
@@ -193,10 +294,8 @@ class AdjointGradient:
     def misfit(self, logK=None, progress=None):
         """``(J, info)``: the misfit alone (one forward solve), e.g. for line-search trials."""
         fwd = self.forward_solve(logK, progress).result
-        s, bk = self.solver, self.backend
-        J = self.obs.misfit(s.Pf, bk)
-        if self.tikhonov is not None:
-            J += self.tikhonov.value(bk.upload(self.logK, dtype=s.dtype))
+        J = self._sampled_misfit()
+        self._stage = (J, fwd.residual)
         return J, {"forward_iterations": fwd.iterations, "adjoint_iterations": 0,
                    "forward_converged": fwd.converged, "adjoint_converged": True}
 
@@ -216,6 +315,7 @@ class AdjointGradient:
         """Make an earlier forward solution current again (its model ``logK`` and pressure
         ``Pf``, e.g. kept by a tape) without solving; returns its new handle."""
         self.set_logK(logK)
+        self._holds = None                 # the solver's fields are not this solution's
         self.backend.copy(self.Pf_forward, Pf)
         return self._new_forward(result if result is not None else PTResult(0, 0.0, True))
 
@@ -245,11 +345,19 @@ class AdjointGradient:
                 "forward_solve (or restore_forward) first and pass its result")
         s, bk = self.solver, self.backend
         s.set_source(source)
-        if w is not None:
+        cold = w is None
+        if self.subspace is not None:
+            cold = cold or self.subspace.start(w, *self.warm["adjoint"]) is None
+        elif w is not None:
             self._rescale_adjoint_warm_start(w)
         else:                    # a source of unknown shape: no basis for the next rescale
             self._w_old = None
-        adj = self._solve("adjoint", progress, cold=w is None)
+        adj = self._solve("adjoint", progress, cold=cold)
+        if self.subspace is not None:
+            if w is None:
+                self.subspace.clear()
+            else:
+                self.subspace.push(w, s.Pf, s.q)
         self._warm_valid = self.warm is not None
         psi_P = s.Pf
         scratch = s.scratch()            # the solver's other buffers, free until its next solve

@@ -97,6 +97,10 @@ class History:
             f.flush()
             os.fsync(f.fileno())
 
+    def rewrite(self):
+        """Write :attr:`lines` anew (collective), e.g. after amending the last record."""
+        self._collective(self._rewrite, f"writing {self.path}")
+
     def append(self, record: dict):
         """Append a record (collective: the write's outcome is broadcast from rank 0)."""
         self.lines.append(record)

@@ -1,0 +1,227 @@
+"""Gradient descent and L-BFGS with adaptive solve tolerances (:mod:`.tolerance`).
+
+The same steps as :class:`~.optimise.GradientDescent` and :class:`~.optimise.LBFGS`, with three
+differences: a trial is first evaluated by its misfit alone (forward solve with an error
+estimate) and the gradient is computed only at an accepted point; every misfit comparison is
+refined until it is decided (or the user's tolerance is reached); a rejection with loose solves
+first tightens and re-evaluates the gradient. :meth:`finish` evaluates the final model at the
+user's tolerances. The objective needs ``misfit_estimate``, ``refine_misfit``, ``gradient``,
+``set_tolerances`` and ``value_and_gradient`` (:class:`~.gradient.AdjointGradient`).
+"""
+from __future__ import annotations
+
+from .optimise import LBFGS, GradientDescent
+
+
+class AdaptiveMixin:
+    """Evaluation with tolerances from :attr:`policy` and state in ``scalars["tolerance"]``."""
+
+    policy = None          # a TolerancePolicy, set by make_adaptive
+
+    @property
+    def tol_state(self) -> dict:
+        return self.scalars["tolerance"]
+
+    def _misfit(self, x, tol, pts):
+        """``(J, error)`` at ``x`` from a forward solve to ``tol`` (two stages)."""
+        self.scalars["evaluations"] += 1
+        J, e, info = self.f.misfit_estimate(x, tol, self.policy.s.refine, self.progress)
+        pts[0] += info["forward_iterations"]
+        self.unconverged += not info.get("forward_converged", True)
+        self._extra.update(forward_tol=tol)
+        return J, self.policy.error(e)
+
+    def _refine(self, tol, pts):
+        tol = self.policy.tighter(tol)
+        J, e, info = self.f.refine_misfit(tol, self.progress)
+        pts[0] += info["forward_iterations"]
+        self.unconverged += not info.get("forward_converged", True)
+        self._extra["refinements"] = self._extra.get("refinements", 0) + 1
+        self._extra.update(forward_tol=tol)
+        return J, self.policy.error(e), tol
+
+    def _decide(self, J, e, ref, tol, pts):
+        """Refine ``J`` until its comparison with ``ref`` is decided (or at the floor)."""
+        P, e_ref = self.policy, self.tol_state["J_error"]
+        while not P.decided(J, e, ref, e_ref) and not P.at_floor(tol):
+            J, e, tol = self._refine(tol, pts)
+        return J, e, tol
+
+    def _settle(self, J, e, decrease, tol, pts):
+        """Refine an accepted misfit until its error is ``eta`` times its decrease."""
+        while not self.policy.accurate_enough(e, decrease) and not self.policy.at_floor(tol):
+            J, e, tol = self._refine(tol, pts)
+        return J, e, tol
+
+    def _gradient(self, pts):
+        """The gradient at the latest forward solution (adjoint solve at the policy's tol)."""
+        tol = self.policy.adjoint_tol(self.tol_state)
+        self.f.set_tolerances(adjoint=tol)
+        g, info = self.f.gradient(self.progress)
+        pts[1] += info["adjoint_iterations"]
+        self.unconverged += not info.get("adjoint_converged", True)
+        self._extra.update(adjoint_tol=tol)
+        return g
+
+    def _initial(self, x, pts):
+        """``J0`` (refined to ``J0_accuracy`` relative error: every reported ratio J/J0 rests
+        on it) and the gradient at ``x``."""
+        st, P = self.tol_state, self.policy
+        J, e = self._misfit(x, P.forward_tol(st), pts)
+        tol = self._extra["forward_tol"]
+        while e > P.s.J0_accuracy * abs(J) and not P.at_floor(tol):
+            J, e, tol = self._refine(tol, pts)
+        st["J_error"] = e
+        return J, self._gradient(pts)
+
+    def _accepted(self, J, e, decrease, tol):
+        st = self.tol_state
+        st.update(J_error=e, retried=False, decrease=decrease,
+                  forward_tol=self.policy.next_forward_tol(tol, e, decrease))
+        self.policy.relax_adjoint(st)
+
+    def _begin(self):
+        self._extra = {}
+        self.scalars.setdefault("tolerance", self.policy.initial())
+
+    def record(self, J, step, max_grad, max_dlogK, pts, note="") -> dict:
+        rec = super().record(J, step, max_grad, max_dlogK, pts, note)
+        rec.update({"misfit_error": self.tol_state["J_error"], "refinements": 0, **self._extra})
+        rec.setdefault("forward_tol", None)
+        rec.setdefault("adjoint_tol", None)
+        return rec
+
+    def finish(self) -> dict:
+        """Evaluate the final model at the user's tolerances: ``{misfit, misfit_ratio, ...}``
+        for the history's last line (the loose values kept as ``misfit_loose``,
+        ``misfit_ratio_loose``)."""
+        s, sc = self.policy.s, self.scalars
+        self.f.set_tolerances(forward=s.forward_tol, adjoint=s.adjoint_tol)
+        J, g, info = self.f.value_and_gradient(self.arrays["x"], self.progress)
+        J0 = sc["J0"]
+        out = {"misfit": J, "misfit_ratio": J / J0 if J0 else 1.0, "final_max_grad":
+               self.max_abs(g), "final_forward_iterations": info["forward_iterations"],
+               "final_adjoint_iterations": info["adjoint_iterations"],
+               "final_forward_tol": s.forward_tol, "final_adjoint_tol": s.adjoint_tol}
+        sc["J"] = J
+        return out
+
+
+class AdaptiveGradientDescent(AdaptiveMixin, GradientDescent):
+    """:class:`GradientDescent` with adaptive tolerances (see the module doc)."""
+
+    def start(self, logK0) -> dict:
+        self._begin()
+        pts = [0, 0]
+        x = self.clip(self.bk.upload(logK0, dtype=self.f.dtype))
+        J, g = self._initial(x, pts)
+        self.scalars.update(J0=J, J=J, gamma=self.settings.dgamma)
+        self.arrays = {"x": x, "d": self._direction(g)}
+        return self.record(J, 0.0, self.scalars["max_grad"], 0.0, pts)
+
+    def step(self) -> dict:
+        self._begin()
+        sc, st, P = self.scalars, self.tol_state, self.policy
+        x_old, gamma, pts = self.arrays["x"], sc["gamma"], [0, 0]
+        x_t = self._trial(gamma)
+        J, e = self._misfit(x_t, P.forward_tol(st), pts)
+        J, e, tol = self._decide(J, e, sc["J"], self._extra["forward_tol"], pts)
+        if J > sc["J"]:
+            # The increase is decided (refined until the errors are below half of it); the
+            # direction is a descent one for any gradient error below 100 %, so the step is too
+            # long: halve it, and compute the next gradients a little more accurately.
+            sc["gamma"] = gamma * 0.5
+            P.tighten(st)
+            st["forward_tol"] = max(st["forward_tol"], tol)       # keep the refined one
+            return self.record(J, gamma, sc["max_grad"], 0.0, pts,
+                               f"misfit increased ({J:.4e} > {sc['J']:.4e}): step rejected "
+                               "and halved")
+        J, e, tol = self._settle(J, e, sc["J"] - J, tol, pts)
+        decrease = sc["J"] - J
+        g = self._gradient(pts)
+        self._accepted(J, e, decrease, tol)
+        dlogK = self.max_abs(self.sub(x_t, x_old))
+        sc.update(J=J, gamma=gamma)
+        self.arrays = {"x": x_t, "d": self._direction(g)}
+        return self.record(J, gamma, sc["max_grad"], dlogK, pts)
+
+
+class AdaptiveLBFGS(AdaptiveMixin, LBFGS):
+    """:class:`LBFGS` with adaptive tolerances: trials by their misfit (with error estimates),
+    the gradient at the accepted point only."""
+
+    def start(self, logK0) -> dict:
+        self._begin()
+        pts = [0, 0]
+        z = self.bk.upload(logK0, dtype=self.f.dtype)
+        x = self._x_of(z)
+        J, g = self._initial(x, pts)
+        self.scalars.update(J0=J, J=J, npairs=0)
+        self.arrays = {"z": z, "x": x, "gz": self._grad_z(g)}
+        return self.record(J, 0.0, self.max_abs(g), 0.0, pts)
+
+    def step(self) -> dict:
+        self._begin()
+        sc, A, st, P = self.scalars, self.arrays, self.tol_state, self.policy
+        p = self._direction()
+        slope = self.dot(A["gz"], p)
+        note, pts = "", [0, 0]
+        if not slope < 0:
+            p, sc["npairs"], note = self.neg(A["gz"]), 0, \
+                "L-BFGS memory reset (not a descent direction)"
+            slope = self.dot(A["gz"], p)
+        Sp = self.S.apply(p) if self.S is not None else p
+        size = max(self.max_abs(Sp), 1e-300)
+        t = self.settings.dgamma / size if sc["npairs"] == 0 else \
+            min(1.0, self.settings.max_step / size)
+        tol = P.forward_tol(st)
+        for trial in range(self.settings.max_trials):
+            z_t = self.axpy(A["z"], t, p)
+            x_t = self._x_of(z_t)
+            J, e = self._misfit(x_t, tol, pts)
+            target = sc["J"] + 1e-4 * t * slope
+            J, e, tol = self._decide(J, e, target, self._extra["forward_tol"], pts)
+            if J <= target:
+                break
+            t *= 0.5
+            note = f"Armijo backtracking ({trial + 1})"
+        else:
+            if not st["retried"] and not P.adjoint_at_floor(st):
+                P.tighten(st)
+                J_old, e_old = self._misfit(A["x"], P.forward_tol(st), pts)
+                g = self._gradient(pts)
+                st.update(J_error=e_old, retried=True)
+                sc.update(J=J_old, npairs=0)
+                A["gz"] = self._grad_z(g)
+                return self.record(J_old, t, self.max_abs(g), 0.0, pts, "no Armijo decrease "
+                                   "with loose solves: tolerances tightened, gradient "
+                                   "re-evaluated, memory reset")
+            return self.record(J, t, self.max_abs(A["gz"]), 0.0, pts,
+                               "line search failed: no decrease; stopping")
+        J, e, tol = self._settle(J, e, sc["J"] - J, tol, pts)
+        decrease = sc["J"] - J
+        g = self._gradient(pts)
+        self._accepted(J, e, decrease, tol)
+        gz = self._grad_z(g)
+        s, y = self.sub(z_t, A["z"]), self.sub(gz, A["gz"])
+        dlogK = self.max_abs(self.sub(x_t, A["x"]))
+        pairs = self._pairs()
+        if self.dot(s, y) > 0:
+            pairs = (pairs + [(s, y)])[-self.settings.lbfgs_memory:]
+        new = {"z": z_t, "x": x_t, "gz": gz}
+        for i, (si, yi) in enumerate(pairs):
+            new[f"s{i}"], new[f"y{i}"] = si, yi
+        self.arrays = new
+        sc.update(J=J, npairs=len(pairs))
+        return self.record(J, t, self.max_abs(g), dlogK, pts, note)
+
+
+def make_adaptive(objective, smoother, settings, policy, progress=None):
+    """The adaptive optimiser of ``settings.method`` with the :class:`TolerancePolicy`
+    ``policy``."""
+    cls = {"gd": AdaptiveGradientDescent, "lbfgs": AdaptiveLBFGS}.get(settings.method)
+    if cls is None:
+        settings.validate()
+    opt = cls(objective, smoother, settings, progress)
+    opt.policy = policy
+    return opt

@@ -1,0 +1,129 @@
+"""Adjoint warm starts from a small subspace of earlier adjoint solutions (issue 12, item 2).
+
+The adjoint solve is linear in its source, ``S^T w`` with ``w`` the replicated observation
+weights ``dJ/dP``. For a fixed permeability the adjoint of a source ``sum_i c_i S^T w_i`` is
+``sum_i c_i psi_i``; the permeability changes a little between outer iterations, so that sum
+is only a start, but it is a better one than the single rescaled previous solution (which
+captures the new source's component along ``w_old`` only).
+
+:class:`AdjointSubspace` keeps the last ``m`` adjoint solutions ``psi_i = (P_i, q_i)`` and
+their weights ``w_i`` and starts the next solve from ``sum_i c_i psi_i``, ``c`` the least-
+squares fit of ``w`` by the ``w_i``. The fit is a replicated ``nobs x m`` problem solved with
+modified Gram-Schmidt and exactly rounded sums (:func:`math.fsum`): every rank computes the
+same ``c`` bitwise, with no reduction and no dependence on a BLAS's threading. Memory: ``m``
+cell fields and ``m ndim`` face fields.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .state import StateField
+
+#: A column whose norm drops below this fraction of its own in the orthogonalisation is dropped
+#: (nearly dependent on the others).
+DEPENDENT = 1e-8
+
+
+def _dot(a, b) -> float:
+    return math.fsum(float(x) * float(y) for x, y in zip(a, b))
+
+
+def least_squares(columns, w) -> list[float]:
+    """``c`` minimising ``|sum_i c_i columns[i] - w|`` (replicated, deterministic): modified
+    Gram-Schmidt with exactly rounded dot products; nearly dependent columns get ``c_i = 0``."""
+    k = len(columns)
+    Q, R, keep = [], np.zeros((k, k)), []
+    for j, col in enumerate(columns):
+        v = [float(x) for x in col]
+        n0 = math.sqrt(_dot(v, v))
+        for i, qi in zip(keep, Q):
+            r = _dot(qi, v)
+            R[i, j] = r
+            v = [a - r * b for a, b in zip(v, qi)]
+        n = math.sqrt(_dot(v, v))
+        if n0 == 0 or n <= DEPENDENT * n0:
+            continue
+        R[j, j] = n
+        Q.append([a / n for a in v])
+        keep.append(j)
+    c = [0.0] * k
+    rhs = {i: _dot(qi, w) for i, qi in zip(keep, Q)}
+    for pos in range(len(keep) - 1, -1, -1):           # back substitution on the kept columns
+        i = keep[pos]
+        s = rhs[i] - math.fsum(R[i, j] * c[j] for j in keep[pos + 1:])
+        c[i] = s / R[i, i]
+    return c
+
+
+class AdjointSubspace:
+    """The last ``m`` adjoint solutions and weights; warm starts by their least-squares mix.
+
+    Args:
+        backend: the compute backend; ``shape``, ``dtype``: of the padded local fields;
+        ndim: dimensions (face fields per solution); m: how many solutions to keep (>= 1).
+    """
+
+    def __init__(self, backend, shape, dtype, ndim: int, m: int):
+        if m < 1:
+            raise ValueError(f"adjoint_memory must be >= 1, got {m}")
+        self.bk, self.shape, self.dtype, self.ndim, self.m = backend, shape, dtype, ndim, m
+        self.fields: list = []          # [(P, [q...])], oldest first
+        self.weights: list = []         # [np.ndarray (nobs,)], same order
+
+    def __len__(self):
+        return len(self.weights)
+
+    def start(self, w, P, q) -> list[float] | None:
+        """Write ``sum_i c_i psi_i`` (``c``: the fit of ``w``) into ``P``, ``q``; returns ``c``,
+        or ``None`` (nothing written) when the subspace is empty or ``w`` has another length."""
+        w = np.asarray(w, dtype=float)
+        if not self.weights or any(wi.shape != w.shape for wi in self.weights):
+            return None
+        c = least_squares(self.weights, w)
+        bk = self.bk
+        for k, out in enumerate((P, *q)):
+            srcs = [f[0] if k == 0 else f[1][k - 1] for f in self.fields]
+            bk.elementwise(lambda xp, a, c0=c[0]: a * c0, srcs[0], out=out)
+            for ci, s in zip(c[1:], srcs[1:]):
+                bk.elementwise(lambda xp, o, s, ci=ci: o + ci * s, out, s, out=out)
+        return c
+
+    def push(self, w, P, q):
+        """Keep the solution ``(P, q)`` of the source weights ``w`` (copied; the oldest of a full
+        subspace is dropped and its buffers reused)."""
+        bk = self.bk
+        if len(self.fields) == self.m:
+            bufs = self.fields.pop(0)
+            self.weights.pop(0)
+        else:
+            bufs = (bk.zeros(self.shape, self.dtype),
+                    [bk.zeros(self.shape, self.dtype) for _ in range(self.ndim)])
+        bk.copy(bufs[0], P)
+        for a, b in zip(bufs[1], q):
+            bk.copy(a, b)
+        self.fields.append(bufs)
+        self.weights.append(np.array(w, dtype=float))
+
+    def clear(self):
+        self.fields, self.weights = [], []
+
+    def state(self) -> dict:
+        """Named :class:`StateField` records (oldest first, index in the name)."""
+        out = {}
+        for i, ((P, q), w) in enumerate(zip(self.fields, self.weights)):
+            out[f"adjoint_basis{i}_Pf"] = StateField(P, "cell")
+            for a, qa in enumerate(q):
+                out[f"adjoint_basis{i}_q{'xyz'[a]}"] = StateField(qa, "face", a)
+            out[f"adjoint_basis{i}_w"] = StateField(w, "replicated")
+        return out
+
+    def load_state(self, fields: dict):
+        """Restore what :meth:`state` returned (host or backend arrays)."""
+        self.clear()
+        i = 0
+        while f"adjoint_basis{i}_w" in fields:
+            q = [fields[f"adjoint_basis{i}_q{'xyz'[a]}"] for a in range(self.ndim)]
+            self.push(fields[f"adjoint_basis{i}_w"], fields[f"adjoint_basis{i}_Pf"], q)
+            i += 1
