@@ -116,7 +116,7 @@ class LevelledInversion:
 
     def _record(self, level, iteration, opt_rec, t0, wall0) -> dict:
         rec = {"iteration": iteration, "level": level, "grid": list(self.shapes[level]),
-               **opt_rec}
+               "cells": math.prod(self.shapes[level]), **opt_rec}
         rec["work_units"] = ((rec["forward_iterations"] + rec["adjoint_iterations"])
                              * math.prod(self.shapes[level]) / self.fine_cells)
         rec["wall_time"] = wall0 + time.perf_counter() - t0
