@@ -120,7 +120,8 @@ def run_one(case, setting, overrides, new_overrides, threads, workdir):
 
     from hpcinv import config as config_mod
     from hpcinv.app.assembly import build
-    from hpcinv.app.run import Inversion, Reporter, RunDirectory
+    from hpcinv.app.levels import make_inversion
+    from hpcinv.app.run import Reporter, RunDirectory
     data = merge({"parallel": {"threads": threads}, "output": {"figures": False}},
                  CASES[case], SETTINGS[setting], overrides,
                  new_overrides if setting == "new" else {})
@@ -129,7 +130,7 @@ def run_one(case, setting, overrides, new_overrides, threads, workdir):
     run_dir = RunDirectory(Path(workdir) / f"{case}-{setting}", comm, overwrite=True)
     t0, c0 = time.perf_counter(), time.process_time()
     setup = build(cfg, comm)
-    inv = Inversion(setup, run_dir, Reporter(quiet=True))
+    inv = make_inversion(cfg, setup, run_dir, Reporter(quiet=True))
     last = inv.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     hist = inv.history.lines

@@ -252,7 +252,7 @@ def cmd_invert(args, demo=False) -> int:
     from mpi4py import MPI
 
     from .. import config as config_mod
-    from .run import Inversion, Reporter, RunDirectory
+    from .run import Reporter, RunDirectory
     if args.restart:
         if args.config:
             raise HpcinvError("--restart takes its config from the run directory; "
@@ -278,14 +278,13 @@ def cmd_invert(args, demo=False) -> int:
         (out / "config.toml").write_text(config_mod.dumps(cfg))
     g = setup.grid
     reporter = Reporter(say, args.quiet, args.json)
+    from .levels import level_shapes, make_inversion
+    inv = make_inversion(cfg, setup, run_dir, reporter, restart=bool(args.restart))
     if len(cfg.inversion.level_factors()) > 1:          # coarse-to-fine (app/levels.py)
-        from .levels import LevelledInversion, level_shapes
-        inv = LevelledInversion(cfg, setup, run_dir, reporter, restart=bool(args.restart))
         plan = ", ".join(f"{'x'.join(map(str, s))}: {k}" for s, k in
                          zip(level_shapes(cfg), cfg.inversion.level_iterations))
         what = f"levels ({plan}) iterations"
     else:
-        inv = Inversion(setup, run_dir, reporter, restart=bool(args.restart))
         what = f"{cfg.inversion.iterations} iterations"
     say(f"hpcinv {'demo' if demo else 'invert'}: {cfg.problem.name} "
         f"{'x'.join(map(str, g.shape))} cells on {g.decomp.size} rank(s), backend "

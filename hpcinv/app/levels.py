@@ -61,6 +61,14 @@ def level_config(cfg, factor: int):
     return c
 
 
+def make_inversion(cfg, setup, run_dir, reporter, restart: bool = False):
+    """The run of a config: :class:`LevelledInversion` when ``inversion.levels`` has more than
+    one level, else :class:`~hpcinv.app.run.Inversion` (both: ``run()``, ``history``)."""
+    if len(cfg.inversion.level_factors()) > 1:
+        return LevelledInversion(cfg, setup, run_dir, reporter, restart=restart)
+    return Inversion(setup, run_dir, reporter, restart=restart)
+
+
 class LevelledInversion:
     """Run (or continue) a coarse-to-fine inversion.
 
@@ -239,4 +247,5 @@ class LevelledInversion:
         inv.save_checkpoint()
         final = finish(inv.opt, history)     # the final model at the user's tolerances
         inv.write_model("model_final.h5", final)
+        self.history = history
         return history.lines[-1]
