@@ -272,7 +272,7 @@ def test_selftest_warns_and_runs_on_the_host(with_cupy, capsys):
 def test_info_shows_the_hdf5_mode_and_why(capsys, monkeypatch):
     from mpi4py import MPI
 
-    from hpcinv.io.h5write import describe_mode
+    from hpcinv.io.h5mode import describe_mode
     monkeypatch.delenv("HPCINV_H5_MODE", raising=False)
     assert describe_mode(MPI.COMM_SELF) == ("single", "one rank: a plain file")
     monkeypatch.setenv("HPCINV_H5_MODE", "VDS")

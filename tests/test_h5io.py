@@ -20,7 +20,7 @@ import pytest
 from mpi4py import MPI
 
 from hpcinv.model.grid import Grid
-from hpcinv.io import h5read, h5write
+from hpcinv.io import h5mode, h5read, h5write
 from hpcinv.io.gather import owned_face_block
 from hpcinv.io import read_attrs, read_cells, read_faces, read_global, read_replicated, write_h5
 from hpcinv.io.xdmf import check_xdmf, write_xdmf
@@ -328,14 +328,14 @@ def test_read_errors(tmp_path):
 
 
 def test_mode_selection(monkeypatch):
-    assert h5write.choose_mode(MPI.COMM_SELF) == "single"
+    assert h5mode.choose_mode(MPI.COMM_SELF) == "single"
     monkeypatch.setenv("HPCINV_H5_MODE", "vds")
-    assert h5write.choose_mode(MPI.COMM_SELF) == "vds"
+    assert h5mode.choose_mode(MPI.COMM_SELF) == "vds"
     with pytest.raises(ValueError):
-        h5write.choose_mode(MPI.COMM_SELF, "bogus")
-    if not h5write.h5py_has_mpi():
+        h5mode.choose_mode(MPI.COMM_SELF, "bogus")
+    if not h5mode.h5py_has_mpi():
         with pytest.raises(ValueError, match="MPI"):
-            h5write.choose_mode(MPI.COMM_SELF, "mpio")
+            h5mode.choose_mode(MPI.COMM_SELF, "mpio")
 
 
 def test_cli_names_still_work():
@@ -427,7 +427,7 @@ def test_mpi_identical_to_one_rank(shared_dir, ndim, dtype, mode):
             assert_same_content(shared_dir / "world.h5", shared_dir / "self.h5")
             assert_matches_expected(p, shape, dtype)
             with h5py.File(p, "r") as f:
-                assert f["K"].is_virtual == ((mode or h5write.choose_mode(comm)) == "vds")
+                assert f["K"].is_virtual == ((mode or h5mode.choose_mode(comm)) == "vds")
         except Exception as e:   # noqa: BLE001
             err = e
     if comm.bcast(err is not None):
@@ -549,7 +549,7 @@ def test_mpi_inconsistent_names_fail_everywhere(shared_dir):
 
 @pytest.mark.mpi(min_size=2)
 def test_mpio_matches(shared_dir):
-    if not h5write.h5py_has_mpi():
+    if not h5mode.h5py_has_mpi():
         pytest.skip("h5py has no MPI support (pip wheel); the mpio path needs parallel HDF5")
     comm = MPI.COMM_WORLD
     for ndim in (2, 3):

@@ -320,7 +320,7 @@ def cmd_info(args) -> int:
     from ..backend import make_backend
     from ..parallel import Decomposition, cuda_aware_mpi
     from ..backend.cuda import cupy_status
-    from ..io.h5write import describe_mode
+    from ..io.h5mode import describe_mode
     world = MPI.COMM_WORLD
     backend = make_backend(args.backend, comm=world)
     warn_fallback(backend)

@@ -1,7 +1,7 @@
 """Input/output of distributed fields, split by job:
 
 * :mod:`hpcinv.io.h5write` -- :func:`write_h5` (global datasets written without a gather, modes
-  ``mpio``/``vds``/``single``/``sequential`` chosen by :func:`~hpcinv.io.h5write.choose_mode`,
+  ``mpio``/``vds``/``single``/``sequential`` chosen by :func:`~hpcinv.io.h5mode.choose_mode`,
   atomic publish); the file layout and atomicity guarantees are described there.
 * :mod:`hpcinv.io.h5read` -- :func:`read_cells`, :func:`read_faces`, :func:`read_global`,
   :func:`read_attrs`, :func:`read_replicated` (any rank count, missing part files raise),

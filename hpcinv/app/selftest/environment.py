@@ -62,7 +62,7 @@ def check_environment(ctx) -> Result:
     mine["overlap_auto"], mine["overlap_reason"] = on, why
     problems = []
     try:
-        from ...io.h5write import choose_mode, describe_mode, h5py_has_mpi
+        from ...io.h5mode import choose_mode, describe_mode, h5py_has_mpi
         import h5py
         mine["h5py"] = h5py.__version__
         mine["h5py_mpi"] = h5py_has_mpi()
