@@ -7,8 +7,9 @@
 # The stream-checker stage reruns a chosen part of the suite with HPCINV_STREAM_CHECK=1 (the
 # host backend with CUDA's stream semantics, checked; docs/architecture.md): the MPI tests of the
 # exchange, solver, gradient, regularisation and autodiff layers on 2 and 4 ranks, and the
-# inversion tests (GD, L-BFGS, warm starts, SIGKILL/SIGTERM restarts, run on 1-4 ranks through
-# mpiexec). Everything passes under the checker; this subset keeps CI within its time budget.
+# inversion tests (GD, L-BFGS, warm starts, adaptive tolerances, SIGKILL/SIGTERM restarts on 1-3
+# ranks through mpiexec). The whole suite passes under the checker
+# (HPCINV_STREAM_CHECK=1 bash tests/run_all.sh); this subset keeps CI within its time budget.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -42,12 +43,16 @@ CHECK_RANKS=${HPCINV_CHECK_RANKS-"2 4"}
 CHECK_MPI="tests/test_halo.py tests/test_invariance.py tests/test_gradient.py
  tests/test_regularisation.py tests/test_autodiff_torch.py tests/test_autodiff_jax.py
  tests/test_streams.py"
-CHECK_SERIAL="tests/test_inversion.py tests/test_streams.py tests/test_state.py"
+CHECK_SERIAL="tests/test_inversion.py tests/test_streams.py tests/test_state.py
+ tests/test_adaptive.py"
+# the inversion tests under the checker: GD, L-BFGS, warm starts, SIGKILL/SIGTERM restarts (the
+# full demo and the 4-rank comparison run in the normal stages)
+CHECK_K="not workshop_demo and not identical_on_1_and_4 and not exact_quality"
 if [[ -n "$CHECK_RANKS" ]]; then
     stage "stream checker, serial: HPCINV_STREAM_CHECK=1 $PYTHON -m pytest -q $CHECK_SERIAL"
     t=$SECONDS
     # shellcheck disable=SC2086
-    HPCINV_STREAM_CHECK=1 "$PYTHON" -m pytest -q $CHECK_SERIAL "$@"
+    HPCINV_STREAM_CHECK=1 "$PYTHON" -m pytest -q $CHECK_SERIAL -k "$CHECK_K" "$@"
     echo "stream checker (serial) passed in $((SECONDS - t)) s"
     for n in $CHECK_RANKS; do
         stage "stream checker, $n ranks: HPCINV_STREAM_CHECK=1 $MPIEXEC -n $n ... -m mpi"
