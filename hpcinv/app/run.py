@@ -109,13 +109,16 @@ class Reporter:
             self.say(json.dumps(rec))
             return
         k, el = rec["iteration"], rec["wall_time"]
-        eta = el / k * (total - k) if k else float("nan")
+        if k == 0:
+            self._t0_wall = el          # the start (setup, first gradient) is not an iteration
+        t_iter = (el - getattr(self, "_t0_wall", 0.0)) / k if k else 0.0
+        eta_text = f"{t_iter * (total - k):7.1f} s" if k else "      -  "
         note = f"  [{rec['note']}]" if rec.get("note") else ""
         lvl = (f"L{rec['level']} {'x'.join(map(str, rec['grid']))}  " if "level" in rec
                else "")                                   # coarse-to-fine (app/levels.py)
         self.say(f"{lvl}iter {k:4d}/{total}  J/J0 {rec['misfit_ratio']:.4e}  max|dlogK| "
                  f"{rec['max_dlogK']:.3e}  PT {rec['forward_iterations']}+"
-                 f"{rec['adjoint_iterations']}  elapsed {el:8.1f} s  ETA {eta:7.1f} s{note}")
+                 f"{rec['adjoint_iterations']}  elapsed {el:8.1f} s  ETA {eta_text}{note}")
 
     def message(self, text):
         self.say(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from ..errors import ConfigError
 from .h5util import _h5py
 
 MODES = ("auto", "mpio", "vds", "single", "sequential")
@@ -25,16 +26,17 @@ def choose_mode(comm, mode: str | None = None) -> str:
     """
     mode = (mode or os.environ.get("HPCINV_H5_MODE") or "auto").lower()
     if mode not in MODES:
-        raise ValueError(f"HDF5 write mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"HDF5 write mode (HPCINV_H5_MODE) must be one of "
+                          f"{', '.join(MODES)}, got {mode!r}")
     size = comm.Get_size()
     if mode == "auto":
         if size == 1:
             return "single"
         return "mpio" if h5py_has_mpi() else "vds"
     if mode == "mpio" and not h5py_has_mpi():
-        raise ValueError("HDF5 write mode 'mpio' needs h5py built with MPI (parallel HDF5)")
+        raise ConfigError("HDF5 write mode 'mpio' needs h5py built with MPI (parallel HDF5)")
     if mode == "single" and size > 1:
-        raise ValueError("HDF5 write mode 'single' needs a one-rank communicator")
+        raise ConfigError("HDF5 write mode 'single' needs a one-rank communicator")
     return mode
 
 
@@ -45,7 +47,7 @@ def describe_mode(comm) -> tuple[str, str]:
     env = (os.environ.get("HPCINV_H5_MODE") or "").strip()
     try:
         mode = choose_mode(comm)
-    except ValueError as exc:
+    except ConfigError as exc:
         return "?", str(exc)
     if env and env.lower() != "auto":
         return mode, f"HPCINV_H5_MODE={env}"
