@@ -163,17 +163,8 @@ class AdaptiveLBFGS(AdaptiveMixin, LBFGS):
     def step(self) -> dict:
         self._begin()
         sc, A, st, P = self.scalars, self.arrays, self.tol_state, self.policy
-        p = self._direction()
-        slope = self.dot(A["gz"], p)
-        note, pts = "", [0, 0]
-        if not slope < 0:
-            p, sc["npairs"], note = self.neg(A["gz"]), 0, \
-                "L-BFGS memory reset (not a descent direction)"
-            slope = self.dot(A["gz"], p)
-        Sp = self.S.apply(p) if self.S is not None else p
-        size = max(self.max_abs(Sp), 1e-300)
-        t = self.settings.dgamma / size if sc["npairs"] == 0 else \
-            min(1.0, self.settings.max_step / size)
+        p, slope, t, note = self._search_direction()
+        pts = [0, 0]
         tol = P.forward_tol(st)
         for trial in range(self.settings.max_trials):
             z_t = self.axpy(A["z"], t, p)

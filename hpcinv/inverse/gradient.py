@@ -261,18 +261,24 @@ class AdjointGradient:
 
     def gradient(self, progress=None):
         """``(dJ/dlogK, info)`` at the latest forward solution (an adjoint solve only)."""
-        forward = self._latest
+        _, _, g, adj = self._adjoint_part(self._latest, progress)
+        return g, {"forward_iterations": 0, "adjoint_iterations": adj.iterations,
+                   "forward_converged": True, "adjoint_converged": adj.converged,
+                   "adjoint_residual": adj.residual}
+
+    def _adjoint_part(self, forward, progress):
+        """``(J misfit, J_reg or None, dJ/dlogK, adjoint PTResult)`` at ``forward``: sample,
+        spread the misfit's derivative, adjoint solve, transposes, plus the Tikhonov term."""
         s, bk = self.solver, self.backend
         J, _, w = self.obs.misfit_from_values(self.obs.sample(forward.Pf, bk))
         g, adj = self.adjoint_gradient(forward, self.obs.spread(w, bk, dtype=s.dtype), w,
                                        progress)
+        J_reg = None
         if self.tikhonov is not None:
-            self.tikhonov.value_and_gradient(bk.upload(self.logK, dtype=s.dtype), out=g,
-                                             accumulate=True)
+            J_reg = self.tikhonov.value_and_gradient(bk.upload(self.logK, dtype=s.dtype), out=g,
+                                                     accumulate=True)[0]
             bk.sync()
-        return g, {"forward_iterations": 0, "adjoint_iterations": adj.iterations,
-                   "forward_converged": True, "adjoint_converged": adj.converged,
-                   "adjoint_residual": adj.residual}
+        return J, J_reg, g, adj
 
     def _rescale_adjoint_warm_start(self, w):
         """Scale the previous adjoint solution to the new source.
@@ -392,14 +398,9 @@ class AdjointGradient:
         valid, ghosts zero)."""
         forward = self.forward_solve(logK, progress)
         fwd = forward.result
-        s, bk = self.solver, self.backend
-        J, _, w = self.obs.misfit_from_values(self.obs.sample(forward.Pf, bk))
-        g, adj = self.adjoint_gradient(forward, self.obs.spread(w, bk, dtype=s.dtype), w,
-                                       progress)
-        if self.tikhonov is not None:
-            J += self.tikhonov.value_and_gradient(bk.upload(self.logK, dtype=s.dtype), out=g,
-                                                  accumulate=True)[0]
-            bk.sync()
+        J, J_reg, g, adj = self._adjoint_part(forward, progress)
+        if J_reg is not None:
+            J += J_reg
         info = {"forward_iterations": fwd.iterations, "adjoint_iterations": adj.iterations,
                 "forward_converged": fwd.converged, "adjoint_converged": adj.converged,
                 "forward_residual": fwd.residual, "adjoint_residual": adj.residual}

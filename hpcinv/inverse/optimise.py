@@ -268,11 +268,13 @@ class LBFGS(Optimiser):
             bk.elementwise(lambda xp, q, s, ab=a - b: q + ab * s, q, s, out=q)  # q += (a-b) s
         return self.neg(q)
 
-    def step(self) -> dict:
+    def _search_direction(self):
+        """``(p, slope, t, note)``: the quasi-Newton direction (memory reset to steepest descent
+        when it does not descend), its slope ``<gz, p>`` and the first trial step ``t``."""
         sc, A = self.scalars, self.arrays
         p = self._direction()
         slope = self.dot(A["gz"], p)
-        note, pts = "", [0, 0]
+        note = ""
         if not slope < 0:                      # not a descent direction: restart memory
             p, sc["npairs"], note = self.neg(A["gz"]), 0, \
                 "L-BFGS memory reset (not a descent direction)"
@@ -284,6 +286,12 @@ class LBFGS(Optimiser):
         size = max(self.max_abs(Sp), 1e-300)
         t = self.settings.dgamma / size if sc["npairs"] == 0 else \
             min(1.0, self.settings.max_step / size)
+        return p, slope, t, note
+
+    def step(self) -> dict:
+        sc, A = self.scalars, self.arrays
+        p, slope, t, note = self._search_direction()
+        pts = [0, 0]
         for trial in range(self.settings.max_trials):
             z_t = self.axpy(A["z"], t, p)
             x_t = self._x_of(z_t)
