@@ -35,9 +35,9 @@ def _clean_env(**extra) -> dict:
     return env
 
 
-def run_cli(*args, env=None, timeout=120):
+def run_cli(*args, env=None, timeout=120, cwd=ROOT):
     """Run ``python -m hpcinv ARGS`` and return the completed process (text output)."""
-    return subprocess.run([sys.executable, "-m", "hpcinv", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "hpcinv", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env=env if env is not None else _clean_env())
 
@@ -423,3 +423,17 @@ def test_gpu_bind_picks_device_from_local_rank():
         proc = subprocess.run([bash, script, *show], capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == want, (extra, proc.stdout)
+
+
+def test_restart_elsewhere_is_refused(tmp_path):
+    """``--restart A -o B`` used to continue B's checkpoint with A's config: now one line."""
+    proc = run_cli("invert", "--restart", tmp_path / "a", "-o", tmp_path / "b", "-q")
+    assert_one_line_error(proc, "--restart", "own directory", "copy")
+
+
+def test_empty_output_dir_is_refused(tmp_path):
+    cfg = tmp_path / "empty.toml"
+    cfg.write_text('[output]\ndir = ""\n')
+    proc = run_cli("forward", cfg, "--nx", "15", "--ny", "7", "-q", cwd=tmp_path)
+    assert_one_line_error(proc, "output.dir", "empty")
+    assert not (tmp_path / "fields.h5").exists() and not (tmp_path / "config.toml").exists()

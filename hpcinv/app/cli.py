@@ -257,6 +257,10 @@ def cmd_invert(args, demo=False) -> int:
         if args.config:
             raise HpcinvError("--restart takes its config from the run directory; "
                               "give no CONFIG file")
+        if args.output and Path(args.output).resolve() != Path(args.restart).resolve():
+            raise HpcinvError(f"--restart {args.restart} continues that run in its own "
+                              f"directory; give no --output {args.output} (to continue "
+                              f"elsewhere, copy the directory first and restart the copy)")
         cfg = config_mod.load(Path(args.restart) / "config.toml")
         cfg.output.dir = args.restart
     else:

@@ -28,6 +28,9 @@ def validate(cfg: Config) -> Config:
         if not (v > 0 and math.isfinite(v)):
             raise ConfigError(f"problem.{key} must be a finite permeability > 0, got {v}")
     _validate_grid(cfg)
+    if not str(cfg.output.dir).strip():
+        raise ConfigError("output.dir must name a directory, got an empty string (the run "
+                          "would write into the working directory)")
     ndim = cfg.ndim()
     if cfg.solver.method not in ("apt", "petsc"):
         raise ConfigError(f"solver.method must be 'apt' or 'petsc', got "
