@@ -193,18 +193,7 @@ class AdaptiveLBFGS(AdaptiveMixin, LBFGS):
         decrease = sc["J"] - J
         g = self._gradient(pts)
         self._accepted(J, e, decrease, tol)
-        gz = self._grad_z(g)
-        s, y = self.sub(z_t, A["z"]), self.sub(gz, A["gz"])
-        dlogK = self.max_abs(self.sub(x_t, A["x"]))
-        pairs = self._pairs()
-        if self.dot(s, y) > 0:
-            pairs = (pairs + [(s, y)])[-self.settings.lbfgs_memory:]
-        new = {"z": z_t, "x": x_t, "gz": gz}
-        for i, (si, yi) in enumerate(pairs):
-            new[f"s{i}"], new[f"y{i}"] = si, yi
-        self.arrays = new
-        sc.update(J=J, npairs=len(pairs))
-        return self.record(J, t, self.max_abs(g), dlogK, pts, note)
+        return self._accept(z_t, x_t, J, g, t, pts, note)
 
 
 def make_adaptive(objective, smoother, settings, policy, progress=None):

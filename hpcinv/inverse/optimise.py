@@ -268,6 +268,23 @@ class LBFGS(Optimiser):
             bk.elementwise(lambda xp, q, s, ab=a - b: q + ab * s, q, s, out=q)  # q += (a-b) s
         return self.neg(q)
 
+    def _accept(self, z_t, x_t, J, g, t, pts, note) -> dict:
+        """Take the trial ``z_t`` (``x_t = S z_t``, misfit ``J``, gradient ``g``): the new
+        curvature pair (if it satisfies the curvature condition) and the history record."""
+        sc, A = self.scalars, self.arrays
+        gz = self._grad_z(g)
+        s, y = self.sub(z_t, A["z"]), self.sub(gz, A["gz"])
+        dlogK = self.max_abs(self.sub(x_t, A["x"]))
+        pairs = self._pairs()
+        if self.dot(s, y) > 0:                 # curvature condition, else skip the update
+            pairs = (pairs + [(s, y)])[-self.settings.lbfgs_memory:]
+        new = {"z": z_t, "x": x_t, "gz": gz}
+        for i, (si, yi) in enumerate(pairs):
+            new[f"s{i}"], new[f"y{i}"] = si, yi
+        self.arrays = new
+        sc.update(J=J, npairs=len(pairs))
+        return self.record(J, t, self.max_abs(g), dlogK, pts, note)
+
     def _search_direction(self):
         """``(p, slope, t, note)``: the quasi-Newton direction (memory reset to steepest descent
         when it does not descend), its slope ``<gz, p>`` and the first trial step ``t``."""
@@ -305,18 +322,7 @@ class LBFGS(Optimiser):
         else:
             return self.record(J, t, self.max_abs(A["gz"]), 0.0, pts,
                                "line search failed: no decrease; stopping")
-        gz = self._grad_z(g)
-        s, y = self.sub(z_t, A["z"]), self.sub(gz, A["gz"])
-        dlogK = self.max_abs(self.sub(x_t, A["x"]))
-        pairs = self._pairs()
-        if self.dot(s, y) > 0:                 # curvature condition, else skip the update
-            pairs = (pairs + [(s, y)])[-self.settings.lbfgs_memory:]
-        new = {"z": z_t, "x": x_t, "gz": gz}
-        for i, (si, yi) in enumerate(pairs):
-            new[f"s{i}"], new[f"y{i}"] = si, yi
-        self.arrays = new
-        sc.update(J=J, npairs=len(pairs))
-        return self.record(J, t, self.max_abs(g), dlogK, pts, note)
+        return self._accept(z_t, x_t, J, g, t, pts, note)
 
 
 def make_optimiser(objective, smoother, settings: OptimiserSettings, progress=None):
