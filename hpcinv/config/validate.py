@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from .library import PT_KEYS, check_optimiser_settings, library_names
 from .schema import (AXES, OBS_FILE_SUFFIXES, PERMEABILITY_TYPES,
                      POINT_KINDS, PRECONDITIONERS, PROBLEM_EXTENTS, SIDES, WellConfig, is_number)
 
@@ -271,39 +271,6 @@ def _validate_observations(cfg, ndim):
                               f"got {o.file!r}")
 
 
-#: Library parameter names that are keys of a config section, for error messages.
-PT_KEYS = ("cfl", "re", "tol", "maxiter", "ncheck")
-OPTIMISER_KEYS = ("method", "dgamma", "logK_min", "logK_max", "lbfgs_memory")
-
-
-class library_names:
-    """Context manager: a :class:`ConfigError` raised by library code, whose message names the
-    library's parameters (``dgamma``), is raised again naming the config keys
-    (``inversion.dgamma``)."""
-
-    def __init__(self, section: str, keys):
-        self.section, self.keys = section, keys
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if kind is not None and issubclass(kind, ConfigError):
-            msg = str(exc)
-            for key in self.keys:
-                msg = re.sub(rf"(?<![\w.]){key}\b", f"{self.section}.{key}", msg)
-            raise ConfigError(msg) from None
-        return False
-
-
-def _check_optimiser_settings(v):
-    """The ``[inversion]`` keys the optimisers themselves check, with the config's names."""
-    from ..inverse.optimise import OptimiserSettings
-    with library_names("inversion", OPTIMISER_KEYS):
-        OptimiserSettings(method=v.method, dgamma=v.dgamma, logK_min=v.logK_min,
-                          logK_max=v.logK_max, lbfgs_memory=v.lbfgs_memory).validate()
-
-
 def _validate_inversion(cfg):
     v = cfg.inversion
     if not 0 < v.tolerance_loose < 1:
@@ -312,7 +279,7 @@ def _validate_inversion(cfg):
     if v.adjoint_memory is not None and not 0 <= v.adjoint_memory <= 64:
         raise ConfigError(f"inversion.adjoint_memory must be in [0, 64] (0: the rescaled "
                           f"previous adjoint solution), got {v.adjoint_memory}")
-    _check_optimiser_settings(v)
+    check_optimiser_settings(v)
     if v.iterations < 1:
         raise ConfigError(f"inversion.iterations must be >= 1, got {v.iterations}")
     if not 0 <= v.misfit_ratio < 1:

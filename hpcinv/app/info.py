@@ -1,0 +1,83 @@
+"""``hpcinv info``: what this installation and launch would use, per rank: backend and device
+(and why, after a GPU fallback), MPI library, the CUDA-aware decision, the HDF5 output mode,
+the optional extras' versions and the rank layout of an example problem."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def cmd_info(args) -> int:
+    from mpi4py import MPI
+
+    from ..model import geothermal, problems
+    from ..backend import make_backend
+    from ..parallel import Decomposition, cuda_aware_mpi
+    from ..backend.cuda import cupy_status
+    from ..io.h5mode import describe_mode
+    from .cli import warn_fallback
+    world = MPI.COMM_WORLD
+    backend = make_backend(args.backend, comm=world)
+    warn_fallback(backend)
+    aware, why = cuda_aware_mpi(gpu=backend.device_memory and backend.name != "host")
+    h5_mode, h5_why = describe_mode(world)
+    shape = geothermal.DEFAULT_SHAPES.get(args.problem)
+    if shape is None:
+        problems.build(args.problem)   # raises the one-line error with a hint
+    decomp = Decomposition(shape, world)
+    mine = {"rank": world.Get_rank(), "node_rank": backend.local_rank,
+            "host": MPI.Get_processor_name(), **backend.describe(),
+            "coords": list(decomp.coords), "local_shape": list(decomp.local_shape)}
+    everyone = world.gather(mine, root=0)
+    if world.Get_rank() == 0:
+        import mpi4py
+        import numpy
+        lib = MPI.Get_library_version().strip().splitlines()[0]
+        chosen = backend.name if args.backend == backend.name else \
+            f"{backend.name} (--backend {args.backend}" + \
+            (f": {backend.fallback_reason})" if backend.fallback_reason else ")")
+        summary = {"hpcinv": _version(), "python": sys.version.split()[0],
+                   "numpy": numpy.__version__, "mpi4py": mpi4py.__version__,
+                   "backend": chosen, "cupy": cupy_status(),
+                   "h5py": _h5py_text(), "h5_mode": h5_mode, "h5_mode_reason": h5_why,
+                   "mpi_library": lib, "mpi_standard": "%d.%d" % MPI.Get_version(),
+                   "cuda_aware_mpi": aware, "cuda_aware_reason": why,
+                   "backend_cuda_aware": backend.cuda_aware,
+                   "backend_cuda_aware_reason": backend.cuda_aware_reason,
+                   "petsc4py": _extra_version("petsc4py", "petsc", "solver.method = 'petsc'"),
+                   "torch": _extra_version("torch", "torch", "hpcinv.autodiff's PyTorch layer"),
+                   "jax": _extra_version("jax", "jax", "hpcinv.autodiff's JAX rule"),
+                   "ranks": world.Get_size(), "dims": list(decomp.dims),
+                   "example_problem": args.problem, "example_shape": list(shape)}
+        for k, v in summary.items():
+            print(f"{k:18s} {v}")
+        print("per rank:")
+        for r in everyone:
+            print("  " + json.dumps(r))
+    return 0
+
+
+def _h5py_text() -> str:
+    try:
+        import h5py
+        return f"{h5py.__version__} ({'with MPI' if h5py.get_config().mpi else 'serial'}, " \
+               f"HDF5 {h5py.version.hdf5_version})"
+    except Exception as exc:
+        return f"unusable ({type(exc).__name__}: {exc})"
+
+
+def _extra_version(dist: str, extra: str, needed_by: str) -> str:
+    """Installed version of an optional dependency, or how to get it."""
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:
+        return f"not installed ({needed_by} needs pip install 'hpcinv[{extra}]')"
+
+
+def _version():
+    try:
+        from importlib.metadata import version
+        return version("hpcinv")
+    except Exception:
+        return "unknown"

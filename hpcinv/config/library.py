@@ -1,0 +1,39 @@
+"""Library messages in the config's words: the library names its parameters (``cfl``,
+``dgamma``), the config layer names TOML keys (``solver.cfl``, ``inversion.dgamma``)."""
+from __future__ import annotations
+
+import re
+
+from ..errors import ConfigError
+
+#: Library parameter names that are keys of a config section, for error messages.
+PT_KEYS = ("cfl", "re", "tol", "maxiter", "ncheck")
+OPTIMISER_KEYS = ("method", "dgamma", "logK_min", "logK_max", "lbfgs_memory")
+
+
+class library_names:
+    """Context manager: a :class:`ConfigError` raised by library code, whose message names the
+    library's parameters (``dgamma``), is raised again naming the config keys
+    (``inversion.dgamma``)."""
+
+    def __init__(self, section: str, keys):
+        self.section, self.keys = section, keys
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None and issubclass(kind, ConfigError):
+            msg = str(exc)
+            for key in self.keys:
+                msg = re.sub(rf"(?<![\w.]){key}\b", f"{self.section}.{key}", msg)
+            raise ConfigError(msg) from None
+        return False
+
+
+def check_optimiser_settings(v):
+    """The ``[inversion]`` keys the optimisers themselves check, with the config's names."""
+    from ..inverse.optimise import OptimiserSettings
+    with library_names("inversion", OPTIMISER_KEYS):
+        OptimiserSettings(method=v.method, dgamma=v.dgamma, logK_min=v.logK_min,
+                          logK_max=v.logK_max, lbfgs_memory=v.lbfgs_memory).validate()
