@@ -31,6 +31,7 @@ from ..model.problems import Problem
 from ..solvers import PTParams, make_darcy_solver
 from . import scenario
 from .fingerprint import config_fingerprint
+from .memory import check_memory
 
 
 @dataclass(frozen=True)
@@ -149,10 +150,14 @@ def tolerance_policy(cfg) -> TolerancePolicy | None:
                                              adjoint_tol=cfg.adjoint.tol, loose=loose))
 
 
-def build_forward(cfg, comm=None, backend: Backend | None = None) -> Setup:
-    """The part of :func:`build` a forward solve needs: backend, grid, true problem."""
+def build_forward(cfg, comm=None, backend: Backend | None = None,
+                  inversion: bool = False) -> Setup:
+    """The part of :func:`build` a forward solve needs: backend, grid, true problem. First the
+    memory check (:mod:`hpcinv.app.memory`) for a forward run, or with ``inversion`` for a
+    gradient or an inversion; then the true permeability's range in the solver dtype."""
     comm = comm if comm is not None else MPI.COMM_WORLD
     backend = backend if backend is not None else backend_of(cfg, comm)
+    check_memory(cfg, cfg.grid_shape(), comm, backend, inversion, adjoint_memory(cfg))
     true = scenario.true_problem(cfg, comm)
     return Setup(comm, backend, true.grid, true, None, None, None, None, None, None, None,
                  pt_params(cfg.solver), pt_params(cfg.adjoint), solver_options(cfg),
@@ -165,7 +170,7 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
     ``comm``, default ``MPI.COMM_WORLD``). ``progress`` is passed to the synthetic-data solve.
     ``data``: observations whose values and sigma are used instead of the config's (a coarse
     level of :mod:`hpcinv.app.levels` fits the fine grid's data; no synthetic solve)."""
-    base = build_forward(cfg, comm, backend)
+    base = build_forward(cfg, comm, backend, inversion=True)
     bk, true, grid = base.backend, base.true, base.grid
     opts, fwd, adj = base.solver_options, base.forward_params, base.adjoint_params
     true_Pf = None

@@ -163,7 +163,7 @@ def cmd_forward(args) -> int:
     _record_resolved(cfg, solver)
     path = write_fields(out / "fields.h5", solver, state, {"wall_time": wall})
     if d.rank == 0:
-        (out / "config.toml").write_text(config_mod.dumps(cfg))
+        config_mod.save(cfg, out / "config.toml")
     r = state.result
     say(f"{'converged' if r.converged else 'NOT converged'} after {r.iterations} iterations "
         f"(iter/nx {r.iterations / g.shape[0]:.2f}), residual {r.residual:.3e}, "
@@ -232,7 +232,7 @@ def cmd_gradient(args) -> int:
                     {"dJ_dlogK": g, "dJ_dlogK_smoothed": smoothed}, attrs=attrs,
                     to_host=backend.to_host)
     if grid.decomp.rank == 0:
-        (out / "config.toml").write_text(config_mod.dumps(cfg))
+        config_mod.save(cfg, out / "config.toml")
     say(f"J = {J:.6e}; forward {info['forward_iterations']} and adjoint "
         f"{info['adjoint_iterations']} iterations, {wall:.2f} s; wrote {path}")
     if not (info["forward_converged"] and info["adjoint_converged"]):
@@ -244,7 +244,7 @@ def cmd_gradient(args) -> int:
 
 def _raw_output(path) -> dict:
     from .. import config as config_mod
-    return config_mod.tomllib.loads(Path(path).read_text()).get("output", {})
+    return config_mod.read_toml(path).get("output", {})
 
 
 def cmd_invert(args, demo=False) -> int:
@@ -279,7 +279,7 @@ def cmd_invert(args, demo=False) -> int:
     warn_fallback(setup.backend)
     out = Path(cfg.output.dir)
     if setup.decomp.rank == 0 and not args.restart:
-        (out / "config.toml").write_text(config_mod.dumps(cfg))
+        config_mod.save(cfg, out / "config.toml")
     g = setup.grid
     reporter = Reporter(say, args.quiet, args.json)
     from .levels import level_shapes, make_inversion
@@ -329,6 +329,15 @@ def config_words(message: str) -> str:
     return re.sub(r"\bcfl for the adjoint solve\b", "adjoint.cfl", message)
 
 
+_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: control characters (a newline or tab in a path the message
+    names, a multi-line library text) written as escapes (``\\n``, ``\\x01``)."""
+    return _BREAKS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), message)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -340,13 +349,14 @@ def main(argv=None) -> int:
                 "info": cmd_info, "selftest": cmd_selftest}[args.command](args)
     except HpcinvError as exc:
         if _rank0() and getattr(exc, "first", True):     # one line, not one per copy
-            print(f"hpcinv: error: {config_words(str(exc))}", file=sys.stderr, flush=True)
+            print(f"hpcinv: error: {one_line(config_words(str(exc)))}", file=sys.stderr,
+                  flush=True)
         return exc.exit_code          # 2 bad input; 1, 4, 5: see errors.py and the README
     except KeyboardInterrupt:
         return 130
     except OSError as exc:            # issue 13: an I/O error on some rank (not collective)
         from mpi4py import MPI
-        print(f"hpcinv: error: I/O error: {exc}", file=sys.stderr, flush=True)
+        print(f"hpcinv: error: I/O error: {one_line(str(exc))}", file=sys.stderr, flush=True)
         if MPI.COMM_WORLD.Get_size() > 1:
             _release_locks()
             MPI.COMM_WORLD.Abort(4)

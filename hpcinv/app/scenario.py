@@ -62,6 +62,23 @@ def _open_h5(key: str, path: str):
             from None
 
 
+def _numeric_dataset(f, name: str, key: str, path: str):
+    """The numeric dataset ``name`` of the open HDF5 file ``f``; a group or a dataset of
+    strings (or any non-numeric type) is a one-line error naming ``key`` and the file."""
+    obj = f[name]
+    if not isinstance(obj, _h5py().Dataset):
+        raise ConfigError(f"{key}: {name!r} in {path} is a group, not a dataset "
+                          f"(expected a numeric dataset)")
+    _check_numeric(obj, key, path)
+    return obj
+
+
+def _check_numeric(ds, key: str, path: str):
+    if ds.dtype.kind not in "fiu":
+        raise ConfigError(f"{key}: dataset {ds.name.lstrip('/')!r} in {path} is not numeric "
+                          f"(dtype {ds.dtype})")
+
+
 def read_global_block(key: str, path: str, dataset: str, grid: Grid) -> np.ndarray:
     """This rank's owned block of the global ``(nx, ny[, nz])`` dataset ``dataset`` of the HDF5
     file ``path`` (float64). Not collective; errors name ``key`` and the file."""
@@ -75,9 +92,7 @@ def read_global_block(key: str, path: str, dataset: str, grid: Grid) -> np.ndarr
             raise ConfigError(f"{key}: dataset {dataset!r} in {path} has shape "
                               f"{tuple(ds.shape)}, expected the grid's {tuple(grid.shape)} "
                               f"(indexed [ix, iy{', iz' if grid.ndim == 3 else ''}])")
-        if ds.dtype.kind not in "fiu":
-            raise ConfigError(f"{key}: dataset {dataset!r} in {path} is not numeric "
-                              f"(dtype {ds.dtype})")
+        _check_numeric(ds, key, path)
         d = grid.decomp
         sl = tuple(slice(o, o + n) for o, n in zip(d.offset, d.local_shape))
         return np.asarray(ds[sl], dtype=np.float64)
@@ -214,7 +229,7 @@ def _read_csv(path: str, ndim: int):
     if not os.path.exists(path):
         raise ConfigError(f"{key}: file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{key}: cannot read {path} ({exc})") from None
@@ -271,14 +286,14 @@ def _read_h5(path: str, ndim: int):
     with _open_h5(key, path) as f:
         if "points" not in f:
             raise ConfigError(f"{key}: {path} has no dataset 'points' (shape (n, {ndim}))")
-        pts = np.asarray(f["points"][()], dtype=float)
+        pts = np.asarray(_numeric_dataset(f, "points", key, path)[()], dtype=float)
         if pts.ndim != 2 or pts.shape[1] != ndim or len(pts) == 0:
             raise ConfigError(f"{key}: dataset 'points' in {path} has shape {pts.shape}, "
                               f"expected (n, {ndim}) with n >= 1")
         out = [pts]
         for name in ("values", "sigma"):
             if name in f:
-                v = np.asarray(f[name][()], dtype=float)
+                v = np.asarray(_numeric_dataset(f, name, key, path)[()], dtype=float)
                 if v.shape != (len(pts),):
                     raise ConfigError(f"{key}: dataset {name!r} in {path} has shape {v.shape}, "
                                       f"expected ({len(pts)},) (one per point)")
@@ -315,7 +330,7 @@ def _file_has_values(path: str) -> bool:
         if not os.path.exists(path):
             raise ConfigError(f"observations.file: file not found: {path}")
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:
                 for line in fh:
                     line = line.split("#", 1)[0].strip()
                     if line:

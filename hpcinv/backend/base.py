@@ -70,6 +70,14 @@ class Backend:
     fallback_reason = ""
     fallback_warning = False
 
+    def free_memory(self) -> int | None:
+        """Bytes free on this rank's device (``None``: arrays in host memory, or unknown)."""
+        return None
+
+    def ranks_per_device(self) -> int:
+        """Ranks of this node sharing this rank's device (1 for host memory)."""
+        return 1
+
     def __init__(self):
         self._kernels = {}
         self.streams = {n: self._make_stream(n) for n in STREAMS}

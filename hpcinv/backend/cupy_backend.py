@@ -29,7 +29,7 @@ class CupyBackend(Backend):
         from .cuda import check_cupy_usable, import_cupy
         cp = import_cupy()
         self.xp = cp
-        ndev = cp.cuda.runtime.getDeviceCount()
+        self.devices = ndev = cp.cuda.runtime.getDeviceCount()
         self.device_id = local_rank % ndev
         cp.cuda.Device(self.device_id).use()
         check_cupy_usable(self.device_id)   # NVRTC there, a kernel compiles and runs: else
@@ -38,6 +38,13 @@ class CupyBackend(Backend):
         super().__init__()
         self.compute.cp.use()       # stray work goes to compute, never to the legacy stream
         cp.zeros(1)                 # initialise CUDA here (Open MPI 5's CUDA-aware query needs it)
+
+    def free_memory(self) -> int | None:
+        return int(self.xp.cuda.runtime.memGetInfo()[0])
+
+    def ranks_per_device(self) -> int:
+        """Node-local ranks choosing this device (``local_rank mod devices``, round-robin)."""
+        return len(range(self.device_id, max(self.local_size, 1), self.devices)) or 1
 
     def _make_stream(self, name):
         cp = self.xp

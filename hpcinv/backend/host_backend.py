@@ -67,6 +67,7 @@ class WorkerStream(Stream):
 def host_threads(threads: int | None, local_size: int) -> int:
     """OpenMP threads per rank: ``threads``, else ``HPCINV_NUM_THREADS``, ``OMP_NUM_THREADS``
     (first level of a nested list), else usable cores / ranks on this node."""
+    source = "thread count"
     if threads is None:
         for var in ("HPCINV_NUM_THREADS", "OMP_NUM_THREADS"):
             env = os.environ.get(var, "").strip()
@@ -75,11 +76,12 @@ def host_threads(threads: int | None, local_size: int) -> int:
                     threads = int(env.split(",")[0])
                 except ValueError:
                     raise BackendError(f"{var} must be a positive integer, got {env!r}") from None
+                source = var
                 break
         else:
             threads = max(1, usable_cores() // max(1, local_size))
     if threads < 1:
-        raise BackendError(f"thread count must be >= 1, got {threads}")
+        raise BackendError(f"{source} must be >= 1, got {threads}")
     return threads
 
 

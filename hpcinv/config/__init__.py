@@ -34,7 +34,8 @@ the working directory for :func:`from_dict`.
 
 Layout: :mod:`hpcinv.config.schema` (the section dataclasses, :class:`Config` and constants),
 :mod:`hpcinv.config.validate` (value checks), :mod:`hpcinv.config.toml_io` (path resolution
-and :func:`dumps`); this package's :func:`load` and :func:`from_dict` are the entry points.
+and :func:`dumps`/:func:`save`); this package's :func:`load` and :func:`from_dict` are the
+entry points.
 Library packages never import this one: the application layer (:mod:`hpcinv.app`) turns a
 config into library objects, and maps library parameter names to TOML keys in messages.
 """
@@ -52,13 +53,13 @@ from ..errors import ConfigError
 from .schema import (AdjointConfig, BoundaryConfig, Config, GridConfig, InversionConfig,
                      ObservationsConfig, OutputConfig, ParallelConfig, PermeabilityConfig,
                      ProblemConfig, RegularisationConfig, SolverConfig, WellConfig)
-from .toml_io import dumps, resolve_paths
+from .toml_io import dumps, resolve_paths, save
 from .validate import check_type, hint
 
-__all__ = ["Config", "ConfigError", "dumps", "from_dict", "load", "AdjointConfig",
-           "BoundaryConfig", "GridConfig", "InversionConfig", "ObservationsConfig", "OutputConfig",
-           "ParallelConfig", "PermeabilityConfig", "ProblemConfig", "RegularisationConfig",
-           "SolverConfig", "WellConfig"]
+__all__ = ["Config", "ConfigError", "dumps", "from_dict", "load", "read_toml", "save",
+           "AdjointConfig", "BoundaryConfig", "GridConfig", "InversionConfig",
+           "ObservationsConfig", "OutputConfig", "ParallelConfig", "PermeabilityConfig",
+           "ProblemConfig", "RegularisationConfig", "SolverConfig", "WellConfig"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -95,14 +96,32 @@ def from_dict(data: dict, source: str = "config") -> Config:
     return cfg.validate()
 
 
+def read_toml(path) -> dict:
+    """The parsed TOML file ``path``; every way it can fail is a one-line :class:`ConfigError`
+    (missing, a directory, unreadable, not UTF-8 text, invalid TOML). A UTF-8 byte-order mark
+    (written by some Windows editors) is accepted."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not a TOML text file: byte {exc.start} is not UTF-8 "
+                          f"(a binary file, or another encoding: save it as UTF-8)") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
 def load(path) -> Config:
     """Load and validate a TOML config file. Relative data-file paths are taken relative to
     the file's directory and stored absolute."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return resolve_paths(from_dict(data, str(path)), path.parent)
+    return resolve_paths(from_dict(read_toml(path), str(path)), path.parent)

@@ -1,5 +1,5 @@
 """TOML side of the run configuration: data-file path resolution and writing a
-:class:`~hpcinv.config.Config` back as TOML text (:func:`dumps`)."""
+:class:`~hpcinv.config.Config` back as TOML text (:func:`dumps`, :func:`save`)."""
 from __future__ import annotations
 
 import math
@@ -22,6 +22,12 @@ def resolve_paths(cfg: Config, base) -> Config:
             v = os.path.expanduser(v)
             setattr(sec, key, v if os.path.isabs(v) else os.path.abspath(os.path.join(base, v)))
     return cfg
+
+
+def save(cfg: Config, path) -> None:
+    """Write ``cfg`` as UTF-8 TOML to ``path`` (the config a run directory records)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(dumps(cfg))
 
 
 def dumps(cfg: Config) -> str:
@@ -49,12 +55,23 @@ def _toml_key(k) -> str:
     return k if _BARE_KEY.match(k) else _toml_value(k)
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}
+
+
+def _escape(c: str) -> str:
+    """One character of a TOML basic string: quote, backslash and every control character
+    (U+0000-U+001F, U+007F, which TOML forbids raw) escaped, so a path holding them reloads."""
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    return f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+
+
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return '"' + (v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-                      .replace("\t", "\\t").replace("\r", "\\r")) + '"'
+        return '"' + "".join(_escape(c) for c in v) + '"'
     if isinstance(v, float):
         return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
     if isinstance(v, (list, tuple)):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .library import PT_KEYS, check_optimiser_settings, library_names
-from .schema import (AXES, OBS_FILE_SUFFIXES, PERMEABILITY_TYPES,
+from .schema import (AXES, OBS_FILE_SUFFIXES, PATH_KEYS, PERMEABILITY_TYPES,
                      POINT_KINDS, PRECONDITIONERS, PROBLEM_EXTENTS, SIDES, WellConfig, is_number)
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ def validate(cfg: Config) -> Config:
     if not str(cfg.output.dir).strip():
         raise ConfigError("output.dir must name a directory, got an empty string (the run "
                           "would write into the working directory)")
+    _validate_path_text(cfg)
     ndim = cfg.ndim()
     if cfg.solver.method not in ("apt", "petsc"):
         raise ConfigError(f"solver.method must be 'apt' or 'petsc', got "
@@ -87,6 +88,17 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"parallel.dims must be a list of integers >= 0 (0: automatic), "
                           f"got {cfg.parallel.dims!r}")
     return cfg
+
+
+def _validate_path_text(cfg):
+    """Paths must be text the run directory's UTF-8 config.toml can record (a file name of
+    bytes that are not UTF-8 arrives as lone surrogates, which no TOML string can hold)."""
+    for sname, key in (("output", "dir"), *PATH_KEYS):
+        v = getattr(getattr(cfg, sname), key)
+        if isinstance(v, str) and any("\ud800" <= c <= "\udfff" for c in v):
+            raise ConfigError(f"{sname}.{key}: the path {v.encode('utf-8', 'surrogateescape')!r} is not "
+                              f"valid UTF-8, so the run's config.toml could not record it; "
+                              f"rename it")
 
 
 def _validate_grid(cfg):
