@@ -1,5 +1,8 @@
 """Exceptions that carry a one-line message for the user: the CLI prints it and exits with the
-exception's ``exit_code`` (2 unless a subclass says otherwise; the list is in the README)."""
+exception's ``exit_code`` (2 unless a subclass says otherwise; the list is in the README).
+
+Messages show values as the user wrote them: :func:`plain` turns NumPy scalars and arrays into
+Python numbers and lists first, so no message reads ``np.int64(3)``."""
 
 
 class HpcinvError(Exception):
@@ -29,6 +32,20 @@ class SolverDivergedError(HpcinvError):
     """The pseudo-transient iteration produced NaN or a growing residual."""
 
 
+class PermeabilityRangeError(HpcinvError):
+    """K (or ``exp(log K)`` of an inversion's model) outside the normal numbers of the solver's
+    float dtype: it would underflow to 0 (or lose precision as a subnormal) or overflow to inf.
+
+    Attributes: ``low``, ``high`` (the extreme values found: of K, or of log K when ``log``),
+    ``dtype`` (its name), ``log`` (the values are log K), ``overflow`` (True: too large;
+    False: too small)."""
+
+    def __init__(self, message, low, high, dtype, log=False, overflow=False):
+        super().__init__(message)
+        self.low, self.high, self.dtype = float(low), float(high), str(dtype)
+        self.log, self.overflow = bool(log), bool(overflow)
+
+
 class MissingExtraError(HpcinvError, ImportError):
     """An optional dependency (a pip extra such as ``torch`` or ``jax``) is not installed."""
 
@@ -48,3 +65,15 @@ class InnerSolveError(HpcinvError):
     """An inversion stopped because its forward/adjoint solves kept failing to converge
     (exit status 1, like an unconverged ``hpcinv forward``)."""
     exit_code = 1
+
+
+def plain(value):
+    """``value`` with NumPy scalars and arrays (also inside lists, tuples and dicts) turned into
+    Python numbers and lists: what a message shows, and what the config stores."""
+    if hasattr(value, "tolist") and type(value).__module__ == "numpy":
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value

@@ -7,29 +7,21 @@ process: what reaches stderr, the exit status).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from test_cli import _clean_env, run_mpi
+from test_cli import run_cli as _run_cli
 
 from hpcinv import config as config_mod
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--nx", "16", "--ny", "16", "-q"]
 
 
 def run_cli(*args, cwd=None, **env):
-    """``python -m hpcinv ARGS`` with the environment ``env`` added; the completed process."""
-    e = {k: v for k, v in os.environ.items()
-         if not k.startswith(("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "MPI_LOCAL"))}
-    e.setdefault("HPCINV_NUM_THREADS", "1")
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), e.get("PYTHONPATH", "")])
-    e.update(env)
-    return subprocess.run([sys.executable, "-m", "hpcinv", *map(str, args)], cwd=cwd or ROOT,
-                          capture_output=True, text=True, timeout=300, env=e)
+    """``python -m hpcinv ARGS`` (test_cli's runner) with the environment ``env`` added."""
+    return _run_cli(*args, env=_clean_env(**env), **({"cwd": cwd} if cwd else {}))
 
 
 def assert_one_line(p, code=2, *needles):
@@ -182,3 +174,69 @@ def test_omp_num_threads_list_takes_the_first_level(tmp_path):
     p = run_cli("forward", "-o", tmp_path / "out", *TINY, HPCINV_NUM_THREADS="",
                 OMP_NUM_THREADS="2,1")
     assert p.returncode == 0 and not p.stderr, p.stderr
+
+
+# --------------------------------------------------------------------------- permeability range
+
+@pytest.mark.parametrize("problem, needle", [
+    ("k_barrier = 1e-50", "K = 1e-50 underflows float32"),
+    ("k_background = 1e40", "K = 1e+40 overflows float32"),
+])
+def test_float32_permeability_out_of_range_says_so(tmp_path, problem, needle):
+    cfg = toml(tmp_path / "cfg.toml", f'[grid]\nnx = 32\nny = 32\n[solver]\ndtype = "float32"\n'
+               f'tol = 1e-5\n[problem]\n{problem}\n')
+    p = run_cli("forward", cfg, "-o", tmp_path / "out", "-q")
+    line = assert_one_line(p, 2, needle, 'solver.dtype = "float64"')
+    assert "cfl" not in line
+
+
+INVERT = "[grid]\nnx = 16\nny = 16\n[output]\nfigures = false\n[inversion]\niterations = 2\n"
+
+
+def test_model_overflowing_during_inversion_names_dgamma_and_bounds(tmp_path):
+    cfg = toml(tmp_path / "cfg.toml", INVERT + "dgamma = 1000\n")
+    p = run_cli("invert", cfg, "-o", tmp_path / "out", "-q")
+    assert_one_line(p, 2, "iteration 1", "underflow float64", "inversion.dgamma (now 1000)",
+                    "inversion.logK_min/logK_max")
+
+
+def test_initial_model_overflowing_is_named(tmp_path):
+    cfg = toml(tmp_path / "cfg.toml", INVERT + "initial_logK = 800\n")
+    assert_one_line(run_cli("invert", cfg, "-o", tmp_path / "a", "-q"), 2,
+                    "inversion.initial_logK = 800", "overflow float64")
+    with h5py.File(tmp_path / "m0.h5", "w") as f:
+        f["logK"] = np.full((16, 16), -800.0)
+    cfg = toml(tmp_path / "cfg.toml", INVERT + 'initial_file = "m0.h5"\n')
+    assert_one_line(run_cli("invert", cfg, "-o", tmp_path / "b", "-q"), 2,
+                    "inversion.initial_file", "underflow float64")
+
+
+# --------------------------------------------------------------------------- advice, reprs
+
+@pytest.mark.parametrize("dims, advice", [("4,1", "give at most 3 along x"),
+                                          ("0,1", "use fewer ranks, or set dims = [2, 2]")])
+def test_decomposition_advice_fits_the_case(tmp_path, dims, advice):
+    p = run_mpi(4, "forward", "--nx", "3", "--ny", "64", "--dims", dims, "-o", tmp_path / "o",
+                "-q")
+    line = assert_one_line(p, 2, "4 ranks for 3 cells", advice)
+    assert ("asks for them" in line) == (dims == "4,1")
+
+
+def test_messages_show_no_numpy_scalar_reprs():
+    from hpcinv.errors import HpcinvError, plain
+    from hpcinv.model.grid import Grid
+    messages = []
+    for bad in (lambda: Grid((np.int64(2), 5)),
+                lambda: Grid((np.float64(4.0), 5)),
+                lambda: config_mod.from_dict({"wells": [{"position": [np.float64(0.1)],
+                                                         "rate": 1.0}]}),
+                lambda: config_mod.from_dict({"parallel": {"dims": np.array([-1, 2])}}),
+                lambda: config_mod.from_dict({"observations": {
+                    "points": "grid", "grid": {"x": [0, 1, np.int64(0)], "y": [0, 1, 2]}}})):
+        with pytest.raises(HpcinvError) as info:
+            bad()
+        messages.append(str(info.value))
+    for m in messages:
+        assert "np." not in m and "array(" not in m, m
+    assert config_mod.from_dict({"grid": {"nx": np.int64(20)}}).grid.nx == 20   # accepted
+    assert plain({"a": (np.int64(1), [np.float32(0.5)])}) == {"a": (1, [0.5])}

@@ -324,8 +324,10 @@ def cmd_selftest(args) -> int:
 
 def config_words(message: str) -> str:
     """A library message in the config's words: the solvers name ``cfl for the forward
-    solve``, the user sets ``solver.cfl`` (``adjoint.cfl`` for the adjoint solve)."""
+    solve``, the user sets ``solver.cfl`` (``adjoint.cfl`` for the adjoint solve); ``use float64
+    fields`` is ``solver.dtype``."""
     message = re.sub(r"\bcfl for the forward solve\b", "solver.cfl", message)
+    message = re.sub(r"\buse float64 fields\b", 'set solver.dtype = "float64"', message)
     return re.sub(r"\bcfl for the adjoint solve\b", "adjoint.cfl", message)
 
 

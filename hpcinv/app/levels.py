@@ -149,7 +149,8 @@ class LevelledInversion:
     def _start_level(inv, logK, J0=None):
         """Start a level's optimiser at the model ``logK`` (padded host array on its grid); its
         ``J0`` becomes the run's, so every line's J/J0 has one reference."""
-        rec = inv.opt.start(logK)
+        with inv.model_range(0):
+            rec = inv.opt.start(logK)
         if J0 is not None:
             inv.opt.scalars["J0"] = J0
             rec["misfit_ratio"] = rec["misfit"] / J0 if J0 else 1.0
@@ -212,7 +213,8 @@ class LevelledInversion:
                                                            else ""))
                 else:
                     iteration += 1
-                    rec = inv.opt.step()
+                    with inv.model_range(iteration):
+                        rec = inv.opt.step()
                 rec = self._record(level, iteration, rec, t0, wall0)
                 history.append(rec)
                 self.reporter.iteration(rec, self.total)

@@ -9,6 +9,7 @@ be restarted on any number of ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PermeabilityRangeError, plain
 from ..io.fields import grid_attrs
 from ..io import checkpoint as ckpt
 from ..io import read_attrs, read_cells, read_faces, read_replicated, rundir, write_xdmf
@@ -234,9 +235,10 @@ class Inversion:
     def load_checkpoint(self):
         path = self.ckpt_path or self.dir / CHECKPOINT      # the verified one
         attrs = read_attrs(path)
-        if tuple(attrs["shape"]) != tuple(self.grid.shape):
-            raise ConfigError(f"restart: the checkpoint's grid {tuple(attrs['shape'])} differs "
-                              f"from the config's {tuple(self.grid.shape)}")
+        shape = tuple(plain(attrs["shape"]))
+        if shape != tuple(self.grid.shape):
+            raise ConfigError(f"restart: the checkpoint's grid {shape} differs from the "
+                              f"config's {tuple(self.grid.shape)}")
         if attrs["method"] != self.settings.method:
             raise ConfigError(f"restart: the checkpoint was written by method "
                               f"{attrs['method']!r}, the config asks for "
@@ -270,6 +272,25 @@ class Inversion:
         write_model_file(self.dir / name, self.grid, x, self.G.solver.Pf,
                          {"iteration": self.iteration, "misfit": J}, self.bk.to_host)
 
+    @contextlib.contextmanager
+    def model_range(self, iteration: int):
+        """Around the optimiser's ``start`` (iteration 0) or ``step``: a model whose
+        ``K = exp(log K)`` leaves the solver dtype's range is one line naming what to change
+        (the initial model, ``dgamma`` or the bounds), not a diverging solve."""
+        try:
+            yield
+        except PermeabilityRangeError as exc:
+            if not exc.log:
+                raise
+            if iteration == 0:
+                raise ConfigError(f"the initial model (inversion.initial_logK or "
+                                  f"inversion.initial_file): {exc}") from None
+            s = self.setup.optimiser_settings
+            raise ConfigError(
+                f"iteration {iteration}: {exc}; lower inversion.dgamma (now {s.dgamma:g}) or "
+                f"bound the model inside that range with inversion.logK_min/logK_max (now "
+                f"{s.logK_min:g}/{s.logK_max:g})") from None
+
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> dict:
         """Run (or continue) the inversion; returns the last history record."""
@@ -287,8 +308,9 @@ class Inversion:
             self.write_setup()
             history = History(self.dir / "history.jsonl", comm)
             wall0 = 0.0
-            rec = {"iteration": 0, **self.opt.start(self.logK0),
-                   "wall_time": time.perf_counter() - t0}
+            with self.model_range(0):
+                rec = {"iteration": 0, **self.opt.start(self.logK0),
+                       "wall_time": time.perf_counter() - t0}
             history.append(rec)
             self.reporter.iteration(rec, inv.iterations)
             self.inner.check(rec)                       # unconverged inner solves
@@ -298,8 +320,9 @@ class Inversion:
         try:
             while self.iteration < inv.iterations and not stop:
                 self.iteration += 1
-                rec = {"iteration": self.iteration, **self.opt.step(),
-                       "wall_time": wall0 + time.perf_counter() - t0}
+                with self.model_range(self.iteration):
+                    rec = {"iteration": self.iteration, **self.opt.step(),
+                           "wall_time": wall0 + time.perf_counter() - t0}
                 history.append(rec)
                 self.reporter.iteration(rec, inv.iterations)
                 rundir.heartbeat()                      # the run-directory lock

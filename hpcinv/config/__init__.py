@@ -49,7 +49,7 @@ try:
 except ImportError:  # Python < 3.11
     import tomli as tomllib
 
-from ..errors import ConfigError
+from ..errors import ConfigError, plain
 from .schema import (AdjointConfig, BoundaryConfig, Config, GridConfig, InversionConfig,
                      ObservationsConfig, OutputConfig, ParallelConfig, PermeabilityConfig,
                      ProblemConfig, RegularisationConfig, SolverConfig, WellConfig)
@@ -69,7 +69,7 @@ def _fill(obj, values: dict, where: str, source: str):
     for key, value in values.items():
         if key not in keys:
             raise ConfigError(f"{source}: unknown key {where}.{key}{hint(key, keys)}")
-        setattr(obj, key, check_type(f"{where}.{key}", value, str(keys[key].type)))
+        setattr(obj, key, check_type(f"{where}.{key}", plain(value), str(keys[key].type)))
     return obj
 
 

@@ -7,6 +7,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from ..solvers.fields import log_range
 from .library import PT_KEYS, check_optimiser_settings, library_names
 from .schema import (AXES, OBS_FILE_SUFFIXES, PATH_KEYS, PERMEABILITY_TYPES,
                      POINT_KINDS, PRECONDITIONERS, PROBLEM_EXTENTS, SIDES, WellConfig, is_number)
@@ -96,9 +97,9 @@ def _validate_path_text(cfg):
     for sname, key in (("output", "dir"), *PATH_KEYS):
         v = getattr(getattr(cfg, sname), key)
         if isinstance(v, str) and any("\ud800" <= c <= "\udfff" for c in v):
-            raise ConfigError(f"{sname}.{key}: the path {v.encode('utf-8', 'surrogateescape')!r} is not "
-                              f"valid UTF-8, so the run's config.toml could not record it; "
-                              f"rename it")
+            raw = v.encode("utf-8", "surrogateescape")
+            raise ConfigError(f"{sname}.{key}: the path {raw!r} is not valid UTF-8, so the "
+                              f"run's config.toml could not record it; rename it")
 
 
 def _validate_grid(cfg):
@@ -305,6 +306,11 @@ def _validate_inversion(cfg):
                           f"{v.precondition!r}{hint(v.precondition, PRECONDITIONERS)}")
     if v.initial_logK is not None and not math.isfinite(v.initial_logK):
         raise ConfigError(f"inversion.initial_logK must be finite, got {v.initial_logK}")
+    lo, hi = log_range(cfg.solver.dtype)
+    if v.initial_logK is not None and not lo <= v.initial_logK <= hi:
+        raise ConfigError(f"inversion.initial_logK = {v.initial_logK:g} makes K = exp(log K) "
+                          f"{'overflow' if v.initial_logK > hi else 'underflow'} "
+                          f"{cfg.solver.dtype} (log K must lie in [{lo:.4g}, {hi:.4g}])")
     if v.initial_logK is not None and v.initial_file is not None:
         raise ConfigError("inversion.initial_logK and inversion.initial_file are exclusive: "
                           "give a constant initial model or a file, not both")

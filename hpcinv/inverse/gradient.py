@@ -23,7 +23,9 @@ import numpy as np
 
 from ..physics.residuals import flux_residual_adjoint_kernel, pressure_residual_adjoint_kernel
 from ..solvers import make_darcy_solver
+from ..errors import PermeabilityRangeError
 from ..solvers.apt import PTParams, PTResult
+from ..solvers.fields import log_range, owned_range
 from .adjoint_warm import AdjointSubspace
 from .state import StateField
 
@@ -47,6 +49,21 @@ class ForwardSolution:
     Pf: object
     result: PTResult
     serial: int
+
+
+def check_logK_range(logK, dtype, decomp):
+    """Raise :class:`~hpcinv.errors.PermeabilityRangeError` (``log=True``, on every rank) when
+    ``K = exp(log K)`` of an owned cell is not a normal number of ``dtype`` (before computing
+    it: no overflow warning). Collective."""
+    name = np.dtype(dtype).name
+    lo, hi = owned_range(logK, decomp)
+    low, high = log_range(dtype)
+    if lo < low or hi > high:
+        over = hi > high
+        raise PermeabilityRangeError(
+            f"the model log K = {hi if over else lo:.4g} makes K = exp(log K) "
+            f"{'overflow' if over else 'underflow'} {name} (log K must lie in "
+            f"[{low:.4g}, {high:.4g}])", lo, hi, name, log=True, overflow=over)
 
 
 class AdjointGradient:
@@ -130,6 +147,7 @@ class AdjointGradient:
         bad = self.problem.grid.comm.allreduce(int(not np.all(np.isfinite(logK[own]))))
         if bad:
             raise ConfigError("logK must be finite everywhere (NaN or inf found)")
+        check_logK_range(logK, self.dtype, self.decomp)
         self.logK = logK
         self._latest = None                # no forward solution of this model yet
         self._holds = None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, plain
 from ..parallel import Decomposition
 
 MIN_CELLS = 3
@@ -30,7 +30,7 @@ class Grid:
         for ax, n in enumerate(shape):
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < MIN_CELLS:
                 raise ConfigError(f"grid size n{'xyz'[ax]} must be an integer >= {MIN_CELLS}, "
-                                  f"got {n!r}")
+                                  f"got {plain(n)!r}")
         if extent is None:
             extent = tuple((0.0, 1.0) for _ in shape)
         extent = tuple((float(a), float(b)) for a, b in extent)

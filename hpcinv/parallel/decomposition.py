@@ -29,6 +29,18 @@ class _Dim:
     hi: int
 
 
+def _fitting_dims(size: int, shape) -> list | None:
+    """Ranks per dimension, multiplying to ``size``, with no more ranks than cells along any
+    dimension (``None``: there is none)."""
+    if len(shape) == 1:
+        return [size] if size <= shape[0] else None
+    for p in range(min(size, shape[0]), 0, -1):
+        rest = _fitting_dims(size // p, shape[1:]) if size % p == 0 else None
+        if rest is not None:
+            return [p, *rest]
+    return None
+
+
 class Decomposition:
     """The Cartesian split of a global grid of cells over the ranks of ``comm``.
 
@@ -59,12 +71,16 @@ class Decomposition:
                 f"dims {dims} multiply to {fixed}, but {size} MPI rank(s) are running")
         if size % fixed:
             raise DecompositionError(f"dims {dims} do not divide the {size} MPI rank(s)")
-        dims = MPI.Compute_dims(size, dims)
+        given, dims = dims, MPI.Compute_dims(size, dims)
         for ax, (n, p) in enumerate(zip(shape, dims)):
             if p > n:
+                other = _fitting_dims(size, shape)
+                fix = (f"dims {given} asks for them; give at most {n} along {'xyz'[ax]}"
+                       if given[ax] > 0 else f"use fewer ranks, or set dims = {other}"
+                       if other else "use fewer ranks")
                 raise DecompositionError(
                     f"more ranks than cells along dimension {'xyz'[ax]}: {p} ranks for {n} cells"
-                    f" (use fewer ranks or set dims)")
+                    f" ({fix})")
         periods = [False] * ndim if periods is None else [bool(p) for p in periods]
         self.comm = comm.Create_cart(dims, periods=periods, reorder=False)
         self.rank = self.comm.Get_rank()

@@ -11,6 +11,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..backend import Backend, make_backend
+from ..errors import PermeabilityRangeError
 from ..parallel import HaloExchange
 from ..physics.darcy import WALL_BITS
 from .apt import PTResult
@@ -82,6 +83,42 @@ def boundary_bits(decomp, fixed_pressure) -> tuple[int, int]:
     return wall, fixed
 
 
+def owned_range(a, decomp) -> tuple[float, float]:
+    """``(min, max)`` of the owned cells of the padded local host array ``a`` over every rank
+    (collective: one reduction)."""
+    own = np.asarray(a)[decomp.owned()]
+    lo, hi = (float(own.min()), float(own.max())) if own.size else (np.inf, -np.inf)
+    buf = np.array([lo, -hi])
+    if decomp.comm.Get_size() > 1:
+        decomp.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MIN)
+    return float(buf[0]), float(-buf[1])
+
+
+def log_range(dtype) -> tuple[float, float]:
+    """The ``log K`` whose ``K = exp(log K)`` are normal numbers of ``dtype``."""
+    fi = np.finfo(dtype)
+    return float(np.log(fi.tiny)), float(np.log(fi.max))
+
+
+def check_permeability_range(K, dtype, decomp):
+    """Raise :class:`~hpcinv.errors.PermeabilityRangeError` (on every rank) unless every owned
+    K is a normal number of ``dtype``: a smaller K underflows to 0 or a subnormal (the solve
+    then divides by it), a larger one overflows to inf. Collective."""
+    fi, name = np.finfo(dtype), np.dtype(dtype).name
+    tiny, big = float(fi.tiny), float(fi.max)       # compared as Python floats: no cast
+    lo, hi = owned_range(K, decomp)
+    if lo < tiny:
+        raise PermeabilityRangeError(
+            f"permeability K = {lo:.3g} underflows {name} (smallest normal {tiny:.3g})"
+            f"{'; use float64 fields' if name == 'float32' else ''} or raise the smallest K",
+            lo, hi, name)
+    if hi > big:
+        raise PermeabilityRangeError(
+            f"permeability K = {hi:.3g} overflows {name} (largest {big:.3g})"
+            f"{'; use float64 fields' if name == 'float32' else ''} or lower the largest K",
+            lo, hi, name, overflow=True)
+
+
 class DarcyFields:
     """Fields, ghosts and boundary values of a Darcy problem on this rank's block.
 
@@ -101,6 +138,7 @@ class DarcyFields:
         self.backend = bk = backend if backend is not None else make_backend("auto")
         self.dtype = np.dtype(dtype)
         nd, shape = grid.ndim, self.decomp.padded_shape
+        check_permeability_range(problem.K, self.dtype, self.decomp)
         self.halo = HaloExchange(self.decomp, bk, self.dtype, cuda_aware=cuda_aware)
         self.K = bk.upload(problem.K, dtype=self.dtype)
         self._complete_ghosts(self.K)
