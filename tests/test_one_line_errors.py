@@ -7,6 +7,7 @@ process: what reaches stderr, the exit status).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -240,3 +241,25 @@ def test_messages_show_no_numpy_scalar_reprs():
         assert "np." not in m and "array(" not in m, m
     assert config_mod.from_dict({"grid": {"nx": np.int64(20)}}).grid.nx == 20   # accepted
     assert plain({"a": (np.int64(1), [np.float32(0.5)])}) == {"a": (1, [0.5])}
+
+
+def test_memory_check_on_a_gpu_counts_the_ranks_sharing_it():
+    """The device branch without a GPU: a stand-in backend with 10 MB free, two ranks on it."""
+    from types import SimpleNamespace
+
+    from mpi4py import MPI
+
+    from hpcinv.app.memory import check_memory
+    from hpcinv.backend.cupy_backend import CupyBackend
+    from hpcinv.errors import ConfigError
+    gpu = SimpleNamespace(device_memory=True, free_memory=lambda: 10**7,
+                          ranks_per_device=lambda: 2)
+    cfg = config_mod.Config()
+    check_memory(cfg, (100, 100), MPI.COMM_SELF, gpu, False)        # 2 x 0.8 MB: fits
+    with pytest.raises(ConfigError, match=r"GPU memory \(2 rank\(s\) on this GPU x .*, "
+                                          r"9.54 MiB free; use a smaller grid"):
+        check_memory(cfg, (200, 200), MPI.COMM_SELF, gpu, True, adjoint_memory=6)
+    rpd = CupyBackend.ranks_per_device             # node-local rank r uses device r mod n
+    assert rpd(SimpleNamespace(device_id=1, local_size=5, devices=2)) == 2
+    assert rpd(SimpleNamespace(device_id=0, local_size=5, devices=2)) == 3
+    assert rpd(SimpleNamespace(device_id=0, local_size=1, devices=4)) == 1
