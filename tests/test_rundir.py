@@ -3,7 +3,7 @@ owns a directory, what ``--overwrite`` removes, and output paths checked before 
 
 Every case runs the real CLI (``python -m hpcinv``) as a subprocess. Signals are sent at
 moments the test observes in the directory (the lock, the run record, ``setup.h5``), not after
-fixed delays; the grid of the interrupted runs is large enough (511 x 255, fixed tolerances)
+fixed delays, and where a signal may land on either side of a step both outcomes are checked; the grid of the interrupted runs is large enough (511 x 255, fixed tolerances)
 that the start-up and the first gradient take seconds, and the reruns that follow are cut
 short with ``--iterations 1 --maxiter 300`` (both may change without changing the run).
 """
@@ -75,18 +75,17 @@ def history(run):
 
 # ------------------------------------------------------------- SIGTERM before the first checkpoint
 
-@pytest.mark.parametrize("moment", ["lock", "setup.h5"])
+@pytest.mark.parametrize("moment", [RECORD, "setup.h5"])
 def test_sigterm_before_the_first_checkpoint_is_restartable(tmp_path, moment):
     """Old: exit 143 without a word, and a directory that neither --restart ("no checkpoint")
     nor a rerun ("use --overwrite or --restart") accepted."""
     cfg, run = big_config(tmp_path), tmp_path / "run"
-    seen = run / (rundir.LOCK_NAME if moment == "lock" else "setup.h5")
-    rc, out, err = signal_when(["invert", cfg, "-q", "-o", run], seen)
+    rc, out, err = signal_when(["invert", cfg, "-q", "-o", run], run / moment)
     assert_interrupted(rc, err, 3, "SIGTERM", f"hpcinv invert --restart {run}", "no checkpoint")
     assert not (run / rundir.LOCK_NAME).exists() and not (run / "checkpoint.h5").exists()
     assert (run / "config.toml").exists() and json.loads((run / RECORD).read_text())[
         "command"] == "invert"
-    if moment == "lock":         # the advised command: starts from the beginning, says so
+    if moment == RECORD:         # the advised command: starts from the beginning, says so
         p = cli("invert", "--restart", run, *FAST)
         assert p.returncode in (0, 1), p.stderr
         assert "no checkpoint yet" in p.stderr and "starting from iteration 0" in p.stderr
@@ -96,6 +95,21 @@ def test_sigterm_before_the_first_checkpoint_is_restartable(tmp_path, moment):
         assert "starting it again" in p.stderr
     assert [r["iteration"] for r in history(run)] == [0, 1]
     assert (run / "model_final.h5").exists()
+
+
+def test_sigterm_once_the_lock_is_taken(tmp_path):
+    """Between the lock and the run record: the new directory is removed again and the line
+    says so; after the record: as above. Either way the advised command runs."""
+    cfg, run = big_config(tmp_path), tmp_path / "new" / "run"
+    rc, out, err = signal_when(["invert", cfg, "-q", "-o", run], run / rundir.LOCK_NAME)
+    line = assert_interrupted(rc, err, 3, "SIGTERM")
+    if "nothing was written" in line:
+        assert not (tmp_path / "new").exists()
+        p = cli("invert", cfg, "-o", run, *FAST)
+    else:
+        assert f"--restart {run}" in line
+        p = cli("invert", "--restart", run, *FAST)
+    assert p.returncode in (0, 1), p.stderr
 
 
 def test_sigterm_at_once_leaves_nothing_or_a_rerunnable_directory(tmp_path):

@@ -19,6 +19,7 @@ import signal
 from contextlib import contextmanager
 
 from ..errors import Interrupted
+from ..io import rundir
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -26,6 +27,8 @@ _state = {"deferred": 0, "pending": 0, "installed": False, "advice": None}
 
 
 def _handler(signum, frame):
+    if rundir.hold_signal(signum):              # a lock or run record being written
+        return
     if _state["deferred"]:
         if _state["pending"] == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt                 # Ctrl-C twice: stop now
@@ -106,18 +109,3 @@ def stop_message(signum: int, where: str, run_dir) -> str:
     """The loop's line after a deferred stop: checkpoint written, and how to continue."""
     return (f"{signal_name(signum)}: checkpoint written at {where}; "
             f"continue with: hpcinv invert --restart {run_dir}")
-
-
-@contextmanager
-def critical():
-    """Within the block SIGTERM/SIGINT wait (blocked) and act when it ends: the run-directory
-    claim's removals and writes are never left half done."""
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    except (AttributeError, ValueError, OSError):
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)

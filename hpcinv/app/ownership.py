@@ -42,7 +42,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import Interrupted, OutputDirError, OutputIOError
 from ..io import checkpoint as ckpt
-from ..io.rundir import LOCK_NAME
+from ..io.rundir import LOCK_NAME, signals_held
 from . import interrupt
 from .plot import FIGURES
 
@@ -199,7 +199,7 @@ class Claim:
         result = None
         if comm.Get_rank() == 0:
             try:
-                with interrupt.critical():         # never half cleared, never half recorded
+                with signals_held():               # never half cleared, never half recorded
                     result = ("ok", self._take(fingerprint, overwrite, restart, config_text))
             except OutputDirError as exc:
                 result = ("bad", str(exc))
@@ -211,7 +211,7 @@ class Claim:
         self.mode, message = value
         if message and comm.Get_rank() == 0:
             note(f"hpcinv: note: {message}")
-        interrupt.advise(self.advice)
+        interrupt.advise(self.advice)           # every rank
 
     def _take(self, fingerprint, overwrite, restart, config_text):
         mode = decide(self.path, self.kind, fingerprint, overwrite, restart)
@@ -228,6 +228,7 @@ class Claim:
                 (self.path / "config.toml").write_text(config_text)
         elif read_record(self.path) is None:     # a restart of a run from before records
             write_record(self.path, self.kind, fingerprint)
+        interrupt.advise(self.advice)           # before a held signal is raised again
         msg = NOTES.get(mode, "").format(path=self.path, kind=self.kind, n=len(old))
         return mode, msg
 

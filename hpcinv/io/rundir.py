@@ -46,6 +46,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import OutputDirError, OutputIOError, RunLockedError
@@ -234,6 +235,35 @@ def _take(directory: Path, command: str, force: bool, note) -> tuple:
     return None, f"could not lock {directory}: the lock file keeps changing ({lock})"
 
 
+_holding = {"depth": 0, "pending": 0}
+
+
+@contextmanager
+def signals_held():
+    """Within the block, signal handlers that ask :func:`hold_signal` let the signal wait; it
+    is raised again when the block ends, so what the block creates is never left half done (a
+    lock file not yet registered for release, a half-written run record). (Blocking the signal
+    with ``pthread_sigmask`` is not enough: another thread, e.g. MPI's, may receive it, and
+    Python then runs the handler in the main thread at once.)"""
+    _holding["depth"] += 1
+    try:
+        yield
+    finally:
+        _holding["depth"] -= 1
+        if _holding["depth"] == 0 and _holding["pending"]:
+            signum, _holding["pending"] = _holding["pending"], 0
+            signal.raise_signal(signum)
+
+
+def hold_signal(signum: int) -> bool:
+    """For signal handlers: inside :func:`signals_held`, note ``signum`` for the end of the
+    block and return True (the handler then returns); False elsewhere."""
+    if _holding["depth"]:
+        _holding["pending"] = max(_holding["pending"], signum)    # SIGTERM (15) first
+        return True
+    return False
+
+
 def acquire(directory, comm, command: str | None = None, force: bool = False,
             create: bool = True, note=None) -> RunLock:
     """Lock ``directory`` for this run (collective; every rank gets the same outcome).
@@ -242,7 +272,15 @@ def acquire(directory, comm, command: str | None = None, force: bool = False,
     was written into it); with ``create=False`` a missing directory is not locked (the caller
     reports it). Raises :class:`~hpcinv.errors.RunLockedError` on every rank if another live run
     holds it. ``note``: where takeover notices go (default: stderr on rank 0).
+
+    SIGTERM/SIGINT are held back until the lock is registered for release.
     """
+    with signals_held():
+        return _acquire(directory, comm, command, force, create, note)
+
+
+def _acquire(directory, comm, command, force, create, note) -> RunLock:
+    """See :func:`acquire`."""
     directory = Path(directory)
     command = command or " ".join(["hpcinv", *sys.argv[1:]])
     note = note or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -336,6 +374,8 @@ def release_all() -> None:
 
 
 def _sigterm(signum, frame):
+    if hold_signal(signum):
+        return
     release_all()
     raise SystemExit(128 + signum)
 
