@@ -267,3 +267,14 @@ def test_unwritable_output_directory(tmp_path):
                                   "not writable")
     finally:
         ro.chmod(0o755)
+
+
+def test_a_run_record_cannot_reach_outside_its_directory(tmp_path):
+    """The manifest comes from a file in the directory: patterns leaving it are ignored."""
+    from hpcinv.app.ownership import owned_files, owns
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "fields.h5").write_text("x")
+    (tmp_path / "precious.txt").write_text("y")
+    assert owned_files(run, ["../precious.txt", str(tmp_path / "*"), *owns("forward")]) == [
+        run / "fields.h5"]

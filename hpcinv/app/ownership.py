@@ -76,9 +76,12 @@ def _entries(path: Path) -> list[Path]:
 
 
 def owned_files(path: Path, patterns) -> list[Path]:
-    """The files and folders in ``path`` that ``patterns`` name (``figures/x.png``: inside)."""
+    """The files and folders in ``path`` that ``patterns`` name (``figures/x.png``: inside);
+    patterns that would leave ``path`` (absolute, ``..``) are ignored."""
     out = []
     for pat in patterns:
+        if not isinstance(pat, str) or pat.startswith("/") or ".." in pat.split("/"):
+            continue
         parent, _, name = pat.rpartition("/")
         where = path / parent if parent else path
         if where.is_dir():
