@@ -77,3 +77,21 @@ def plain(value):
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     return value
+
+
+class OutputDirError(HpcinvError):
+    """The output directory cannot take this run (exit status 2): the path is a file, or lies
+    under one, or is not writable; it holds another command's run, a finished run (without
+    ``--overwrite``) or files hpcinv did not record as its own. Storage failures while probing
+    it (disk full, quota, I/O error) are :class:`OutputIOError` (exit status 4) instead."""
+
+
+class Interrupted(HpcinvError):
+    """SIGTERM or SIGINT outside the inversion loop (start-up, a single solve, the final
+    evaluation): exit status 3 for SIGTERM, 130 for SIGINT (:mod:`hpcinv.app.interrupt`)."""
+
+    def __init__(self, signum: int):
+        import signal
+        self.signum = signum
+        self.exit_code = 3 if signum == signal.SIGTERM else 128 + signum
+        super().__init__(signal.Signals(signum).name)

@@ -2,22 +2,28 @@
 ``python -m hpcinv``).
 
 Runs plainly or under ``mpiexec``/``srun``; only rank 0 prints. Bad input (config, grid, ranks,
-backend) ends with a one-line ``hpcinv: error: ...`` on stderr and exit status 2; the other exit
-statuses (1 not converged, 3 SIGTERM checkpoint, 4 I/O error, 5 output directory locked by
-another run) are listed in the README.
+backend, an unusable output directory) ends with a one-line ``hpcinv: error: ...`` on stderr and
+exit status 2; the other exit statuses (1 not converged, 3 SIGTERM, 4 I/O error, 5 output
+directory locked by another run, 130 SIGINT) are listed in the README. The run commands handle
+SIGTERM/SIGINT from their first line on (:mod:`hpcinv.app.interrupt`) and claim their output
+directory before any work (:mod:`hpcinv.app.ownership`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import time
 from pathlib import Path
 
-from ..errors import HpcinvError
+from ..errors import HpcinvError, Interrupted, OutputDirError
 from ..solvers import make_darcy_solver
 from .assembly import build, build_forward
 from .info import cmd_info
+from . import interrupt
+
+RUN_COMMANDS = ("forward", "gradient", "invert", "demo")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,12 +71,13 @@ def _common_run_options(p):
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.add_argument("--force-unlock", action="store_true", help="take over the output "
                    "directory's lock (DIR/.hpcinv.lock) even if its run looks alive")
+    p.add_argument("--overwrite", action="store_true", help="replace the previous run of the "
+                   "same command in the output directory (removes only the files it wrote)")
 
 
 def _inversion_options(p):
     p.add_argument("--restart", metavar="DIR", help="continue the run in DIR from its checkpoint "
                    "(its config.toml is used; on any number of ranks)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output dir")
     p.add_argument("--iterations", type=int, help="outer iterations (inversion.iterations)")
     p.add_argument("--method", help="gd (gradient descent) or lbfgs")
     p.add_argument("--json", action="store_true", help="progress as JSON lines")
@@ -147,11 +154,12 @@ def cmd_forward(args) -> int:
     from ..io import write_fields
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     cfg = _apply_overrides(cfg, args)
-    _lock_output(cfg.output.dir, args)                    # one run per directory
-    setup = build_forward(cfg)
-    warn_fallback(setup.backend)
-    solver = make_darcy_solver(setup.true, setup.backend, setup.forward_params,
-                               **setup.solver_options)
+    claim = _claim_output(cfg, "forward", args)          # one run per directory, its owner
+    with claim.setup():
+        setup = build_forward(cfg)
+        warn_fallback(setup.backend)
+        solver = make_darcy_solver(setup.true, setup.backend, setup.forward_params,
+                                   **setup.solver_options)
     d, g = solver.decomp, solver.grid
     say(f"hpcinv forward: {cfg.problem.name} {'x'.join(map(str, g.shape))} cells on {d.size} "
         f"rank(s) {'x'.join(map(str, d.dims))}, backend {backend_text(solver.backend)}, "
@@ -214,9 +222,10 @@ def cmd_gradient(args) -> int:
     if not args.output and not (args.config and "dir" in _raw_output(args.config)):
         cfg.output.dir = "runs/gradient"
     cfg = _apply_overrides(cfg, args)
-    _lock_output(cfg.output.dir, args)                    # one run per directory
+    claim = _claim_output(cfg, "gradient", args)         # one run per directory, its owner
     progress = Progress(args.quiet)
-    setup = build(cfg, progress=progress)
+    with claim.setup():
+        setup = build(cfg, progress=progress)
     backend, grid, obs = setup.backend, setup.grid, setup.observations
     warn_fallback(backend)
     say(f"hpcinv gradient: {cfg.problem.name} {'x'.join(map(str, grid.shape))} cells on "
@@ -261,6 +270,7 @@ def cmd_invert(args, demo=False) -> int:
             raise HpcinvError(f"--restart {args.restart} continues that run in its own "
                               f"directory; give no --output {args.output} (to continue "
                               f"elsewhere, copy the directory first and restart the copy)")
+        _check_restart_dir(Path(args.restart))
         cfg = config_mod.load(Path(args.restart) / "config.toml")
         cfg.output.dir = args.restart
     else:
@@ -272,18 +282,18 @@ def cmd_invert(args, demo=False) -> int:
         if getattr(args, key) is not None:
             setattr(cfg.inversion, key, getattr(args, key))
     cfg.validate()
-    _lock_output(cfg.output.dir, args, create=not args.restart)   # one run per directory
-    run_dir = RunDirectory(cfg.output.dir, MPI.COMM_WORLD, restart=bool(args.restart),
-                           overwrite=args.overwrite or cfg.output.overwrite)
-    setup = build(cfg)
-    warn_fallback(setup.backend)
-    out = Path(cfg.output.dir)
-    if setup.decomp.rank == 0 and not args.restart:
-        config_mod.save(cfg, out / "config.toml")
-    g = setup.grid
-    reporter = Reporter(say, args.quiet, args.json)
+    # one run per directory, its owner; the config is recorded before any work
+    claim = _claim_output(cfg, "invert", args, restart=bool(args.restart),
+                          config_text=None if args.restart else config_mod.dumps(cfg))
+    run_dir = RunDirectory(cfg.output.dir, MPI.COMM_WORLD, checked=True)
     from .levels import level_shapes, make_inversion
-    inv = make_inversion(cfg, setup, run_dir, reporter, restart=bool(args.restart))
+    reporter = Reporter(say, args.quiet, args.json)
+    with claim.setup():
+        setup = build(cfg)
+        warn_fallback(setup.backend)
+        inv = make_inversion(cfg, setup, run_dir, reporter, restart=claim.mode == "continue")
+    out = Path(cfg.output.dir)
+    g = setup.grid
     if len(cfg.inversion.level_factors()) > 1:          # coarse-to-fine (app/levels.py)
         plan = ", ".join(f"{'x'.join(map(str, s))}: {k}" for s, k in
                          zip(level_shapes(cfg), cfg.inversion.level_iterations))
@@ -296,8 +306,8 @@ def cmd_invert(args, demo=False) -> int:
         f"{len(setup.observations)} observations -> {out}; "
         f"{describe_parallel(setup.objective.solver)}")
     last = inv.run()
-    if last.get("terminated"):
-        return 3
+    if last.get("terminated"):                  # the signal number; checkpoint written
+        return Interrupted(last["terminated"]).exit_code
     if g.decomp.rank == 0 and setup.run.figures:
         from .plot import plot_run
         plot_run(out)
@@ -306,10 +316,25 @@ def cmd_invert(args, demo=False) -> int:
     return 0
 
 
-def _lock_output(directory, args, create=True):
-    """Issue 13: hold ``DIR/.hpcinv.lock`` for the rest of the run (released by :func:`main`)."""
+def _claim_output(cfg, kind, args, restart=False, config_text=None):
+    """Issue 13, before any work: check the output path, hold ``DIR/.hpcinv.lock`` for the rest
+    of the run (released by :func:`main`), then claim the directory for ``kind``
+    (:mod:`hpcinv.app.ownership`: refused if it holds another command's or a finished run)."""
+    from mpi4py import MPI
+
     from ..io.rundir import acquire_world
-    return acquire_world(directory, force=args.force_unlock, create=create)
+    from .ownership import claim
+    acquire_world(cfg.output.dir, force=args.force_unlock, create=not restart)
+    return claim(cfg.output.dir, kind, cfg, MPI.COMM_WORLD, restart=restart,
+                 overwrite=args.overwrite or cfg.output.overwrite, config_text=config_text)
+
+
+def _check_restart_dir(path: Path):
+    if not path.is_dir():
+        raise OutputDirError(f"--restart {path}: no such directory")
+    if not (path / "config.toml").is_file():
+        raise OutputDirError(f"--restart {path}: no config.toml there (not a run directory "
+                             f"of hpcinv invert)")
 
 
 def cmd_plot(args) -> int:
@@ -342,6 +367,12 @@ def one_line(message: str) -> str:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    run = args.command in RUN_COMMANDS            # SIGTERM/SIGINT handled from here on
+    with interrupt.installed() if run else contextlib.nullcontext():
+        return _main(args)
+
+
+def _main(args) -> int:
     try:
         if args.command != "info":       # info is the diagnosis: it shows ranks, mpi_library
             from ..parallel.launcher import check_rank_count
@@ -349,6 +380,8 @@ def main(argv=None) -> int:
         code = {"forward": cmd_forward, "gradient": cmd_gradient, "invert": cmd_invert,
                 "demo": lambda a: cmd_invert(a, demo=True), "plot": cmd_plot,
                 "info": cmd_info, "selftest": cmd_selftest}[args.command](args)
+    except Interrupted as exc:
+        return _interrupted(exc)
     except HpcinvError as exc:
         if _rank0() and getattr(exc, "first", True):     # one line, not one per copy
             print(f"hpcinv: error: {one_line(config_words(str(exc)))}", file=sys.stderr,
@@ -375,6 +408,24 @@ def main(argv=None) -> int:
     finally:
         _release_locks()
     return code
+
+
+def _interrupted(exc) -> int:
+    """SIGTERM/SIGINT outside the inversion loop: one line saying what works now, the lock
+    released, exit 3/130. Under several ranks the job is aborted (a rank blocked in a
+    collective would wait forever); rank 0 gets a second to speak and release the lock first."""
+    mpi = sys.modules.get("mpi4py.MPI")            # not initialised yet: a single process
+    comm = mpi.COMM_WORLD if mpi is not None else None
+    rank = comm.Get_rank() if comm is not None else 0
+    if rank == 0:
+        print(f"hpcinv: error: interrupted by {exc}; {interrupt.advice()}", file=sys.stderr,
+              flush=True)
+    _release_locks()
+    if comm is not None and comm.Get_size() > 1:
+        if rank != 0:
+            time.sleep(1.0)
+        comm.Abort(exc.exit_code)
+    return exc.exit_code
 
 
 def _release_locks():

@@ -33,7 +33,8 @@ from ..io import rundir
 from ..io.history import History
 from ..parallel.transfer import GridTransfer, coarse_shape
 from .assembly import build
-from .run import Inversion, _Signals, finish, unfinalise
+from .interrupt import Deferred, stop_message
+from .run import Inversion, finish, unfinalise
 
 
 def level_shapes(cfg) -> list[tuple]:
@@ -191,9 +192,8 @@ class LevelledInversion:
             history.append(rec)
             self.reporter.iteration(rec, self.total)
             inv.inner.check(rec)
-        signals = _Signals()
         stop = ""
-        try:
+        with Deferred() as signals:          # SIGTERM / Ctrl-C: checkpoint, clean stop
             while True:
                 n_done = iteration - first
                 if done or n_done >= self.iterations[level]:
@@ -234,19 +234,16 @@ class LevelledInversion:
                 if term or (every and iteration % every == 0):
                     inv.save_checkpoint()
                 if term:
-                    self.reporter.message(
-                        f"SIGTERM: checkpoint written at iteration {iteration} (level {level}); "
-                        f"continue with: hpcinv invert --restart {self.dir.path}")
-                    return {**rec, "terminated": True}
+                    self.reporter.message(stop_message(
+                        term, f"iteration {iteration} (level {level})", self.dir.path))
+                    return {**rec, "terminated": term}
                 if stop:
                     break
-        finally:
-            signals.restore()
-        if stop:
-            self.reporter.message(f"stopping: {stop}")
-        inv.iteration, inv.history = iteration, history
-        inv.extra_attrs = self._attrs(level, first, True)
-        inv.save_checkpoint()
+            if stop:
+                self.reporter.message(f"stopping: {stop}")
+            inv.iteration, inv.history = iteration, history
+            inv.extra_attrs = self._attrs(level, first, True)
+            inv.save_checkpoint()
         final = finish(inv.opt, history)     # the final model at the user's tolerances
         inv.write_model("model_final.h5", final)
         self.history = history

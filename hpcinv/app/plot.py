@@ -190,6 +190,9 @@ def _mark_obs(ax, setup: dict, projected: bool):
 
 
 # -------------------------------------------------------------------------------- figures
+FIGURES = ("model.png", "pressure.png", "misfit.png")   # what plot_run writes into figures/
+
+
 def _figure(ncols, width, height):
     from matplotlib.figure import Figure
     return Figure(figsize=(width * ncols, height), layout="constrained", dpi=110)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -27,18 +26,23 @@ from ..io import read_attrs, read_cells, read_faces, read_replicated, rundir, wr
 from ..io.checkpoint import checked_write_h5 as write_h5   # failures: OutputIOError, all ranks
 from ..io.history import History
 from .convergence import InnerSolvePolicy
+from .interrupt import Deferred, stop_message
 
 CHECKPOINT = "checkpoint.h5"
 
 
 class RunDirectory:
-    """Paths of a run directory and the rules for (re)using one."""
+    """Paths of a run directory and the rules for (re)using one (for the Python API; the CLI
+    decides with :mod:`hpcinv.app.ownership` and passes ``checked=True``)."""
 
-    def __init__(self, path, comm, restart: bool = False, overwrite: bool = False):
+    def __init__(self, path, comm, restart: bool = False, overwrite: bool = False,
+                 checked: bool = False):
         self.path, self.comm = Path(path), comm
         exists = self.path.exists() and any(p.name != rundir.LOCK_NAME   # issue 13: the lock
                                             for p in self.path.iterdir())
-        if restart:
+        if checked:
+            pass
+        elif restart:
             if not ckpt.exists(self.path):                                 # or checkpoint.prev.h5
                 raise ConfigError(f"--restart {self.path}: no {CHECKPOINT} there")
         elif exists and not overwrite:
@@ -51,24 +55,6 @@ class RunDirectory:
 
     def __truediv__(self, name):
         return self.path / name
-
-
-class _Signals:
-    """SIGTERM (SLURM's warning before the time limit) asks for a checkpoint and a clean stop."""
-
-    def __init__(self):
-        self.flag = 0
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:          # not the main thread
-            self._old = None
-
-    def _handler(self, signum, frame):
-        self.flag = 1
-
-    def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
 
 
 def write_setup_file(path, grid, obs, wells, true_logK) -> Path:
@@ -315,9 +301,9 @@ class Inversion:
             self.reporter.iteration(rec, inv.iterations)
             self.inner.check(rec)                       # unconverged inner solves
         self.history = history                          # copied into checkpoints
-        signals = _Signals()
         stop = ""
-        try:
+        # SIGTERM (SLURM's warning before the time limit) / Ctrl-C: checkpoint, clean stop
+        with Deferred() as signals:
             while self.iteration < inv.iterations and not stop:
                 self.iteration += 1
                 with self.model_range(self.iteration):
@@ -333,15 +319,12 @@ class Inversion:
                 if term or (every and self.iteration % every == 0):
                     self.save_checkpoint()
                 if term:
-                    self.reporter.message(
-                        f"SIGTERM: checkpoint written at iteration {self.iteration}; "
-                        f"continue with: hpcinv invert --restart {self.dir.path}")
-                    return {**rec, "terminated": True}
-        finally:
-            signals.restore()
-        if stop:
-            self.reporter.message(f"stopping: {stop}")
-        self.save_checkpoint()
+                    self.reporter.message(stop_message(term, f"iteration {self.iteration}",
+                                                       self.dir.path))
+                    return {**rec, "terminated": term}
+            if stop:
+                self.reporter.message(f"stopping: {stop}")
+            self.save_checkpoint()
         final = finish(self.opt, history)
         self.write_model("model_final.h5", final)
         return history.lines[-1]

@@ -22,6 +22,13 @@ A lock left by a crash (SIGKILL, node failure) is *stale* and taken over with a 
   longer than the clock skew between nodes);
 * an empty or unreadable lock file (a crash between creating and writing it) older than 60 s.
 
+Before the lock, the path itself is checked (on rank 0, before any other work): a path that is
+a file or lies under one, or a directory that cannot be written, stops the run with one line and
+exit status 2 (:class:`~hpcinv.errors.OutputDirError`); a storage failure while creating the
+directory or the lock file (disk full, quota, I/O error) with exit status 4
+(:class:`~hpcinv.errors.OutputIOError`). Missing parents are created (``mkdir -p``), and removed
+again on release if the run wrote nothing into them.
+
 A live lock stops the second run with one line naming the holder (host, pid, since, command)
 and exit status 5 (:class:`~hpcinv.errors.RunLockedError`); ``--force-unlock`` (or deleting the
 file) overrides it when you know the holder is dead. Rank 0 decides; the outcome is broadcast,
@@ -30,6 +37,7 @@ so every rank agrees.
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import os
 import signal
@@ -38,9 +46,10 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import RunLockedError
+from ..errors import OutputDirError, OutputIOError, RunLockedError
 
 LOCK_NAME = ".hpcinv.lock"
 HEARTBEAT_S = 30.0
@@ -160,11 +169,22 @@ class RunLock:
                 path.unlink()
         except OSError:
             pass
-        if self.created_dir is not None:
-            try:
-                self.created_dir.rmdir()       # only if we created it and nothing was written
-            except OSError:
-                pass
+        if self.created_dir is not None:       # only what we created, if nothing was written
+            remove_created(path.parent, self.created_dir)
+
+
+def remove_created(directory: Path, top: Path) -> None:
+    """Remove ``directory`` and its parents up to ``top`` (the first one this run created),
+    each only if empty."""
+    p = directory
+    while True:
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if p == top or p.parent == p:
+            return
+        p = p.parent
 
 
 def _try_create(lock: Path, payload: bytes) -> bool:
@@ -215,6 +235,35 @@ def _take(directory: Path, command: str, force: bool, note) -> tuple:
     return None, f"could not lock {directory}: the lock file keeps changing ({lock})"
 
 
+_holding = {"depth": 0, "pending": 0}
+
+
+@contextmanager
+def signals_held():
+    """Within the block, signal handlers that ask :func:`hold_signal` let the signal wait; it
+    is raised again when the block ends, so what the block creates is never left half done (a
+    lock file not yet registered for release, a half-written run record). (Blocking the signal
+    with ``pthread_sigmask`` is not enough: another thread, e.g. MPI's, may receive it, and
+    Python then runs the handler in the main thread at once.)"""
+    _holding["depth"] += 1
+    try:
+        yield
+    finally:
+        _holding["depth"] -= 1
+        if _holding["depth"] == 0 and _holding["pending"]:
+            signum, _holding["pending"] = _holding["pending"], 0
+            signal.raise_signal(signum)
+
+
+def hold_signal(signum: int) -> bool:
+    """For signal handlers: inside :func:`signals_held`, note ``signum`` for the end of the
+    block and return True (the handler then returns); False elsewhere."""
+    if _holding["depth"]:
+        _holding["pending"] = max(_holding["pending"], signum)    # SIGTERM (15) first
+        return True
+    return False
+
+
 def acquire(directory, comm, command: str | None = None, force: bool = False,
             create: bool = True, note=None) -> RunLock:
     """Lock ``directory`` for this run (collective; every rank gets the same outcome).
@@ -223,7 +272,15 @@ def acquire(directory, comm, command: str | None = None, force: bool = False,
     was written into it); with ``create=False`` a missing directory is not locked (the caller
     reports it). Raises :class:`~hpcinv.errors.RunLockedError` on every rank if another live run
     holds it. ``note``: where takeover notices go (default: stderr on rank 0).
+
+    SIGTERM/SIGINT are held back until the lock is registered for release.
     """
+    with signals_held():
+        return _acquire(directory, comm, command, force, create, note)
+
+
+def _acquire(directory, comm, command, force, create, note) -> RunLock:
+    """See :func:`acquire`."""
     directory = Path(directory)
     command = command or " ".join(["hpcinv", *sys.argv[1:]])
     note = note or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -231,23 +288,28 @@ def acquire(directory, comm, command: str | None = None, force: bool = False,
     if comm.Get_rank() == 0:
         created = None
         try:
-            if not directory.exists():
+            problem = path_problem(directory)
+            if problem:
+                result = ("bad", problem, None)
+            elif not directory.exists():
                 if not create:
                     result = ("skip", None, None)
                 else:
+                    created = _first_missing(directory)
                     directory.mkdir(parents=True)
-                    created = directory
             if result is None:
                 token, err = _take(directory, command, force, note)
                 result = ("ok", token, str(created) if created else None) if err is None \
                     else ("locked", err, None)
                 if err is not None and created is not None:
-                    created.rmdir()
+                    remove_created(directory, created)
         except OSError as e:
-            result = ("locked", f"cannot create the lock in {directory}: {e}", None)
+            if created is not None:
+                remove_created(directory, created)
+            result = _classify(directory, e)
     kind, a, b = comm.bcast(result, root=0)
-    if kind == "locked":
-        raise RunLockedError(a)
+    if kind in _ERRORS:
+        raise _ERRORS[kind](a)
     if kind == "skip":
         return RunLock(None, None)
     rank0 = comm.Get_rank() == 0
@@ -256,6 +318,47 @@ def acquire(directory, comm, command: str | None = None, force: bool = False,
     _held.append(lk)
     _install_sigterm()
     return lk
+
+
+_ERRORS = {"locked": RunLockedError, "bad": OutputDirError, "io": OutputIOError}
+_BAD_PATH = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
+             errno.ENAMETOOLONG, errno.ELOOP)
+
+
+def _first_missing(directory: Path) -> Path:
+    """The outermost missing directory of ``directory``'s path (what ``mkdir -p`` creates)."""
+    top = directory
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top
+
+
+def path_problem(directory: Path) -> str:
+    """Why ``directory`` cannot be a run directory (a file, under a file, not writable), or
+    ``""``. Advisory (``os.access``); creating the directory and the lock file with ``O_EXCL``
+    is the real probe (:func:`_classify` sorts its errors)."""
+    if directory.exists() or directory.is_symlink():
+        if not directory.is_dir():
+            return f"output path {directory} exists and is not a directory"
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"output directory {directory} is not writable (permission denied)"
+        return ""
+    parent = _first_missing(directory).parent
+    if not parent.is_dir():
+        return f"cannot create output directory {directory}: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return (f"cannot create output directory {directory}: {parent} is not writable "
+                "(permission denied)")
+    return ""
+
+
+def _classify(directory: Path, e: OSError) -> tuple:
+    """An OSError while creating ``directory`` or its lock: a path the user must change
+    (exit 2) or a failing file system (exit 4)."""
+    what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    if e.errno in _BAD_PATH:
+        return ("bad", f"cannot use output directory {directory}: {what}", None)
+    return ("io", f"cannot create the run directory {directory} or its lock: {what}", None)
 
 
 def heartbeat() -> None:
@@ -271,6 +374,8 @@ def release_all() -> None:
 
 
 def _sigterm(signum, frame):
+    if hold_signal(signum):
+        return
     release_all()
     raise SystemExit(128 + signum)
 
