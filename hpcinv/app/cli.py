@@ -209,7 +209,7 @@ def cmd_gradient(args) -> int:
     import numpy as np
 
     from .. import config as config_mod
-    from ..io.fields import grid_attrs, write_h5
+    from ..io.fields import grid_attrs, write_viewable
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     if not args.output and not (args.config and "dir" in _raw_output(args.config)):
         cfg.output.dir = "runs/gradient"
@@ -228,9 +228,9 @@ def cmd_gradient(args) -> int:
     out = Path(cfg.output.dir)
     attrs = {"J": J, **{k: v for k, v in info.items()}, "wall_time": wall,
              "observations": len(obs), "problem": cfg.problem.name, **grid_attrs(grid)}
-    path = write_h5(out / "gradient.h5", grid.decomp,
-                    {"dJ_dlogK": g, "dJ_dlogK_smoothed": smoothed}, attrs=attrs,
-                    to_host=backend.to_host)
+    path = write_viewable(out / "gradient.h5", grid,
+                          {"dJ_dlogK": g, "dJ_dlogK_smoothed": smoothed}, attrs=attrs,
+                          to_host=backend.to_host)
     if grid.decomp.rank == 0:
         (out / "config.toml").write_text(config_mod.dumps(cfg))
     say(f"J = {J:.6e}; forward {info['forward_iterations']} and adjoint "

@@ -22,7 +22,7 @@ from mpi4py import MPI
 from ..errors import ConfigError
 from ..io.fields import grid_attrs
 from ..io import checkpoint as ckpt
-from ..io import read_attrs, read_cells, read_faces, read_replicated, rundir, write_xdmf
+from ..io import read_attrs, read_cells, read_faces, read_replicated, rundir, write_viewable
 from ..io.checkpoint import checked_write_h5 as write_h5   # failures: OutputIOError, all ranks
 from ..io.history import History
 from .convergence import InnerSolvePolicy
@@ -78,21 +78,18 @@ def write_setup_file(path, grid, obs, wells, true_logK) -> Path:
                   "well_positions": np.array([w.position for w in wells], float)
                   .reshape(-1, grid.ndim),
                   "well_rates": np.array([w.rate for w in wells], float)}
-    return write_h5(path, grid.decomp, {"logK_true": true_logK}, attrs=grid_attrs(grid),
-                    replicated=replicated)
+    return write_viewable(path, grid, {"logK_true": true_logK}, attrs=grid_attrs(grid),
+                          writer=write_h5, replicated=replicated)
 
 
 def write_model_file(path, grid, logK, Pf, attrs, to_host=None) -> Path:
-    """A model file of a run directory (``model_final.h5``; collective): ``logK`` and its
-    pressure ``Pf`` (padded local arrays), ``attrs`` (e.g. iteration, misfit) plus the grid
-    attributes, and the XDMF sidecar (written by rank 0). ``to_host(a, region)``: as for
-    :func:`~hpcinv.io.h5write.write_h5` (``backend.to_host`` for backend arrays)."""
-    path = Path(path)
-    write_h5(path, grid.decomp, {"logK": logK, "Pf": Pf},
-             attrs={**attrs, **grid_attrs(grid)}, to_host=to_host)
-    if grid.decomp.rank == 0:
-        write_xdmf(path, grid, ["logK", "Pf"])
-    return path
+    """A model file of a run directory (``model_final.h5``, ``model_latest.h5``; collective):
+    ``logK`` and its pressure ``Pf`` (padded local arrays), ``attrs`` (e.g. iteration, misfit)
+    plus the grid attributes, their XDMF views and sidecar (:func:`~hpcinv.io.write_viewable`).
+    ``to_host(a, region)``: as for :func:`~hpcinv.io.h5write.write_h5` (``backend.to_host``
+    for backend arrays)."""
+    return write_viewable(Path(path), grid, {"logK": logK, "Pf": Pf},
+                          attrs={**attrs, **grid_attrs(grid)}, to_host=to_host, writer=write_h5)
 
 
 class Reporter:
@@ -226,10 +223,10 @@ class Inversion:
                   fingerprint=self.fingerprint)
         # For `hpcinv plot` on a running run: the current model and the pressure of the last
         # evaluated model (no extra solve).
-        write_h5(self.dir / "model_latest.h5", self.decomp,
-                 {"logK": self.opt.arrays["x"], "Pf": self.G.Pf_forward},
-                 attrs={"iteration": self.iteration, "pressure_of": "last evaluated model",
-                        **grid_attrs(self.grid)}, to_host=self.bk.to_host)
+        write_model_file(self.dir / "model_latest.h5", self.grid, self.opt.arrays["x"],
+                         self.G.Pf_forward, {"iteration": self.iteration,
+                                             "pressure_of": "last evaluated model"},
+                         self.bk.to_host)
 
     def load_checkpoint(self):
         path = self.ckpt_path or self.dir / CHECKPOINT      # the verified one
