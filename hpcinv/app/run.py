@@ -106,16 +106,26 @@ class Reporter:
             self.say(json.dumps(rec))
             return
         k, el = rec["iteration"], rec["wall_time"]
-        if k == 0:
-            self._t0_wall = el          # the start (setup, first gradient) is not an iteration
-        t_iter = (el - getattr(self, "_t0_wall", 0.0)) / k if k else 0.0
-        eta_text = f"{t_iter * (total - k):7.1f} s" if k else "      -  "
+        eta = self.eta(k, el, total)
+        eta_text = f"{eta:7.1f} s" if eta is not None else "      -  "
         note = f"  [{rec['note']}]" if rec.get("note") else ""
         lvl = (f"L{rec['level']} {'x'.join(map(str, rec['grid']))}  " if "level" in rec
                else "")                                   # coarse-to-fine (app/levels.py)
         self.say(f"{lvl}iter {k:4d}/{total}  J/J0 {rec['misfit_ratio']:.4e}  max|dlogK| "
                  f"{rec['max_dlogK']:.3e}  PT {rec['forward_iterations']}+"
                  f"{rec['adjoint_iterations']}  elapsed {el:8.1f} s  ETA {eta_text}{note}")
+
+    def eta(self, k, elapsed, total):
+        """Seconds left after iteration ``k`` of ``total`` (``None`` while unknown): the time per
+        iteration since the first line this reporter printed (iteration 0 ends after the
+        one-off setup, compilation and first gradient, which are not iterations); on a restart's
+        first line, the run's average so far."""
+        if not hasattr(self, "_first"):
+            self._first = (k, elapsed)
+        k0, el0 = self._first
+        if k > k0:
+            return (elapsed - el0) / (k - k0) * (total - k)
+        return elapsed / k * (total - k) if k > 0 else None
 
     def message(self, text):
         self.say(text)
@@ -259,13 +269,15 @@ class Inversion:
         write_setup_file(self.dir / "setup.h5", self.grid, self.obs, self.wells, self.true_logK)
 
     def write_model(self, name, final=None):
+        """The accepted model, its pressure and its misfit: the optimiser's accepted ``J``, the
+        value on the history's last line (issue 13: one final misfit everywhere). ``final``:
+        :func:`finish` just evaluated the model (the solver holds its pressure)."""
         x = self.opt.arrays["x"]
-        if final is not None:                # evaluated at the user's tolerances just now
-            J = final["misfit"]
-        else:
-            J, _ = self.G.misfit(x)          # the pressure of the accepted model
+        if final is None:
+            self.G.misfit(x)                 # the pressure of the accepted model
         write_model_file(self.dir / name, self.grid, x, self.G.solver.Pf,
-                         {"iteration": self.iteration, "misfit": J}, self.bk.to_host)
+                         {"iteration": self.iteration, "misfit": self.opt.scalars["J"]},
+                         self.bk.to_host)
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> dict:
