@@ -18,6 +18,7 @@ from ..errors import HpcinvError
 from ..solvers import make_darcy_solver
 from .assembly import build, build_forward
 from .info import cmd_info
+from .resolve import resolved
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,7 +147,7 @@ def cmd_forward(args) -> int:
     from .. import config as config_mod
     from ..io import write_fields
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
-    cfg = _apply_overrides(cfg, args)
+    cfg = resolved(_apply_overrides(cfg, args))          # config.toml: the complete problem
     _lock_output(cfg.output.dir, args)                    # one run per directory
     setup = build_forward(cfg)
     warn_fallback(setup.backend)
@@ -160,7 +161,6 @@ def cmd_forward(args) -> int:
     state = solver.solve(progress=Progress(args.quiet))
     wall = time.perf_counter() - t0
     out = Path(cfg.output.dir)
-    _record_resolved(cfg, solver)
     path = write_fields(out / "fields.h5", solver, state, {"wall_time": wall})
     if d.rank == 0:
         (out / "config.toml").write_text(config_mod.dumps(cfg))
@@ -194,15 +194,6 @@ def _describe_method(cfg, params) -> str:
     return f"PETSc {params.ksp_type}+{params.pc_type}, tol {params.tol:g}"
 
 
-def _record_resolved(cfg, solver):
-    """Write the grid and solver values the run used (defaults resolved) into the config;
-    dims stay as given so the config also runs on another rank count."""
-    for a, n in zip("xyz", solver.grid.shape):
-        setattr(cfg.grid, f"n{a}", n)
-    if cfg.solver.method == "apt":
-        cfg.solver.cfl, cfg.solver.maxiter = solver.params.cfl, solver.params.maxiter
-
-
 def cmd_gradient(args) -> int:
     """Observations (from a file, or synthetic from the true model), then J and dJ/dlogK at
     K = 1 everywhere (logK = 0)."""
@@ -213,7 +204,7 @@ def cmd_gradient(args) -> int:
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     if not args.output and not (args.config and "dir" in _raw_output(args.config)):
         cfg.output.dir = "runs/gradient"
-    cfg = _apply_overrides(cfg, args)
+    cfg = resolved(_apply_overrides(cfg, args))          # config.toml: the complete problem
     _lock_output(cfg.output.dir, args)                    # one run per directory
     progress = Progress(args.quiet)
     setup = build(cfg, progress=progress)
@@ -272,6 +263,8 @@ def cmd_invert(args, demo=False) -> int:
         if getattr(args, key) is not None:
             setattr(cfg.inversion, key, getattr(args, key))
     cfg.validate()
+    if not args.restart:          # a restart's config.toml is as its run wrote it (fingerprint)
+        cfg = resolved(cfg)       # config.toml: the complete problem, rerunnable bitwise
     _lock_output(cfg.output.dir, args, create=not args.restart)   # one run per directory
     run_dir = RunDirectory(cfg.output.dir, MPI.COMM_WORLD, restart=bool(args.restart),
                            overwrite=args.overwrite or cfg.output.overwrite)
