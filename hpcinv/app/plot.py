@@ -299,8 +299,8 @@ def misfit_series(recs) -> dict:
 
 def plot_misfit(run: Path, out: Path, title: str) -> Path:
     """``misfit.png``: J/J0 of the accepted models against the iteration (log scale), rejected
-    trials as separate markers, noted iterations marked, the start of every level of a coarse-to-fine run (``level``, ``grid`` in the history) a dotted
-    line."""
+    trials as separate markers, noted iterations marked, the start of every level of a
+    coarse-to-fine run (``level``, ``grid`` in the history) a dotted line."""
     path = run / "history.jsonl"
     if not path.exists():
         raise _Skip(f"no history.jsonl in {run} yet")

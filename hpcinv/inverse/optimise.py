@@ -3,7 +3,8 @@
 Gradient descent needs one global reduction per outer iteration besides the misfit's own: the
 max-norm of the (smoothed) gradient, ``logK <- logK - dgamma * d / max|d|`` with ``d = S g``.
 A step that increases the misfit is rejected and ``dgamma`` halved: the history line keeps the
-accepted model's misfit and records the trial's as ``trial_misfit(_ratio)`` and in the ``note``. With ``line_search`` the step is first backtracked on the misfit alone (forward
+accepted model's misfit and records the trial's as ``trial_misfit(_ratio)`` and in the
+``note``. With ``line_search`` the step is first backtracked on the misfit alone (forward
 solves only, one scalar per trial) before the gradient is evaluated at the accepted point.
 
 L-BFGS (small runs) optimises ``z`` with ``logK = S z`` when preconditioned by the smoothing
