@@ -80,15 +80,17 @@ def expected(shape, dtype, salt=0.0):
     return out
 
 
-def write(path, decomp, dtype, salt=0.0, mode=None, replicated=None, attrs=ATTRS):
+def write(path, decomp, dtype, salt=0.0, mode=None, replicated=None, attrs=ATTRS, views=()):
     cells, faces = local_fields(decomp, dtype, salt)
-    return write_h5(path, decomp, cells, faces, attrs=attrs, replicated=replicated, mode=mode)
+    return write_h5(path, decomp, cells, faces, attrs=attrs, replicated=replicated, mode=mode,
+                    views=views)
 
 
 def file_content(path):
     """``({name: array}, {attr: value})`` of a file, read through the public reader."""
+    names = []
     with h5py.File(path, "r") as f:
-        names = list(f.keys())
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
     return {n: read_global(path, n) for n in names}, read_attrs(path)
 
 
@@ -249,10 +251,12 @@ def test_reader_racing_a_rewrite_rereads_new_master(tmp_path, monkeypatch):
 
 def test_consolidate(tmp_path):
     d = Decomposition(SHAPES[3], comm=MPI.COMM_SELF)
-    p = write(tmp_path / "f.h5", d, np.float32, mode="vds")
+    p = write(tmp_path / "f.h5", d, np.float32, mode="vds", views=["K"])
     c = h5read.consolidate(p, tmp_path / "plain.h5")
-    with h5py.File(c, "r") as f:
+    with h5py.File(c, "r") as f, h5py.File(p, "r") as g:
         assert not f["K"].is_virtual
+        assert not f["xdmf/K"].is_virtual                 # datasets in groups are copied too
+        assert np.array_equal(f["xdmf/K"][()], g["K"][()].transpose(2, 1, 0))
     assert_same_content(p, c)
 
 
@@ -349,24 +353,33 @@ def test_cli_names_still_work():
 def test_xdmf(tmp_path, ndim):
     grid = Grid(SHAPES[ndim], extent=[(-1.0, 2.0), (0.5, 1.5), (0.0, 3.0)][:ndim],
                 comm=MPI.COMM_SELF)
-    p = write(tmp_path / "fields.h5", grid.decomp, np.float32, mode="vds")
+    fields = ["K", "Pf", *("q" + "xyz"[a] for a in range(ndim))]
+    p = write(tmp_path / "fields.h5", grid.decomp, np.float32, mode="vds", views=fields)
     x = write_xdmf(p, grid)
     assert x == tmp_path / "fields.xmf"
     refs = check_xdmf(x)
     names = {r[0] for r in refs}
-    assert names == {"K", "Pf", *("q" + "xyz"[a] for a in range(ndim))}
+    assert names == set(fields)
+    assert all(r[1] == f"fields.h5:/xdmf/{r[0]}" for r in refs)    # the axis-reversed views
     root = ET.parse(x).getroot()
     assert root.get("Version") == "3.0"
     cells = [g for g in root.iter("Grid") if g.get("Name") == "cells"][0]
     topo = cells.find("Topology")
-    assert topo.get("TopologyType") == f"{ndim}DCoRectMesh"
-    assert topo.get("Dimensions") == " ".join(str(n + 1) for n in SHAPES[ndim])
+    # listed z, y, x; 2D: one cell layer of zero thickness along z (VTK's tests: test_xdmf_vtk)
+    assert topo.get("TopologyType") == "3DCoRectMesh"
+    pad = ["2"] if ndim == 2 else []
+    assert topo.get("Dimensions").split() == pad + [str(n + 1) for n in SHAPES[ndim][::-1]]
     origin, spacing = cells.find("Geometry").findall("DataItem")
-    assert [float(v) for v in origin.text.split()] == [e[0] for e in grid.extent]
-    assert np.allclose([float(v) for v in spacing.text.split()], grid.spacing)
+    zpad = [0.0] if ndim == 2 else []
+    assert [float(v) for v in origin.text.split()] == zpad + [e[0] for e in grid.extent][::-1]
+    assert np.allclose([float(v) for v in spacing.text.split()], zpad + list(grid.spacing)[::-1])
     fx = [g for g in root.iter("Grid") if g.get("Name") == "faces_x"][0]
-    o = [float(v) for v in fx.find("Geometry").findall("DataItem")[0].text.split()]
+    o = [float(v) for v in fx.find("Geometry").findall("DataItem")[0].text.split()][::-1]
     assert o[0] == grid.extent[0][0] and np.isclose(o[1], grid.extent[1][0] + grid.spacing[1] / 2)
+    with pytest.raises(ValueError, match="no XDMF view"):
+        write_xdmf(write(tmp_path / "noview.h5", grid.decomp, np.float32), grid, ["Pf"])
+    (tmp_path / "noview.h5").unlink()
+    (tmp_path / "noview.xmf").unlink(missing_ok=True)
     # read from another cwd and after moving: the references are relative
     moved = tmp_path / "moved"
     moved.mkdir()

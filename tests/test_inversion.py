@@ -2,6 +2,7 @@
 SIGKILL on other rank counts, optimiser behaviour, warm starts and run-directory errors."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,15 +121,45 @@ def test_sigterm_writes_a_checkpoint_and_stops_cleanly(tmp_path):
         assert f.attrs["iteration"] == len(history(run)) - 1
 
 
-def test_gradient_descent_halves_the_step_on_an_increase(tmp_path):
-    cfg = small_config(tmp_path, iterations=6, dgamma=3.0)
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_gradient_descent_halves_the_step_on_an_increase(tmp_path, capsys, adaptive):
+    """Issue 13: a rejected step's line shows the accepted model (the model did not change) in
+    its columns, the trial as J/J0 in its note and as trial_misfit(_ratio)."""
+    cfg = small_config(tmp_path, iterations=6, dgamma=3.0, adaptive_tolerance=adaptive)
     run = tmp_path / "big"
-    assert main(["invert", str(cfg), "-q", "-o", str(run)]) == 0
+    assert main(["invert", str(cfg), "-o", str(run)]) == 0
     h = history(run)
-    rejected = [r for r in h if "rejected" in r["note"]]
+    rejected = [(prev, r) for prev, r in zip(h, h[1:]) if "rejected" in r["note"]]
     assert rejected, "a step of 3 in logK should overshoot"
     steps = [r["step"] for r in h[1:]]
     assert min(steps) < 3.0
+    lines = {int(m.group(1)): m.group(0) for m in
+             re.finditer(r"^iter +(\d+)/6 .*$", capsys.readouterr().out, re.M)}
+    for prev, r in rejected:
+        shown = {**r, **r.get("before_final", {})}     # the last line: before finish() amends it
+        assert r["rejected"] and shown["misfit"] == prev["misfit"] and r["max_dlogK"] == 0.0
+        assert shown["misfit_ratio"] == prev["misfit_ratio"]
+        assert r["trial_misfit"] > r["misfit"]
+        assert r["trial_misfit_ratio"] == pytest.approx(r["trial_misfit"] / h[0]["misfit"])
+        assert f"rejected trial J/J0 {r['trial_misfit_ratio']:.4e}" in r["note"]
+        assert f"dgamma halved to {r['step'] / 2:.4g}" in r["note"]
+        line = lines[r["iteration"]]
+        assert f"J/J0 {prev['misfit_ratio']:.4e}" in line and r["note"] in line
+    J = [{**r, **r.get("before_final", {})}["misfit"] for r in h]
+    assert all(b <= a for a, b in zip(J, J[1:]))          # the accepted models': monotone
+
+
+@pytest.mark.parametrize("method", ["gd", "lbfgs"])
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_one_final_misfit_everywhere(tmp_path, method, adaptive):
+    """Issue 13: model_final.h5's misfit is the last history line's (and the last line is the
+    accepted model's), with either optimiser and with fixed or adaptive tolerances."""
+    cfg = small_config(tmp_path, iterations=4, method=method, adaptive_tolerance=adaptive,
+                       dgamma=3.0 if method == "gd" else 0.2)
+    run = tmp_path / "r"
+    assert main(["invert", str(cfg), "-q", "-o", str(run)]) == 0
+    with h5py.File(run / "model_final.h5") as f:
+        assert float(f.attrs["misfit"]) == history(run)[-1]["misfit"]
 
 
 def test_lbfgs_decreases_the_misfit_monotonically(tmp_path):
@@ -185,3 +216,47 @@ def test_run_directory_errors_leave_existing_output_intact(tmp_path):
         assert after[name] == before[name], name
     p = run_cli("invert", "--restart", tmp_path / "missing", "-q")
     assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+def _toml(run):
+    import tomllib
+    return tomllib.loads((Path(run) / "config.toml").read_text())
+
+
+def test_run_directory_config_reruns_the_demo_bitwise(tmp_path):
+    """Issue 13: a run directory's config.toml is the complete resolved problem (grid, domain,
+    permeability model, wells, observation points, solver keys), and rerunning it gives the
+    same history and final model bitwise."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["demo", "-q", "--nx", "63", "--ny", "31", "--iterations", "3", "-o", str(a)]) == 0
+    cfg = _toml(a)
+    assert cfg["grid"] == {"nx": 63, "ny": 31, "extent": [[-1.0, 1.0], [0.0, 1.0]]}
+    assert cfg["permeability"]["type"] == "barrier" and cfg["permeability"]["value"] == 1.0
+    assert cfg["permeability"]["barrier"] == {"x": [-0.04, 0.04], "y": [0.3, 0.8], "value": 1e-6}
+    assert [w["rate"] for w in cfg["wells"]] == [1.0, -1.0]
+    assert cfg["observations"]["points"] == "grid" and "x" in cfg["observations"]["grid"]
+    for sec in ("solver", "adjoint"):
+        assert {"cfl", "maxiter", "tol", "re", "ncheck"} <= set(cfg[sec])
+    assert cfg["regularisation"]["smoothing_coefficient"] == 0.2
+    assert {"initial_logK", "adjoint_memory"} <= set(cfg["inversion"])
+    assert main(["invert", str(a / "config.toml"), "-q", "-o", str(b)]) == 0
+    assert strip(history(a)) == strip(history(b))
+    for name in ("logK", "Pf"):
+        assert np.array_equal(final(a, name), final(b, name))
+    rerun = _toml(b)
+    assert rerun.pop("output") != cfg.pop("output") and rerun == cfg      # idempotent
+
+
+@pytest.mark.parametrize("command, out", [("forward", "fields.h5"), ("gradient", "gradient.h5")])
+def test_forward_and_gradient_configs_rerun_bitwise(tmp_path, command, out):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([command, "-q", "--problem", "geothermal3d", "--nx", "16", "--ny", "8",
+                 "--nz", "8", "-o", str(a)]) == 0
+    cfg = _toml(a)
+    assert cfg["grid"]["nz"] == 8 and len(cfg["grid"]["extent"]) == 3
+    assert all(w["z_range"] == [0.2, 0.8] for w in cfg["wells"])
+    assert main([command, str(a / "config.toml"), "-q", "-o", str(b)]) == 0
+    with h5py.File(a / out) as f, h5py.File(b / out) as g:
+        for name in f:
+            if isinstance(f[name], h5py.Dataset):
+                assert np.array_equal(f[name][()], g[name][()]), name

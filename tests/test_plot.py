@@ -238,3 +238,22 @@ def test_import_does_not_pull_matplotlib():
     code = ("import sys, hpcinv, hpcinv.app.plot; "
             "sys.exit(1 if any(m.startswith('matplotlib') for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_misfit_curve_joins_accepted_models_only():
+    """Issue 13: rejected trials are markers of their own, never points of the curve; older
+    histories (the note says "rejected", the misfit is the trial's) are read the same way."""
+    from hpcinv.app.plot import misfit_series
+    recs = [{"iteration": 0, "misfit": 2.0, "misfit_ratio": 1.0, "note": ""},
+            {"iteration": 1, "misfit": 1.0, "misfit_ratio": 0.5, "note": ""},
+            {"iteration": 2, "misfit": 1.0, "misfit_ratio": 0.5, "rejected": True,
+             "trial_misfit": 3.0, "trial_misfit_ratio": 1.5,
+             "note": "rejected trial J/J0 1.5000e+00 (misfit increased), dgamma halved to 0.1"},
+            {"iteration": 3, "misfit": 2.4, "misfit_ratio": 1.2,
+             "note": "misfit increased (2.4000e+00 > 1.0000e+00): step rejected and halved"},
+            {"iteration": 4, "misfit": 0.8, "misfit_ratio": 0.4, "note": "line search halved"}]
+    s = misfit_series(recs)
+    it, ratio, notes = s["accepted"]
+    assert (it, ratio) == ([0, 1, 2, 4], [1.0, 0.5, 0.5, 0.4])
+    assert notes == ["", "", None, "line search halved"]      # rejections: not in the legend
+    assert s["trials"] == ([2, 3], [1.5, 1.2])

@@ -24,6 +24,7 @@ from .info import cmd_info
 from . import interrupt
 
 RUN_COMMANDS = ("forward", "gradient", "invert", "demo")
+from .resolve import resolved
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -153,7 +154,7 @@ def cmd_forward(args) -> int:
     from .. import config as config_mod
     from ..io import write_fields
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
-    cfg = _apply_overrides(cfg, args)
+    cfg = resolved(_apply_overrides(cfg, args))          # config.toml: the complete problem
     claim = _claim_output(cfg, "forward", args)          # one run per directory, its owner
     with claim.setup():
         setup = build_forward(cfg)
@@ -168,7 +169,6 @@ def cmd_forward(args) -> int:
     state = solver.solve(progress=Progress(args.quiet))
     wall = time.perf_counter() - t0
     out = Path(cfg.output.dir)
-    _record_resolved(cfg, solver)
     path = write_fields(out / "fields.h5", solver, state, {"wall_time": wall})
     if d.rank == 0:
         config_mod.save(cfg, out / "config.toml")
@@ -202,26 +202,17 @@ def _describe_method(cfg, params) -> str:
     return f"PETSc {params.ksp_type}+{params.pc_type}, tol {params.tol:g}"
 
 
-def _record_resolved(cfg, solver):
-    """Write the grid and solver values the run used (defaults resolved) into the config;
-    dims stay as given so the config also runs on another rank count."""
-    for a, n in zip("xyz", solver.grid.shape):
-        setattr(cfg.grid, f"n{a}", n)
-    if cfg.solver.method == "apt":
-        cfg.solver.cfl, cfg.solver.maxiter = solver.params.cfl, solver.params.maxiter
-
-
 def cmd_gradient(args) -> int:
     """Observations (from a file, or synthetic from the true model), then J and dJ/dlogK at
     K = 1 everywhere (logK = 0)."""
     import numpy as np
 
     from .. import config as config_mod
-    from ..io.fields import grid_attrs, write_h5
+    from ..io.fields import grid_attrs, write_viewable
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     if not args.output and not (args.config and "dir" in _raw_output(args.config)):
         cfg.output.dir = "runs/gradient"
-    cfg = _apply_overrides(cfg, args)
+    cfg = resolved(_apply_overrides(cfg, args))          # config.toml: the complete problem
     claim = _claim_output(cfg, "gradient", args)         # one run per directory, its owner
     progress = Progress(args.quiet)
     with claim.setup():
@@ -237,9 +228,9 @@ def cmd_gradient(args) -> int:
     out = Path(cfg.output.dir)
     attrs = {"J": J, **{k: v for k, v in info.items()}, "wall_time": wall,
              "observations": len(obs), "problem": cfg.problem.name, **grid_attrs(grid)}
-    path = write_h5(out / "gradient.h5", grid.decomp,
-                    {"dJ_dlogK": g, "dJ_dlogK_smoothed": smoothed}, attrs=attrs,
-                    to_host=backend.to_host)
+    path = write_viewable(out / "gradient.h5", grid,
+                          {"dJ_dlogK": g, "dJ_dlogK_smoothed": smoothed}, attrs=attrs,
+                          to_host=backend.to_host)
     if grid.decomp.rank == 0:
         config_mod.save(cfg, out / "config.toml")
     say(f"J = {J:.6e}; forward {info['forward_iterations']} and adjoint "
@@ -282,6 +273,8 @@ def cmd_invert(args, demo=False) -> int:
         if getattr(args, key) is not None:
             setattr(cfg.inversion, key, getattr(args, key))
     cfg.validate()
+    if not args.restart:          # a restart's config.toml is as its run wrote it (fingerprint)
+        cfg = resolved(cfg)       # config.toml: the complete problem, rerunnable bitwise
     # one run per directory, its owner; the config is recorded before any work
     claim = _claim_output(cfg, "invert", args, restart=bool(args.restart),
                           config_text=None if args.restart else config_mod.dumps(cfg))

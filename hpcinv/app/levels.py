@@ -154,7 +154,7 @@ class LevelledInversion:
             rec = inv.opt.start(logK)
         if J0 is not None:
             inv.opt.scalars["J0"] = J0
-            rec["misfit_ratio"] = rec["misfit"] / J0 if J0 else 1.0
+            rec["misfit_ratio"] = inv.opt.ratio(rec["misfit"])
         return rec
 
     # --- the loop ---------------------------------------------------------------------------

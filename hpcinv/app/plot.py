@@ -5,8 +5,10 @@
 - ``model.png``: true (if known) and inverted log10 K side by side, same colour limits, with the
   wells (triangles up: injection, rate > 0; down: extraction) and the observation points;
 - ``pressure.png``: the pressure field ``Pf`` of the current model, with the wells;
-- ``misfit.png``: J/J0 against the outer iteration on a log scale; iterations whose history line
-  carries a ``note`` (e.g. a halved step) are marked and listed in the legend.
+- ``misfit.png``: J/J0 of the accepted models against the outer iteration on a log scale;
+  rejected trials are separate red crosses, never joined into the curve; iterations whose
+  history line carries another ``note`` (e.g. a line search) are marked and listed in the
+  legend.
 
 It works on a finished run (``model_final.h5``) and on a running one (``model_latest.h5``, or only
 ``history.jsonl``): a figure whose input is missing or unreadable is skipped with a one-line
@@ -259,10 +261,49 @@ def plot_pressure(out: Path, title: str, ext, setup: dict, model: dict, which: s
     return _save(fig, out / "pressure.png")
 
 
+def _is_rejected(r) -> bool:
+    """A line whose trial was rejected (older histories: only their note says so, and their
+    misfit is the trial's)."""
+    return bool(r.get("rejected")) or "rejected" in (r.get("note") or "")
+
+
+def misfit_series(recs) -> dict:
+    """What ``misfit.png`` draws from history records: ``accepted`` ``(iterations, J/J0,
+    notes)`` of the accepted models (the curve), ``trials`` ``(iterations, J/J0)`` of rejected
+    trials (markers, never joined into the curve), ``levels`` ``[(first iteration, level,
+    grid)]`` of a coarse-to-fine run. Notes of rejections and level starts are left out (the
+    markers and level lines show them)."""
+    j0 = next((r["misfit"] for r in recs if r.get("iteration") == 0 and "misfit" in r), None)
+
+    def ratio(r, key="misfit"):
+        q = r.get(f"{key}_ratio")
+        if q is None and j0 and r.get(key) is not None:
+            q = r[key] / j0
+        return float(q) if q is not None and np.isfinite(q) and q > 0 else None
+
+    it, acc, notes, t_it, t_q, starts = [], [], [], [], [], []
+    for r in recs:
+        if "level" in r and (not starts or starts[-1][1] != r["level"]):   # coarse-to-fine
+            starts.append((int(r["iteration"]), r["level"], r.get("grid")))
+        rejected = _is_rejected(r)
+        old_style = rejected and "trial_misfit" not in r    # its misfit is the trial's
+        trial = ratio(r) if old_style else ratio(r, "trial_misfit") if rejected else None
+        if trial is not None:
+            t_it.append(int(r["iteration"]))
+            t_q.append(trial)
+        q = ratio(r)
+        if q is not None and not old_style:
+            note = r.get("note")
+            it.append(int(r["iteration"]))
+            acc.append(q)
+            notes.append(None if rejected or (note and note.startswith("level ")) else note)
+    return {"accepted": (it, acc, notes), "trials": (t_it, t_q), "levels": starts}
+
+
 def plot_misfit(run: Path, out: Path, title: str) -> Path:
-    """``misfit.png``: J/J0 against the iteration (log scale), noted iterations marked, the
-    start of every level of a coarse-to-fine run (``level``, ``grid`` in the history) a dotted
-    line."""
+    """``misfit.png``: J/J0 of the accepted models against the iteration (log scale), rejected
+    trials as separate markers, noted iterations marked, the start of every level of a
+    coarse-to-fine run (``level``, ``grid`` in the history) a dotted line."""
     path = run / "history.jsonl"
     if not path.exists():
         raise _Skip(f"no history.jsonl in {run} yet")
@@ -270,28 +311,21 @@ def plot_misfit(run: Path, out: Path, title: str) -> Path:
         recs = read_history(path)
     except (OSError, ValueError) as exc:
         raise _Skip(f"cannot read {path}: {exc}") from None
-    j0 = next((r["misfit"] for r in recs if r.get("iteration") == 0 and "misfit" in r), None)
-    it, ratio, notes, starts = [], [], [], []
-    for r in recs:
-        if "level" in r and (not starts or starts[-1][1] != r["level"]):   # coarse-to-fine
-            starts.append((int(r["iteration"]), r["level"], r.get("grid")))
-        q = r.get("misfit_ratio")
-        if q is None and j0 and r.get("misfit") is not None:
-            q = r["misfit"] / j0
-        if q is not None and np.isfinite(q) and q > 0:
-            it.append(int(r["iteration"]))
-            ratio.append(float(q))
-            note = r.get("note")
-            notes.append(None if note and note.startswith("level ") else note)
+    series = misfit_series(recs)
+    it, ratio, notes = series["accepted"]
     if not it:
         raise _Skip(f"{path} holds no iteration with a positive misfit ratio yet")
     fig = _figure(1, 7.0, 4.5)
     ax = fig.subplots()
-    ax.semilogy(it, ratio, "o-", ms=3, lw=1.2, color="tab:blue", label="J / J0")
+    ax.semilogy(it, ratio, "o-", ms=3, lw=1.2, color="tab:blue", label="J / J0 (accepted)")
+    if series["trials"][0]:                              # not joined into the curve
+        ax.scatter(*series["trials"], marker="x", s=40, zorder=3, color="tab:red",
+                   label="rejected trial")
     for k, note in enumerate(dict.fromkeys(n for n in notes if n)):   # distinct notes in order
         sel = [i for i, n in enumerate(notes) if n == note]
         ax.scatter([it[i] for i in sel], [ratio[i] for i in sel], marker="X", s=60, zorder=3,
-                   color=f"C{(k + 1) % 10}", label=note)
+                   color=f"C{(k + 2) % 10}", label=note)
+    starts = series["levels"]
     for k, (i0, level, grid) in enumerate(starts):
         shape = "x".join(map(str, grid)) if grid else "?"
         ax.axvline(i0, color="0.5", ls=":", lw=1, label="levels (grid)" if k == 0 else None)

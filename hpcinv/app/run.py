@@ -22,7 +22,7 @@ from mpi4py import MPI
 from ..errors import ConfigError, PermeabilityRangeError, plain
 from ..io.fields import grid_attrs
 from ..io import checkpoint as ckpt
-from ..io import read_attrs, read_cells, read_faces, read_replicated, rundir, write_xdmf
+from ..io import read_attrs, read_cells, read_faces, read_replicated, rundir, write_viewable
 from ..io.checkpoint import checked_write_h5 as write_h5   # failures: OutputIOError, all ranks
 from ..io.history import History
 from .convergence import InnerSolvePolicy
@@ -65,21 +65,18 @@ def write_setup_file(path, grid, obs, wells, true_logK) -> Path:
                   "well_positions": np.array([w.position for w in wells], float)
                   .reshape(-1, grid.ndim),
                   "well_rates": np.array([w.rate for w in wells], float)}
-    return write_h5(path, grid.decomp, {"logK_true": true_logK}, attrs=grid_attrs(grid),
-                    replicated=replicated)
+    return write_viewable(path, grid, {"logK_true": true_logK}, attrs=grid_attrs(grid),
+                          writer=write_h5, replicated=replicated)
 
 
 def write_model_file(path, grid, logK, Pf, attrs, to_host=None) -> Path:
-    """A model file of a run directory (``model_final.h5``; collective): ``logK`` and its
-    pressure ``Pf`` (padded local arrays), ``attrs`` (e.g. iteration, misfit) plus the grid
-    attributes, and the XDMF sidecar (written by rank 0). ``to_host(a, region)``: as for
-    :func:`~hpcinv.io.h5write.write_h5` (``backend.to_host`` for backend arrays)."""
-    path = Path(path)
-    write_h5(path, grid.decomp, {"logK": logK, "Pf": Pf},
-             attrs={**attrs, **grid_attrs(grid)}, to_host=to_host)
-    if grid.decomp.rank == 0:
-        write_xdmf(path, grid, ["logK", "Pf"])
-    return path
+    """A model file of a run directory (``model_final.h5``, ``model_latest.h5``; collective):
+    ``logK`` and its pressure ``Pf`` (padded local arrays), ``attrs`` (e.g. iteration, misfit)
+    plus the grid attributes, their XDMF views and sidecar (:func:`~hpcinv.io.write_viewable`).
+    ``to_host(a, region)``: as for :func:`~hpcinv.io.h5write.write_h5` (``backend.to_host``
+    for backend arrays)."""
+    return write_viewable(Path(path), grid, {"logK": logK, "Pf": Pf},
+                          attrs={**attrs, **grid_attrs(grid)}, to_host=to_host, writer=write_h5)
 
 
 class Reporter:
@@ -96,16 +93,26 @@ class Reporter:
             self.say(json.dumps(rec))
             return
         k, el = rec["iteration"], rec["wall_time"]
-        if k == 0:
-            self._t0_wall = el          # the start (setup, first gradient) is not an iteration
-        t_iter = (el - getattr(self, "_t0_wall", 0.0)) / k if k else 0.0
-        eta_text = f"{t_iter * (total - k):7.1f} s" if k else "      -  "
+        eta = self.eta(k, el, total)
+        eta_text = f"{eta:7.1f} s" if eta is not None else "      -  "
         note = f"  [{rec['note']}]" if rec.get("note") else ""
         lvl = (f"L{rec['level']} {'x'.join(map(str, rec['grid']))}  " if "level" in rec
                else "")                                   # coarse-to-fine (app/levels.py)
         self.say(f"{lvl}iter {k:4d}/{total}  J/J0 {rec['misfit_ratio']:.4e}  max|dlogK| "
                  f"{rec['max_dlogK']:.3e}  PT {rec['forward_iterations']}+"
                  f"{rec['adjoint_iterations']}  elapsed {el:8.1f} s  ETA {eta_text}{note}")
+
+    def eta(self, k, elapsed, total):
+        """Seconds left after iteration ``k`` of ``total`` (``None`` while unknown): the time per
+        iteration since the first line this reporter printed (iteration 0 ends after the
+        one-off setup, compilation and first gradient, which are not iterations); on a restart's
+        first line, the run's average so far."""
+        if not hasattr(self, "_first"):
+            self._first = (k, elapsed)
+        k0, el0 = self._first
+        if k > k0:
+            return (elapsed - el0) / (k - k0) * (total - k)
+        return elapsed / k * (total - k) if k > 0 else None
 
     def message(self, text):
         self.say(text)
@@ -213,10 +220,10 @@ class Inversion:
                   fingerprint=self.fingerprint)
         # For `hpcinv plot` on a running run: the current model and the pressure of the last
         # evaluated model (no extra solve).
-        write_h5(self.dir / "model_latest.h5", self.decomp,
-                 {"logK": self.opt.arrays["x"], "Pf": self.G.Pf_forward},
-                 attrs={"iteration": self.iteration, "pressure_of": "last evaluated model",
-                        **grid_attrs(self.grid)}, to_host=self.bk.to_host)
+        write_model_file(self.dir / "model_latest.h5", self.grid, self.opt.arrays["x"],
+                         self.G.Pf_forward, {"iteration": self.iteration,
+                                             "pressure_of": "last evaluated model"},
+                         self.bk.to_host)
 
     def load_checkpoint(self):
         path = self.ckpt_path or self.dir / CHECKPOINT      # the verified one
@@ -250,13 +257,15 @@ class Inversion:
         write_setup_file(self.dir / "setup.h5", self.grid, self.obs, self.wells, self.true_logK)
 
     def write_model(self, name, final=None):
+        """The accepted model, its pressure and its misfit: the optimiser's accepted ``J``, the
+        value on the history's last line (issue 13: one final misfit everywhere). ``final``:
+        :func:`finish` just evaluated the model (the solver holds its pressure)."""
         x = self.opt.arrays["x"]
-        if final is not None:                # evaluated at the user's tolerances just now
-            J = final["misfit"]
-        else:
-            J, _ = self.G.misfit(x)          # the pressure of the accepted model
+        if final is None:
+            self.G.misfit(x)                 # the pressure of the accepted model
         write_model_file(self.dir / name, self.grid, x, self.G.solver.Pf,
-                         {"iteration": self.iteration, "misfit": J}, self.bk.to_host)
+                         {"iteration": self.iteration, "misfit": self.opt.scalars["J"]},
+                         self.bk.to_host)
 
     @contextlib.contextmanager
     def model_range(self, iteration: int):

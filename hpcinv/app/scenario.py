@@ -23,7 +23,7 @@ from ..model import problems
 from ..errors import ConfigError, HpcinvError
 from ..model.grid import Grid
 from ..inverse.observations import Observations
-from ..model.geothermal import barrier_bounds, workshop_points
+from ..model.geothermal import barrier_bounds, grid_points, workshop_points
 from ..model.problems import Problem
 
 #: the built-in barrier of the geothermal problems (cells with centre a < x <= b per axis)
@@ -215,14 +215,6 @@ def initial_logK(cfg, problem) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- observations
-
-def grid_points(spec: dict, ndim: int) -> np.ndarray:
-    """Points of ``observations.grid`` (``{x: [a, b, n], ...}``): ``linspace`` per axis,
-    ``meshgrid(..., indexing="ij")``, x slowest; shape ``(n, ndim)``."""
-    axes = [np.linspace(float(spec[a][0]), float(spec[a][1]), int(spec[a][2]))
-            for a in "xyz"[:ndim]]
-    return np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=1)
-
 
 def _read_csv(path: str, ndim: int):
     key = "observations.file"

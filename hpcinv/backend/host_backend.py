@@ -101,10 +101,11 @@ class HostBackend(Backend):
         find_compiler()   # fail early with a clear message
         self.threads = host_threads(threads, local_size)
         self.local_size = max(1, local_size)
-        if self.threads * self.local_size > usable_cores():
-            # Oversubscribed: spinning OpenMP threads steal the cores other ranks need.
-            # (Read by libgomp when it loads, i.e. before the first kernel library.)
-            os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+        # Idle OpenMP threads sleep instead of spinning unless the user chose otherwise: spinning
+        # threads steal the cores of other ranks and processes (3x slower under load), while
+        # sleeping costs little on an idle machine (docs/performance.md, "OpenMP wait policy").
+        # Read by libgomp when it loads, i.e. before the first kernel library: here.
+        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
         super().__init__()
 
     def _make_stream(self, name):

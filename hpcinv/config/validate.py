@@ -106,10 +106,19 @@ def _validate_grid(cfg):
     g = cfg.grid
     if cfg.problem.name == "custom":
         cfg.grid_shape()             # extent well formed, every size given
-    elif g.extent is not None:
+    elif g.extent is not None and not _same_box(g.extent, PROBLEM_EXTENTS[cfg.problem.name]):
+        # a resolved config (hpcinv.app.resolve) states the built-in domain; any other is wrong
         raise ConfigError(f"grid.extent is only for problem.name = \"custom\"; "
                           f"{cfg.problem.name} has its own domain "
                           f"{_box(PROBLEM_EXTENTS[cfg.problem.name])}")
+
+
+def _same_box(given, box) -> bool:
+    """``given`` (TOML) is exactly the domain ``box``."""
+    try:
+        return [[float(v) for v in r] for r in given] == [[float(v) for v in r] for r in box]
+    except (TypeError, ValueError):
+        return False
 
 
 def _validate_permeability(cfg, ndim):

@@ -10,7 +10,7 @@ user's tolerances. The objective needs ``misfit_estimate``, ``refine_misfit``, `
 """
 from __future__ import annotations
 
-from .optimise import LBFGS, GradientDescent
+from .optimise import LBFGS, LINE_SEARCH_FAILED, GradientDescent, rejected_note
 
 
 class AdaptiveMixin:
@@ -98,8 +98,7 @@ class AdaptiveMixin:
         s, sc = self.policy.s, self.scalars
         self.f.set_tolerances(forward=s.forward_tol, adjoint=s.adjoint_tol)
         J, g, info = self.f.value_and_gradient(self.arrays["x"], self.progress)
-        J0 = sc["J0"]
-        out = {"misfit": J, "misfit_ratio": J / J0 if J0 else 1.0, "final_max_grad":
+        out = {"misfit": J, "misfit_ratio": self.ratio(J), "final_max_grad":
                self.max_abs(g), "final_forward_iterations": info["forward_iterations"],
                "final_adjoint_iterations": info["adjoint_iterations"],
                "final_forward_tol": s.forward_tol, "final_adjoint_tol": s.adjoint_tol}
@@ -133,9 +132,7 @@ class AdaptiveGradientDescent(AdaptiveMixin, GradientDescent):
             sc["gamma"] = gamma * 0.5
             P.tighten(st)
             st["forward_tol"] = max(st["forward_tol"], tol)       # keep the refined one
-            return self.record(J, gamma, sc["max_grad"], 0.0, pts,
-                               f"misfit increased ({J:.4e} > {sc['J']:.4e}): step rejected "
-                               "and halved")
+            return self.reject(J, gamma, sc["max_grad"], pts, rejected_note(sc["gamma"]))
         J, e, tol = self._settle(J, e, sc["J"] - J, tol, pts)
         decrease = sc["J"] - J
         g = self._gradient(pts)
@@ -187,8 +184,7 @@ class AdaptiveLBFGS(AdaptiveMixin, LBFGS):
                 return self.record(J_old, t, self.max_abs(g), 0.0, pts, "no Armijo decrease "
                                    "with loose solves: tolerances tightened, gradient "
                                    "re-evaluated, memory reset")
-            return self.record(J, t, self.max_abs(A["gz"]), 0.0, pts,
-                               "line search failed: no decrease; stopping")
+            return self.reject(J, t, self.max_abs(A["gz"]), pts, LINE_SEARCH_FAILED)
         J, e, tol = self._settle(J, e, sc["J"] - J, tol, pts)
         decrease = sc["J"] - J
         g = self._gradient(pts)

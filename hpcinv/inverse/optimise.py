@@ -2,8 +2,9 @@
 
 Gradient descent needs one global reduction per outer iteration besides the misfit's own: the
 max-norm of the (smoothed) gradient, ``logK <- logK - dgamma * d / max|d|`` with ``d = S g``.
-A step that increases the misfit is rejected and ``dgamma`` halved (reported in the history's
-``note``). With ``line_search`` the step is first backtracked on the misfit alone (forward
+A step that increases the misfit is rejected and ``dgamma`` halved: the history line keeps the
+accepted model's misfit and records the trial's as ``trial_misfit(_ratio)`` and in the
+``note``. With ``line_search`` the step is first backtracked on the misfit alone (forward
 solves only, one scalar per trial) before the gradient is evaluated at the accepted point.
 
 L-BFGS (small runs) optimises ``z`` with ``logK = S z`` when preconditioned by the smoothing
@@ -31,6 +32,14 @@ from ..errors import ConfigError
 
 #: Optimisation methods.
 METHODS = ("gd", "lbfgs")
+#: The note of an L-BFGS iteration whose line search found no decrease (the run stops).
+LINE_SEARCH_FAILED = "line search failed: no decrease (last trial J/J0 {trial}); stopping"
+
+
+def rejected_note(gamma) -> str:
+    """The note of a rejected gradient-descent step (the trial's J/J0 filled in by
+    :meth:`Optimiser.reject`), with the halved step."""
+    return f"rejected trial J/J0 {{trial}} (misfit increased), dgamma halved to {gamma:.4g}"
 
 
 class Objective(Protocol):
@@ -161,13 +170,27 @@ class Optimiser:
     def _pt(info) -> tuple[int, int]:
         return info["forward_iterations"], info["adjoint_iterations"]
 
-    def record(self, J, step, max_grad, max_dlogK, pts, note="") -> dict:
+    def ratio(self, J) -> float:
+        """``J / J0`` (1 before the first misfit is known)."""
         J0 = self.scalars["J0"]
+        return J / J0 if J0 else 1.0
+
+    def record(self, J, step, max_grad, max_dlogK, pts, note="") -> dict:
         unconverged, self.unconverged = self.unconverged, 0
-        return {"misfit": J, "misfit_ratio": J / J0 if J0 else 1.0, "step": step,
+        return {"misfit": J, "misfit_ratio": self.ratio(J), "step": step,
                 "max_grad": max_grad, "max_dlogK": max_dlogK, "forward_iterations": pts[0],
                 "adjoint_iterations": pts[1], "evaluations": self.scalars["evaluations"],
                 "unconverged_solves": unconverged, "note": note}
+
+    def reject(self, J_trial, step, max_grad, pts, note) -> dict:
+        """The record of an iteration whose trial was rejected: ``misfit``/``misfit_ratio`` stay
+        the accepted model's (the model did not change), the trial's are ``trial_misfit`` and
+        ``trial_misfit_ratio``, with ``rejected: true``; ``note`` may quote ``{trial}``, the
+        trial's J/J0."""
+        rec = self.record(self.scalars["J"], step, max_grad, 0.0, pts,
+                          note.format(trial=f"{self.ratio(J_trial):.4e}"))
+        rec.update(trial_misfit=J_trial, trial_misfit_ratio=self.ratio(J_trial), rejected=True)
+        return rec
 
 
 class GradientDescent(Optimiser):
@@ -213,8 +236,7 @@ class GradientDescent(Optimiser):
         pts[1] += info["adjoint_iterations"]
         if J > sc["J"]:
             sc["gamma"] = gamma * 0.5
-            note = f"misfit increased ({J:.4e} > {sc['J']:.4e}): step rejected and halved"
-            return self.record(J, gamma, sc["max_grad"], 0.0, pts, note)
+            return self.reject(J, gamma, sc["max_grad"], pts, rejected_note(sc["gamma"]))
         dlogK = self.max_abs(self.sub(x_t, x_old))
         sc.update(J=J, gamma=gamma)
         self.arrays = {"x": x_t, "d": self._direction(g)}
@@ -320,8 +342,7 @@ class LBFGS(Optimiser):
             t *= 0.5
             note = f"Armijo backtracking ({trial + 1})"
         else:
-            return self.record(J, t, self.max_abs(A["gz"]), 0.0, pts,
-                               "line search failed: no decrease; stopping")
+            return self.reject(J, t, self.max_abs(A["gz"]), pts, LINE_SEARCH_FAILED)
         return self._accept(z_t, x_t, J, g, t, pts, note)
 
 

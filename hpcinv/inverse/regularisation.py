@@ -51,6 +51,11 @@ class _Base:
         self.backend.copy(buf, a, region=self.decomp.owned())
 
 
+def default_smoothing_coefficient(ndim: int) -> float:
+    """0.8 of the explicit stability limit ``1/(2 ndim)``: 0.2 in 2D (the workshop's value)."""
+    return 0.8 * (1.0 / (2 * ndim))
+
+
 class GradientSmoother:
     """``n`` explicit diffusion steps ``A <- A + coef * sum_a d2_a(A)`` on interior cells.
 
@@ -68,7 +73,7 @@ class GradientSmoother:
             raise ConfigError(f"smoothing steps must be an integer >= 0, got {steps!r}")
         limit = 1.0 / (2 * grid.ndim)
         if coef is None:
-            coef = 0.8 * limit
+            coef = default_smoothing_coefficient(grid.ndim)
         try:
             coef = float(coef)
         except (TypeError, ValueError):

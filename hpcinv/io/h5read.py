@@ -132,7 +132,9 @@ def consolidate(path, out) -> Path:
     with h5py.File(path, "r") as f, h5py.File(tmp, "w") as g:
         for k in f.attrs:
             g.attrs[k] = f.attrs[k]
-        for name, ds in f.items():
+        names = []                       # every dataset, also those in groups (xdmf/ views)
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        for name in names:
             g.create_dataset(name, data=read_global(path, name))
     _fsync_path(tmp)
     os.replace(tmp, out)

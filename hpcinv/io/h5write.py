@@ -61,6 +61,7 @@ import numpy as np
 
 from .h5mode import choose_mode
 from .h5util import _fsync_dir, _fsync_path, _h5py, write_all
+from .xdmf import view_block, view_name
 
 PART_DIR_RE = r"\.parts-[0-9a-f]{12}$"
 
@@ -88,7 +89,7 @@ class _Item:
         return tuple(slice(o, o + n) for o, n in zip(self.offset, self.block.shape))
 
 
-def _items(decomp, cells, faces, to_host) -> list[_Item]:
+def _items(decomp, cells, faces, to_host, views=()) -> list[_Item]:
     from .gather import host_block, owned_face_block
     out = []
     for name, v in (cells or {}).items():
@@ -98,6 +99,12 @@ def _items(decomp, cells, faces, to_host) -> list[_Item]:
         sl, off, gshape = owned_face_block(decomp, axis)
         b = host_block(v, sl, to_host)
         out.append(_Item(name, b, tuple(off), tuple(gshape)))
+    names = [it.name for it in out]
+    unknown = sorted(set(views) - set(names))
+    if unknown:
+        raise ValueError(f"views {unknown} name no cell or face field of this write")
+    out += [_Item(view_name(it.name), *view_block(it.block, it.offset, it.global_shape))
+            for it in out if it.name in views]
     names = [it.name for it in out]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate dataset names in {names}")
@@ -159,7 +166,7 @@ def _new_uid(comm) -> str:
 # --- the writer ---------------------------------------------------------------------------
 
 def write_h5(path, decomp, cells=None, faces=None, attrs=None, to_host=None, replicated=None,
-             mode=None):
+             mode=None, views=()):
     """Write distributed fields as global HDF5 datasets (collective: every rank calls it).
 
     Args:
@@ -176,6 +183,11 @@ def write_h5(path, decomp, cells=None, faces=None, attrs=None, to_host=None, rep
             (e.g. observation coordinates); read back with
             :func:`~hpcinv.io.h5read.read_replicated`.
         mode: write strategy, see :func:`choose_mode` (default: automatic).
+        views: names of cell or face fields to write a second time as ``xdmf/<name>``, with
+            the axes reversed (``[iz, iy, ix]``; in 2D ``[0, iy, ix]``), for the XDMF sidecar
+            of :mod:`hpcinv.io.xdmf`: XDMF readers (ParaView, VisIt) map the fastest-varying
+            index to X, and no XDMF construct transposes an HDF5 dataset. Each rank transposes
+            its own block (no gather); the view doubles those fields' bytes on disk.
 
     The dtype of each array is preserved. Returns ``Path(path)`` on every rank. A failure on any
     rank raises on every rank and leaves an existing file at ``path`` untouched.
@@ -185,7 +197,7 @@ def write_h5(path, decomp, cells=None, faces=None, attrs=None, to_host=None, rep
     mode = choose_mode(comm, mode)
     err, items = None, []
     try:
-        items = _items(decomp, cells, faces, to_host)
+        items = _items(decomp, cells, faces, to_host, views)
     except Exception as e:   # noqa: BLE001 - re-raised collectively below
         err = e
     _sync(comm, err, "write_h5")

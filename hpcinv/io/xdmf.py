@@ -1,4 +1,5 @@
-"""XDMF 3 sidecars (ParaView/VisIt) for :mod:`hpcinv.io.h5write` output, and their checker.
+"""XDMF 3 sidecars (ParaView/VisIt) for :mod:`hpcinv.io.h5write` output, their axis-reversed
+views of the fields, and their checker.
 
 Axis order: see :func:`write_xdmf`.
 """
@@ -26,29 +27,57 @@ def _number_type(dtype) -> tuple[str, int]:
     return kind, dt.itemsize
 
 
+#: group of the XDMF views: the fields with their axes reversed (:func:`view_block`)
+VIEW_GROUP = "xdmf"
+
+
+def view_name(name: str) -> str:
+    """The dataset of field ``name``'s XDMF view: ``xdmf/<name>``."""
+    return f"{VIEW_GROUP}/{name}"
+
+
+def view_shape(shape) -> tuple:
+    """The shape of a field's XDMF view: the axes reversed, so x varies fastest (XDMF readers
+    map the fastest-varying index to X); a 2D field gets a leading axis of one (the mesh's
+    single cell layer along z)."""
+    s = tuple(shape)[::-1]
+    return (1, *s) if len(s) == 2 else s
+
+
+def view_block(block, offset, global_shape) -> tuple:
+    """``(block, offset, global_shape)`` of a field block's XDMF view (:func:`view_shape`)."""
+    b = np.ascontiguousarray(np.transpose(block))
+    off = tuple(offset)[::-1]
+    if b.ndim == 2:
+        b, off = b[None], (0, *off)
+    return b, off, view_shape(global_shape)
+
+
 def write_xdmf(h5path, grid, names=None) -> Path:
     """Write the XDMF 3 sidecar ``<h5path stem>.xmf`` so ParaView/VisIt open the fields.
 
     Args:
-        h5path: an output file of :func:`~hpcinv.io.h5write.write_h5` (serial: call on one rank).
+        h5path: an output file of :func:`~hpcinv.io.h5write.write_h5` written with ``views``
+            naming the fields to show (serial: call on one rank).
         grid: the :class:`~hpcinv.model.grid.Grid` (shape, extent, spacing).
-        names: datasets to expose (default: every dataset of cell or face shape).
+        names: fields to expose (default: every field with a view in the file).
 
-    Cell arrays (shape ``grid.shape``) become ``Center="Cell"`` attributes of a
-    ``2DCoRectMesh``/``3DCoRectMesh`` grid named ``cells``. A face array along axis ``a``
-    (shape ``grid.shape`` plus one along ``a``) becomes a ``Center="Node"`` attribute of its own
-    co-rectilinear grid ``faces_<x|y|z>`` whose points are the face centres (origin shifted by
-    half a cell along the other axes), so values sit where they were computed.
+    Axis order. The fields are stored ``[ix, iy(, iz)]`` (C order, x slowest: what h5py users
+    index), while XDMF lists ``Dimensions`` slowest first and every reader (VTK's, hence
+    ParaView's, and VisIt's) maps the fastest-varying index to X; XDMF has no transpose. So the
+    sidecar points at each field's *view* ``xdmf/<name>`` (written beside it by
+    :func:`~hpcinv.io.h5write.write_h5`), the same values with the axes reversed:
+    ``xdmf/Pf[iz, iy, ix] == Pf[ix, iy, iz]``, and in 2D ``xdmf/Pf[0, iy, ix] == Pf[ix, iy]``.
+    Topology ``Dimensions``, ``Origin`` and ``Spacing`` are listed z, y, x. A 2D mesh is
+    written as a ``3DCoRectMesh`` one cell thick with zero spacing along z (a ``2DCoRectMesh``
+    is read as the y-z plane), so the viewer's x, y, z are hpcinv's x, y, z (tested with VTK's
+    ``vtkXdmfReader``: bounds and values).
 
-    Axis order: XDMF lists ``Dimensions`` slowest-varying first and has no transpose. Our
-    arrays are C-ordered ``[ix, iy(, iz)]`` (x slowest), so the topology is declared in the
-    storage order, ``"nx+1 ny+1 [nz+1]"`` points, with ``Origin`` and ``Spacing`` listed in the
-    same order ``(x0, y0[, z0])``, ``(dx, dy[, dz])`` -- the slowest-first reading that
-    ParaView's and VisIt's XDMF readers apply to CoRectMesh origin/spacing too. Consequence: the
-    viewer's first coordinate (its X) is hpcinv's *last* axis: in 2D ParaView X = hpcinv y and
-    ParaView Y = hpcinv x; in 3D ParaView X = z, Y = y, Z = x. The geometry is exact, only the
-    axis labels are swapped (swap them back with a Transform filter if needed). No data copy
-    or per-point coordinate array is required, which keeps this usable for huge grids.
+    Cell arrays (shape ``grid.shape``) become ``Center="Cell"`` attributes of the grid named
+    ``cells``. A face array along axis ``a`` (shape ``grid.shape`` plus one along ``a``) becomes
+    a ``Center="Node"`` attribute of its own grid ``faces_<x|y|z>`` whose points are the face
+    centres (origin shifted by half a cell along the other axes), so values sit where they
+    were computed.
     """
     h5 = _h5py()
     h5path = Path(h5path)
@@ -57,8 +86,10 @@ def write_xdmf(h5path, grid, names=None) -> Path:
     with h5.File(h5path, "r") as f:
         avail = {k: (tuple(v.shape), v.dtype) for k, v in f.items()
                  if isinstance(v, h5.Dataset)}
+        views = ({k: tuple(v.shape) for k, v in f[VIEW_GROUP].items()}
+                 if isinstance(f.get(VIEW_GROUP), h5.Group) else {})
     if names is None:
-        names = [k for k, (s, _) in avail.items() if _field_axis(s, shape) is not None]
+        names = [k for k in avail if k in views]
     cells, faces = [], {a: [] for a in range(nd)}
     for name in names:
         if name not in avail:
@@ -68,23 +99,29 @@ def write_xdmf(h5path, grid, names=None) -> Path:
         if axis is None:
             raise ValueError(f"{h5path}: dataset {name!r} of shape {s} is neither a cell "
                              f"array {shape} nor a face array of this grid")
-        (cells if axis == -1 else faces[axis]).append((name, s, dt))
+        if views.get(name) != view_shape(s):
+            raise ValueError(f"{h5path}: field {name!r} has no XDMF view {view_name(name)} "
+                             "(write the file with write_h5(..., views=[...]))")
+        (cells if axis == -1 else faces[axis]).append((name, views[name], dt))
 
     root = ET.Element("Xdmf", Version="3.0")
     root.set("xmlns:xi", "http://www.w3.org/2001/XInclude")
     dom = ET.SubElement(root, "Domain")
-    topo = f"{nd}DCoRectMesh"
-    geo = "ORIGIN_DXDYDZ" if nd == 3 else "ORIGIN_DXDY"
     x0 = [e[0] for e in grid.extent]
     dx = list(grid.spacing)
 
     def mesh(name, npoints, origin, fields, center):
+        # listed z, y, x (slowest first); 2D: one cell (two points) or one point along z
+        npoints, origin, spacing = npoints[::-1], origin[::-1], dx[::-1]
+        if nd == 2:
+            npoints = [2 if center == "Cell" else 1, *npoints]
+            origin, spacing = [0.0, *origin], [0.0, *spacing]
         g = ET.SubElement(dom, "Grid", Name=name, GridType="Uniform")
-        ET.SubElement(g, "Topology", TopologyType=topo,
+        ET.SubElement(g, "Topology", TopologyType="3DCoRectMesh",
                       Dimensions=" ".join(map(str, npoints)))
-        ge = ET.SubElement(g, "Geometry", GeometryType=geo)
-        for label, vals in (("Origin", origin), ("Spacing", dx)):
-            it = ET.SubElement(ge, "DataItem", Name=label, Dimensions=str(nd),
+        ge = ET.SubElement(g, "Geometry", GeometryType="ORIGIN_DXDYDZ")
+        for label, vals in (("Origin", origin), ("Spacing", spacing)):
+            it = ET.SubElement(ge, "DataItem", Name=label, Dimensions="3",
                                NumberType="Float", Precision="8", Format="XML")
             it.text = " ".join(repr(float(v)) for v in vals)
         for fname, s, dt in fields:
@@ -92,7 +129,7 @@ def write_xdmf(h5path, grid, names=None) -> Path:
             a = ET.SubElement(g, "Attribute", Name=fname, AttributeType="Scalar", Center=center)
             it = ET.SubElement(a, "DataItem", Dimensions=" ".join(map(str, s)), NumberType=kind,
                                Precision=str(prec), Format="HDF")
-            it.text = f"{h5path.name}:/{fname}"
+            it.text = f"{h5path.name}:/{view_name(fname)}"
 
     if cells:
         mesh("cells", [n + 1 for n in shape], x0, cells, "Cell")

@@ -38,6 +38,25 @@ def well_specs(ndim: int):
     return [(pos, rate, WELL_Z_RANGE if ndim == 3 else None) for pos, rate in WELLS]
 
 
+#: The workshop's observation grid per axis: ``(first, last, number)`` of a ``linspace``.
+WORKSHOP_GRID = {"x": (-1 / 3, 1 / 3, 8), "y": (0.25, 0.85, 8), "z": (0.25, 0.75, 4)}
+
+
+def workshop_grid(ndim: int) -> dict:
+    """:data:`WORKSHOP_GRID` for an ``ndim``-D problem (the ``observations.grid`` form)."""
+    if ndim not in (2, 3):
+        raise ConfigError(f"workshop_points: ndim must be 2 or 3, got {ndim}")
+    return {a: WORKSHOP_GRID[a] for a in "xyz"[:ndim]}
+
+
+def grid_points(spec: dict, ndim: int) -> np.ndarray:
+    """Points of a grid ``{x: (a, b, n), ...}``: ``linspace`` per axis,
+    ``meshgrid(..., indexing="ij")``, x slowest; shape ``(n, ndim)``."""
+    axes = [np.linspace(float(spec[a][0]), float(spec[a][1]), int(spec[a][2]))
+            for a in "xyz"[:ndim]]
+    return np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=1)
+
+
 def workshop_points(ndim: int) -> np.ndarray:
     """The workshop's observation grid as an ``(n, ndim)`` array.
 
@@ -46,9 +65,4 @@ def workshop_points(ndim: int) -> np.ndarray:
     ``0.2 < z <= 0.8`` of the barrier and the well screens), 256 points. Ordered with x slowest
     (``meshgrid(..., "ij")``).
     """
-    axes = [np.linspace(-1 / 3, 1 / 3, 8), np.linspace(0.25, 0.85, 8)]
-    if ndim == 3:
-        axes.append(np.linspace(0.25, 0.75, 4))
-    elif ndim != 2:
-        raise ConfigError(f"workshop_points: ndim must be 2 or 3, got {ndim}")
-    return np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
+    return grid_points(workshop_grid(ndim), ndim)
