@@ -8,8 +8,9 @@ and float32; the counts of the largest rank's padded block): a forward solve hol
 ``6 + 2 ndim`` fields of the solver dtype and 5 of float64 on the host (the problem's K and
 Qf, set-up temporaries); a gradient or an inversion adds the warm-start copies
 (``2 (ndim + 1)``), the adjoint subspace (``adjoint_memory (ndim + 1)``), the L-BFGS pairs
-(``2 lbfgs_memory``), two scratch fields and 7 more host fields (the objective's copy of the
-problem, log K, the optimiser's arrays). The estimate is a floor: runs refused by it cannot fit.
+(``2 lbfgs_memory``), two scratch fields, with adaptive tolerances one float64 field (the misfit
+error estimate's reproducible sum, ``inverse/misfit_error.py``) and 7 more host fields (the
+objective's copy of the problem, log K, the optimiser's arrays). The estimate is a floor: runs refused by it cannot fit.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def field_counts(cfg, ndim: int, inversion: bool, adjoint_memory: int = 0) -> tu
         return fields, HOST_FIELDS_FORWARD
     inv = cfg.inversion
     fields += 2 + (2 * (ndim + 1) if inv.warm_start else 0) + adjoint_memory * (ndim + 1)
+    if inv.adaptive_tolerance and inv.warm_start:     # the misfit error estimate's float64 sum
+        fields += 2 if cfg.solver.dtype == "float32" else 1
     if inv.method == "lbfgs":
         fields += 2 * inv.lbfgs_memory
     return fields, HOST_FIELDS_INVERSION

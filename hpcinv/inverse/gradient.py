@@ -15,10 +15,6 @@ forward solve, independent of the iteration count.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
-import math
-
 import numpy as np
 
 from ..physics.residuals import flux_residual_adjoint_kernel, pressure_residual_adjoint_kernel
@@ -27,28 +23,10 @@ from ..errors import PermeabilityRangeError
 from ..solvers.apt import PTParams, PTResult
 from ..solvers.fields import log_range, owned_range
 from .adjoint_warm import AdjointSubspace
-from .state import StateField
+from .misfit_error import MisfitEstimates
+from .state import ForwardSolution, LifecycleError, StateField
 
-
-class LifecycleError(RuntimeError):
-    """A call made out of order (an adjoint gradient of a forward solution that is not the
-    objective's latest)."""
-
-
-@dataclass(frozen=True)
-class ForwardSolution:
-    """The forward solve an adjoint gradient differentiates: a handle returned by
-    :meth:`AdjointGradient.forward_solve` and taken by :meth:`AdjointGradient.adjoint_gradient`.
-
-    Attributes:
-        Pf: the pressure (the objective's kept copy, padded local backend array, ghosts valid);
-            valid while this is the objective's latest forward solution.
-        result: the forward solve's :class:`~hpcinv.solvers.apt.PTResult`.
-        serial: which forward solution of the objective this is.
-    """
-    Pf: object
-    result: PTResult
-    serial: int
+__all__ = ["AdjointGradient", "ForwardSolution", "LifecycleError", "check_logK_range"]
 
 
 def check_logK_range(logK, dtype, decomp):
@@ -66,11 +44,13 @@ def check_logK_range(logK, dtype, decomp):
             f"[{low:.4g}, {high:.4g}])", lo, hi, name, log=True, overflow=over)
 
 
-class AdjointGradient:
+class AdjointGradient(MisfitEstimates):
     """Misfit and gradient w.r.t. log K for a problem and its observations.
 
     It is the objective the optimisers use (:class:`~hpcinv.inverse.optimise.Objective`:
-    :meth:`value`, :meth:`value_and_gradient`, :attr:`backend`, :attr:`decomp`, :attr:`dtype`).
+    :meth:`value`, :meth:`value_and_gradient`, :attr:`backend`, :attr:`decomp`, :attr:`dtype`),
+    and, through :class:`~.misfit_error.MisfitEstimates`, the adaptive optimisers' misfits with
+    error estimates.
 
     Args:
         problem: the :class:`~hpcinv.model.problems.Problem`; its ``K`` is replaced per
@@ -116,7 +96,7 @@ class AdjointGradient:
         self.subspace = (AdjointSubspace(bk, shape, dt, nd, adjoint_memory)
                          if warm_start and adjoint_memory > 0 else None)
         self._holds = None       # "forward" while the solver holds the latest forward solve
-        self._stage = None       # (J, residual) of the latest forward solve (misfit estimates)
+        self._stage = None       # (J, residual, psi . rho) of the latest forward solve
         own = problem.grid.decomp.owned()
         self.logK = np.zeros(problem.K.shape)
         self.logK[own] = np.log(problem.K[own])
@@ -167,9 +147,10 @@ class AdjointGradient:
             out[f"{kind}_Pf"] = StateField(P, "cell")
             for a, qa in enumerate(q):
                 out[f"{kind}_q{'xyz'[a]}"] = StateField(qa, "face", a)
-        w = getattr(self, "_w_old", None)
-        if w is not None:
-            out["adjoint_source_weights"] = StateField(w, "replicated")
+        for key, w in (("adjoint_source_weights", getattr(self, "_w_old", None)),
+                       ("adjoint_weights", self._psi_w)):
+            if w is not None:
+                out[key] = StateField(w, "replicated")
         if self.subspace is not None:
             out.update(self.subspace.state())
         return out
@@ -185,6 +166,8 @@ class AdjointGradient:
                 bk.copy(qa, fields[f"{kind}_q{'xyz'[a]}"])
         if "adjoint_source_weights" in fields:
             self._w_old = np.array(fields["adjoint_source_weights"], dtype=float)
+        if "adjoint_weights" in fields:
+            self._psi_w = np.array(fields["adjoint_weights"], dtype=float)
         if self.subspace is not None:
             self.subspace.load_state(fields)
         self._warm_valid = True
@@ -211,71 +194,6 @@ class AdjointGradient:
             self.backend.copy(P, self.solver.Pf)
             for qa, sa in zip(q, self.solver.q):
                 self.backend.copy(qa, sa)
-
-    # --- per-evaluation tolerances (adaptive inversions, hpcinv.inverse.tolerance) ------------
-    def set_tolerances(self, forward: float | None = None, adjoint: float | None = None):
-        """Solve the next forward / adjoint solves to these tolerances (``None``: unchanged);
-        the other PT parameters stay."""
-        if forward is not None:
-            self.forward_params = replace(self.forward_params, tol=float(forward))
-        if adjoint is not None:
-            self.adjoint_params = replace(self.adjoint_params, tol=float(adjoint))
-
-    def _sampled_misfit(self):
-        s, bk = self.solver, self.backend
-        J = self.obs.misfit(s.Pf, bk)
-        if self.tikhonov is not None:
-            J += self.tikhonov.value(bk.upload(self.logK, dtype=s.dtype))
-        return J
-
-    def misfit_estimate(self, logK=None, tol: float | None = None, refine: float = 10.0,
-                        progress=None):
-        """``(J, error, info)``: the misfit at ``logK`` from a forward solve to ``tol`` continued
-        to ``tol / refine``, and an estimate of the solve error of ``J`` from the two stages.
-
-        The APT iteration converges linearly, so the error of the observed pressures, and to
-        first order of ``J``, is proportional to the residual: with ``J1, r1`` after the first
-        stage and ``J2, r2`` after the second, ``error = |J1 - J2| r2 / (r1 - r2)``.
-        ``info`` as :meth:`misfit`'s plus ``forward_residual`` and ``forward_tol``."""
-        tol = self.forward_params.tol if tol is None else tol
-        self.set_tolerances(forward=min(tol * refine, 0.5))
-        J1, info = self.misfit(logK, progress)
-        J2, err, more = self.refine_misfit(tol, progress)
-        info["forward_iterations"] += more["forward_iterations"]
-        info["forward_converged"] = more["forward_converged"]
-        info.update(forward_residual=more["forward_residual"], forward_tol=tol)
-        return J2, err, info
-
-    @staticmethod
-    def _error(J1, r1, J2, r2) -> float:
-        if not (r1 > r2 > 0) or r1 < 1.05 * r2:      # no measurable progress: be pessimistic
-            return abs(J1 - J2)
-        return abs(J1 - J2) * r2 / (r1 - r2)
-
-    def refine_misfit(self, tol: float, progress=None):
-        """``(J, error, info)``: continue the latest forward solve (which the solver must
-        still hold: no adjoint solve since) to ``tol``; ``error`` from this and the previous
-        stage (see :meth:`misfit_estimate`). The forward solution handle stays the latest."""
-        if self._holds != "forward" or self._latest is None:
-            raise LifecycleError("refine_misfit: the solver no longer holds the latest forward "
-                                 "solve (an adjoint solve came after it)")
-        J1, r1 = self._stage if self._stage is not None else (None, None)
-        s = self.solver
-        self.set_tolerances(forward=tol)
-        s.set_params(self.forward_params)
-        s.cold = False                                    # continue from the current fields
-        res = s.solve(progress).result
-        self._keep_warm("forward")
-        self.backend.copy(self.Pf_forward, s.Pf)
-        J = self._sampled_misfit()
-        prev = self._latest.result
-        total = PTResult(prev.iterations + res.iterations, res.residual, res.converged,
-                         prev.history + res.history, prev.wall_time + res.wall_time)
-        self._latest = ForwardSolution(self.Pf_forward, total, self._latest.serial)
-        self._stage = (J, res.residual)
-        err = self._error(J1, r1, J, res.residual) if J1 is not None else math.inf
-        return J, err, {"forward_iterations": res.iterations, "forward_converged": res.converged,
-                        "forward_residual": res.residual}
 
     def gradient(self, progress=None):
         """``(dJ/dlogK, info)`` at the latest forward solution (an adjoint solve only)."""
@@ -319,7 +237,7 @@ class AdjointGradient:
         """``(J, info)``: the misfit alone (one forward solve), e.g. for line-search trials."""
         fwd = self.forward_solve(logK, progress).result
         J = self._sampled_misfit()
-        self._stage = (J, fwd.residual)
+        self._stage = (J, fwd.residual, None)
         return J, {"forward_iterations": fwd.iterations, "adjoint_iterations": 0,
                    "forward_converged": fwd.converged, "adjoint_converged": True}
 
@@ -383,6 +301,7 @@ class AdjointGradient:
             else:
                 self.subspace.push(w, s.Pf, s.q)
         self._warm_valid = self.warm is not None
+        self._psi_w = None if w is None else np.array(w, dtype=float)   # the kept psi's weights
         psi_P = s.Pf
         scratch = s.scratch()            # the solver's other buffers, free until its next solve
         (K_bar, P_bar), (minus_psi_q, q_bar) = scratch["cells"], scratch["faces"]

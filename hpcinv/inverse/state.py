@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..solvers.apt import PTResult
+
 LOCATIONS = ("cell", "face", "replicated")
 
 
@@ -31,3 +33,24 @@ class StateField:
             raise ValueError(f"location must be one of {LOCATIONS}, got {self.location!r}")
         if (self.location == "face") != (self.axis is not None):
             raise ValueError("a face field needs its axis, and only a face field has one")
+
+
+class LifecycleError(RuntimeError):
+    """A call made out of order (an adjoint gradient of a forward solution that is not the
+    objective's latest)."""
+
+
+@dataclass(frozen=True)
+class ForwardSolution:
+    """The forward solve an adjoint gradient differentiates: a handle returned by
+    :meth:`AdjointGradient.forward_solve` and taken by :meth:`AdjointGradient.adjoint_gradient`.
+
+    Attributes:
+        Pf: the pressure (the objective's kept copy, padded local backend array, ghosts valid);
+            valid while this is the objective's latest forward solution.
+        result: the forward solve's :class:`~hpcinv.solvers.apt.PTResult`.
+        serial: which forward solution of the objective this is.
+    """
+    Pf: object
+    result: PTResult
+    serial: int

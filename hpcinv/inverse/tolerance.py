@@ -5,9 +5,12 @@ decisions (accept a step, or not) and the gradient only accurately enough to des
 every forward and adjoint solve to the user's tolerance (``1e-8``) is far more than that early
 on, where ``J`` falls by 10-20 % per step. The rule (see ``docs/theory.md``):
 
-* **error estimate** -- a forward solve to ``tau`` is continued to ``tau / refine``
-  (warm, a decade more); the APT iteration converges linearly, so the error of ``J`` at the
-  second stage is ``|J1 - J2| r2 / (r1 - r2)`` (residuals ``r``), multiplied by ``safety``;
+* **error estimate** -- a forward solve to ``tau * refine`` is continued to ``tau`` (warm);
+  the error of ``J`` at the second stage (:mod:`.misfit_error`) is the larger of the
+  dual-weighted residual ``|psi . (Qf - A P_h)|`` (``psi`` the last gradient's adjoint) and the
+  two-stage extrapolation ``|J1 - J2| d2 / (d1 - d2)`` with ``d`` those weighted residuals;
+  before the first adjoint the residuals' max-norms stand in for ``d``. Multiplied by
+  ``safety``;
 * **forcing term** -- after an accepted step with decrease ``dJ`` and error ``e`` at tolerance
   ``tau``, the next forward tolerance is the one whose predicted error is ``eta dJ``:
   ``tau_next = tau eta dJ / e``, clamped to ``[user tol, loose]`` and loosened by at most
@@ -48,7 +51,7 @@ class ToleranceSettings:
         eta: a misfit's error may be ``eta`` times the decrease expected of the next step.
         kappa: a comparison is decided when the difference is ``kappa`` times the errors' sum.
         refine: factor of one tightening (a forward solve is continued by this factor).
-        safety: the two-stage error estimate is multiplied by this.
+        safety: the misfit error estimate is multiplied by this.
         J0_accuracy: the initial misfit (the denominator of every reported J/J0) is refined to
             this relative error.
         adjoint_recover: after an accepted step the adjoint tolerance loosens by this factor

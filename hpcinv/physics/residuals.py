@@ -20,6 +20,11 @@ write one location: a cell writes its lower faces, and its upper faces where it 
 owned cell along that axis. Values on subdomain-boundary faces are computed by both ranks from
 ghost values (the face cotangents are stored on both sides), so the cell-gather form needs no
 reverse (accumulating) halo exchange. The no-flux wall masks are their own transposes.
+
+The dual-weighted reduced residual (``hpcinv.inverse.misfit_error``) eliminates ``q``: with
+``A = -div(Kf grad .)`` (the operator both solves invert), ``E[c] = psi[c] (Qf - A Pf)[c]``,
+whose sum over the cells is the first-order error ``J(P*) - J(Pf)`` of a misfit for the adjoint
+``psi`` of that misfit.
 """
 from __future__ import annotations
 
@@ -69,6 +74,19 @@ _PRESSURE_RESIDUAL_ADJOINT = r"""
         const real b_hi = hi_fix ? (real)0 : RPf_bar[idx + s];
         if (!lo_wall) @q#_bar@[idx] += (b_lo - RPf_bar[idx]) * @inv_d#@;
         if (@i#@ == @n#l@ && !hi_wall) @q#_bar@[idx + s] += (RPf_bar[idx] - b_hi) * @inv_d#@;
+    }
+"""
+
+
+# --- dual-weighted reduced residual E = psi (Qf + div(Kf grad Pf)) ----------------------------
+_REDUCED_RESIDUAL = r"""
+    {
+        const ptrdiff_t s = @s#@;""" + FACE_KINDS + FACE_K + r"""
+        const real F_lo = lo_wall ? (real)0
+            : (real)0.5 * (K_lo + Kc) * (Pf[idx] - Pf[idx - s]) * inv_lo;
+        const real F_hi = hi_wall ? (real)0
+            : (real)0.5 * (Kc + K_hi) * (Pf[idx + s] - Pf[idx]) * inv_hi;
+        div += (F_hi - F_lo) * @inv_d#@;
     }
 """
 
@@ -124,7 +142,20 @@ def pressure_residual_adjoint_kernel(ndim: int) -> Kernel:
                   all_axes(_PRESSURE_RESIDUAL_ADJOINT), ints=ints, writes=_names(ndim, "q#_bar"))
 
 
+def weighted_reduced_residual_kernel(ndim: int) -> Kernel:
+    """``E = psi (Qf - A Pf)`` with ``A Pf = -div(Kf grad Pf)`` (fluxes eliminated: the residual
+    of the pressure alone, ``Kf grad Pf`` from the flux residual's face formula). Arrays:
+    ``Pf, K`` (ghosts valid; a fixed-pressure side's ghost holds its pressure), ``Qf``, ``psi``
+    (read at the cell only), ``E`` (written on the box)."""
+    scal, ints = _geometry(ndim)
+    body = ("    const real Kc = K[idx];\n    real div = (real)0;\n" + all_axes(_REDUCED_RESIDUAL)
+            + "    E[idx] = psi[idx] * (Qf[idx] + div);\n")
+    return Kernel(f"darcy_weighted_reduced_residual_{ndim}d", ("Pf", "K", "Qf", "psi", "E"),
+                  scal, body, ints=ints, writes=("E",))
+
+
 def all_kernels(ndim: int):
     """Every kernel of this module (the nvcc compile test iterates over these)."""
     return [flux_residual_kernel(ndim), flux_residual_adjoint_kernel(ndim),
-            pressure_residual_kernel(ndim), pressure_residual_adjoint_kernel(ndim)]
+            pressure_residual_kernel(ndim), pressure_residual_adjoint_kernel(ndim),
+            weighted_reduced_residual_kernel(ndim)]
