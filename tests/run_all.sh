@@ -6,7 +6,7 @@
 #   MPIEXEC="srun"            launcher (default: the mpiexec next to python, else on PATH)
 # The stream-checker stage reruns a chosen part of the suite with HPCINV_STREAM_CHECK=1 (the
 # host backend with CUDA's stream semantics, checked; docs/architecture.md): the MPI tests of the
-# exchange, solver, gradient, regularisation and autodiff layers on 2 and 4 ranks, and the
+# exchange, solver, gradient, misfit-error, regularisation and autodiff layers on 2 and 4 ranks, and the
 # inversion tests (GD, L-BFGS, warm starts, adaptive tolerances, SIGKILL/SIGTERM restarts on 1-3
 # ranks through mpiexec). The whole suite passes under the checker
 # (HPCINV_STREAM_CHECK=1 bash tests/run_all.sh); this subset keeps CI within its time budget.
@@ -42,9 +42,9 @@ done
 CHECK_RANKS=${HPCINV_CHECK_RANKS-"2 4"}
 CHECK_MPI="tests/test_halo.py tests/test_invariance.py tests/test_gradient.py
  tests/test_regularisation.py tests/test_autodiff_torch.py tests/test_autodiff_jax.py
- tests/test_streams.py"
+ tests/test_streams.py tests/test_misfit_error.py"
 CHECK_SERIAL="tests/test_inversion.py tests/test_streams.py tests/test_state.py
- tests/test_adaptive.py"
+ tests/test_adaptive.py tests/test_misfit_error.py"
 # the inversion tests under the checker: GD, L-BFGS, warm starts, SIGKILL/SIGTERM restarts (the
 # full demo and the 4-rank comparison run in the normal stages)
 CHECK_K="not workshop_demo and not identical_on_1_and_4 and not exact_quality"
