@@ -144,28 +144,35 @@ class GridTransfer:
                                 [recvbuf, (rcounts, rdispl), MPI.DOUBLE])
         return {r: recvbuf[rdispl[r]:rdispl[r] + rcounts[r]] for r in range(self.size)}
 
+    def _assemble(self, local, src, src_box, need):
+        """``(region, box)``: the cells of the global box ``box = need(self.rank)`` of the
+        source decomposition ``src``, assembled on this rank from the ranks that own them
+        (collective; one ``Alltoallv``; copies only, so exact). ``local``: padded local array of
+        ``src`` (owned cells read); ``src_box(r)``: rank r's owned box; ``need(r)``: the box
+        rank r needs."""
+        own = np.asarray(local, dtype=np.float64)[src.owned()]
+        mine = src_box(self.rank)
+        send = []
+        for r in range(self.size):
+            box = _intersect(mine, need(r))
+            send.append(None if box is None else
+                        np.ascontiguousarray(own[self._slices(box, src.offset)]))
+        want = need(self.rank)
+        recv_boxes = [_intersect(src_box(r), want) for r in range(self.size)]
+        got = self._exchange(send, recv_boxes)
+        region = np.empty(tuple(h - l for l, h in zip(*want)), dtype=np.float64)
+        for r, box in enumerate(recv_boxes):
+            if box is not None:
+                sl = self._slices(box, want[0])
+                region[sl] = got[r].reshape(region[sl].shape)
+        return region, want
+
     # --- the operators --------------------------------------------------------------------
     def restrict(self, fine_local) -> np.ndarray:
         """The coarse average of a fine cell field: padded local fine array (owned cells read)
         -> padded local coarse array (owned cells set, ghosts zero). Collective."""
-        f_off = self.fine.offset
-        fine_local = np.asarray(fine_local, dtype=np.float64)
-        own = fine_local[self.fine.owned()]
-        my_fbox = self._fine_box(self.rank)
-        send = []
-        for r in range(self.size):
-            box = _intersect(my_fbox, self._preimage(self._coarse_box(r)))
-            send.append(None if box is None else
-                        np.ascontiguousarray(own[self._slices(box, f_off)]))
-        pre = self._preimage(self._coarse_box(self.rank))
-        recv_boxes = [_intersect(self._fine_box(r), pre) for r in range(self.size)]
-        got = self._exchange(send, recv_boxes)
-        # the fine cells of this rank's coarse block, assembled (exact copies)
-        region = np.empty(tuple(h - l for l, h in zip(*pre)), dtype=np.float64)
-        for r, box in enumerate(recv_boxes):
-            if box is not None:
-                sl = self._slices(box, pre[0])
-                region[sl] = got[r].reshape(region[sl].shape)
+        region, pre = self._assemble(fine_local, self.fine, self._fine_box,
+                                     lambda r: self._preimage(self._coarse_box(r)))
         return self._average(region, pre)
 
     def _average(self, region, pre) -> np.ndarray:
@@ -200,23 +207,8 @@ class GridTransfer:
         """Piecewise-constant prolongation: padded local coarse array (owned cells read) ->
         padded local fine array (every owned fine cell the value of the coarse cell holding its
         centre; ghosts zero). Collective; only copies, so exact."""
-        c_off = self.coarse.offset
-        coarse_local = np.asarray(coarse_local, dtype=np.float64)
-        own = coarse_local[self.coarse.owned()]
-        my_cbox = self._coarse_box(self.rank)
-        send = []
-        for r in range(self.size):
-            box = _intersect(my_cbox, self._image(self._fine_box(r)))
-            send.append(None if box is None else
-                        np.ascontiguousarray(own[self._slices(box, c_off)]))
-        img = self._image(self._fine_box(self.rank))
-        recv_boxes = [_intersect(self._coarse_box(r), img) for r in range(self.size)]
-        got = self._exchange(send, recv_boxes)
-        region = np.empty(tuple(h - l for l, h in zip(*img)), dtype=np.float64)
-        for r, box in enumerate(recv_boxes):
-            if box is not None:
-                sl = self._slices(box, img[0])
-                region[sl] = got[r].reshape(region[sl].shape)
+        region, img = self._assemble(coarse_local, self.coarse, self._coarse_box,
+                                     lambda r: self._image(self._fine_box(r)))
         f_off, f_n = self.fine.offset, self.fine.local_shape
         idx = np.ix_(*[self.maps[a][f_off[a]:f_off[a] + f_n[a]] - img[0][a]
                        for a in range(self.fine.ndim)])
