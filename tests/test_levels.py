@@ -8,7 +8,6 @@ tests/test_levels.py`` (N = 2, 3, 4).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +21,7 @@ from hpcinv.io import gather_cells
 from hpcinv.parallel import Decomposition
 from hpcinv.parallel.transfer import GridTransfer, coarse_index, coarse_shape
 
-MPIEXEC = str(Path(sys.executable).with_name("mpiexec"))
-if not Path(MPIEXEC).exists():
-    MPIEXEC = "mpiexec"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"}
+from test_inversion import ENV, run_cli as _run
 
 
 def _field(decomp, seed=0):
@@ -164,13 +160,6 @@ def _config(tmp_path, name="lv.toml", grid=(63, 31), problem=None, extra="", **i
     path = tmp_path / name
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
-
-
-def _run(*args, ranks=1, **popen):
-    cmd = [sys.executable, "-m", "hpcinv", *map(str, args)]
-    if ranks > 1:
-        cmd = [MPIEXEC, "-n", str(ranks)] + cmd
-    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600, **popen)
 
 
 def test_levels_history_records_level_grid_and_work(tmp_path):
