@@ -105,17 +105,24 @@ def test_sigkill_and_restart_on_other_rank_counts(tmp_path, restart_ranks):
     assert np.array_equal(final(run), final(ref))
 
 
+def sigterm_after(cfg, run, lines):
+    """Run ``hpcinv invert cfg -q -o run``, send SIGTERM once ``history.jsonl`` has ``lines``
+    lines; ``(exit status, stdout)``."""
+    proc = subprocess.Popen([sys.executable, "-m", "hpcinv", "invert", str(cfg), "-q", "-o",
+                             str(run)], env=ENV, stdout=subprocess.PIPE, text=True)
+    hist = Path(run) / "history.jsonl"
+    while not (hist.exists() and len(hist.read_text().splitlines()) >= lines):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out
+
+
 def test_sigterm_writes_a_checkpoint_and_stops_cleanly(tmp_path):
     cfg = small_config(tmp_path, iterations=200, checkpoint_every=0)
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "hpcinv", "invert", str(cfg), "-q", "-o",
-                             str(run)], env=ENV, stdout=subprocess.PIPE, text=True)
-    hist = run / "history.jsonl"
-    while not (hist.exists() and len(hist.read_text().splitlines()) >= 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 3 and "SIGTERM" in out
+    rc, out = sigterm_after(cfg, run, lines=3)
+    assert rc == 3 and "SIGTERM" in out
     assert (run / "checkpoint.h5").exists()
     with h5py.File(run / "checkpoint.h5") as f:
         assert f.attrs["iteration"] == len(history(run)) - 1

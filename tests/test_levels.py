@@ -8,8 +8,6 @@ tests/test_levels.py`` (N = 2, 3, 4).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -21,7 +19,7 @@ from hpcinv.io import gather_cells
 from hpcinv.parallel import Decomposition
 from hpcinv.parallel.transfer import GridTransfer, coarse_index, coarse_shape
 
-from test_inversion import ENV, run_cli as _run
+from test_inversion import run_cli as _run, sigterm_after
 
 
 def _field(decomp, seed=0):
@@ -225,19 +223,11 @@ def test_levels_bitwise_on_1_and_2_ranks(tmp_path):
 def test_restart_with_levels_is_bitwise(tmp_path):
     """SIGTERM inside a coarse level writes a checkpoint with the level; restarting on 2 ranks
     continues through the later levels exactly as the uninterrupted run."""
-    import signal
-    import time
     cfg = _config(tmp_path, level_iterations=[10, 8, 4], checkpoint_every=0)
     assert _run("invert", cfg, "-q", "-o", tmp_path / "ref").returncode == 0
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "hpcinv", "invert", str(cfg), "-q", "-o",
-                             str(run)], env=ENV, stdout=subprocess.PIPE, text=True)
-    hist = run / "history.jsonl"
-    while not (hist.exists() and len(hist.read_text().splitlines()) >= 6):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 3 and "SIGTERM" in out
+    rc, out = sigterm_after(cfg, run, lines=6)
+    assert rc == 3 and "SIGTERM" in out
     with h5py.File(run / "checkpoint.h5") as f:
         level = int(f.attrs["level"])
     assert level < 2, "stopped too late to test a level transition after the restart"
