@@ -86,9 +86,14 @@ class OutputDirError(HpcinvError):
     it (disk full, quota, I/O error) are :class:`OutputIOError` (exit status 4) instead."""
 
 
-class Interrupted(HpcinvError):
+class Interrupted(BaseException):
     """SIGTERM or SIGINT outside the inversion loop (start-up, a single solve, the final
-    evaluation): exit status 3 for SIGTERM, 130 for SIGINT (:mod:`hpcinv.app.interrupt`)."""
+    evaluation): exit status 3 for SIGTERM, 130 for SIGINT (:mod:`hpcinv.app.interrupt`).
+
+    Like :class:`KeyboardInterrupt` it derives from :class:`BaseException`, not from
+    :class:`HpcinvError`: a signal may arrive inside any ``except Exception`` block (a write
+    that turns errors into an I/O error, a library probe) and must stop the run, not be
+    reported as that block's failure."""
 
     def __init__(self, signum: int):
         import signal

@@ -12,10 +12,20 @@ starts. From then on a signal is handled in one of two ways:
 * *deferred* (inside the inversion loop, :class:`Deferred`): the signal is only recorded; the
   loop agrees on it across ranks at the end of the outer iteration, writes a checkpoint and
   returns. A second Ctrl-C stops at once (``KeyboardInterrupt``).
+
+A raising handler runs wherever the main thread happens to be, which may be a context whose
+exceptions Python ignores: a weak-reference callback (``WeakValueDictionary`` clean-up), a
+``__del__``, the garbage collector. Python then prints "Exception ignored in ..." and goes on,
+and the run would continue as if no signal had come. While the handlers are installed,
+:func:`_redeliver` (``sys.unraisablehook``) catches such a lost interrupt and schedules the
+signal's handler again (``_thread.interrupt_main``), so it runs at the next ordinary bytecode.
 """
 from __future__ import annotations
 
+import _thread
 import signal
+import sys
+import time
 from contextlib import contextmanager
 
 from ..errors import Interrupted
@@ -37,21 +47,65 @@ def _handler(signum, frame):
     raise Interrupted(signum)
 
 
+def _redeliver(unraisable) -> None:
+    """``sys.unraisablehook`` while the handlers are installed: an :class:`Interrupted` or
+    ``KeyboardInterrupt`` that Python ignored (raised in a ``__del__`` or weakref callback)
+    is delivered again to the main thread; anything else goes to the previous hook."""
+    exc = unraisable.exc_value
+    if isinstance(exc, Interrupted):
+        _thread.start_new_thread(_deliver_later, (exc.signum,))
+    elif isinstance(exc, KeyboardInterrupt):
+        _thread.start_new_thread(_deliver_later, (signal.SIGINT,))
+    else:
+        _previous_hook(unraisable)
+
+
+def _deliver_later(signum: int) -> None:
+    """From a helper thread: run the handler for ``signum`` again in the main thread. Not
+    from the hook itself: the main thread would run the handler at once, still inside the
+    ignoring context. Should it land in one again, the hook sends it once more."""
+    time.sleep(0.001)
+    _thread.interrupt_main(signum)
+
+
+def _previous_hook(unraisable) -> None:
+    hook = _hooks[-1] if _hooks else sys.__unraisablehook__
+    hook(unraisable)
+
+
+_hooks: list = []       # the unraisable hooks replaced by _install, innermost last
+
+
+def _install():
+    """Install the handlers and the re-delivery hook; return what to restore, or None when
+    not on the main thread (no signals there)."""
+    try:
+        old = [(s, signal.signal(s, _handler)) for s in SIGNALS]
+    except ValueError:
+        return None
+    _hooks.append(sys.unraisablehook)
+    sys.unraisablehook = _redeliver
+    return old
+
+
+def _restore(old) -> None:
+    if old is None:
+        return
+    sys.unraisablehook = _hooks.pop()
+    for s, h in old:
+        signal.signal(s, h)
+
+
 @contextmanager
 def installed():
     """Handle SIGTERM and SIGINT as described above for the duration of the block (a run
     command), then restore the previous handlers (main thread only; a no-op elsewhere)."""
-    try:
-        old = [(s, signal.signal(s, _handler)) for s in SIGNALS]
-    except ValueError:                  # not the main thread
-        old = None
+    old = _install()
     _state.update(installed=old is not None, deferred=0, pending=0, advice=None)
     try:
         yield
     finally:
-        if old is not None:
-            for s, h in old:
-                signal.signal(s, h)
+        _restore(old)
         _state.update(installed=False, deferred=0, pending=0, advice=None)
 
 
@@ -89,19 +143,14 @@ class Deferred:
 
     def __enter__(self):
         if not _state["installed"]:
-            try:
-                self._old = [(s, signal.signal(s, _handler)) for s in SIGNALS]
-            except ValueError:                  # not the main thread: no signals here
-                self._old = None
+            self._old = _install()              # None off the main thread: no signals there
         _state["deferred"] += 1
         _state["pending"] = 0
         return self
 
     def __exit__(self, *exc):
         _state["deferred"] -= 1
-        if self._old is not None:
-            for s, h in self._old:
-                signal.signal(s, h)
+        _restore(self._old)
         return False
 
 
