@@ -1,5 +1,6 @@
 """Grid transfer between two Cartesian grids of the same box on two decompositions: restriction
-(averaging) of a cell field to a coarser grid and prolongation (piecewise constant) back.
+(averaging) of a cell field to a coarser grid and prolongation (piecewise constant, or
+cell-centred multilinear) back.
 
 The correspondence is geometric and per axis: fine cell ``i`` of ``n_f`` belongs to the coarse
 cell of ``n_c`` (``n_c <= n_f``) that contains its centre,
@@ -16,7 +17,9 @@ block of both splits (no messages needed for that), so a sender and a receiver a
 of values that passes between them; one ``Alltoallv`` carries the values (C order of each box),
 nobody gathers a global field. The receiver of a restriction assembles the fine cells of its
 coarse block and sums the fine cells of each coarse cell in global C order, the same sequence of
-additions whatever the split; prolongation only copies.
+additions whatever the split; piecewise-constant prolongation only copies, and the multilinear
+one weights the ``2**ndim`` coarse neighbours of each fine centre in a fixed order, with weights
+computed from global indices.
 
 Arrays are the padded local host arrays of :mod:`hpcinv.parallel.decomposition` (owned cells
 ``[1:-1]``); results have zero ghosts.
@@ -214,6 +217,50 @@ class GridTransfer:
                        for a in range(self.fine.ndim)])
         out = np.zeros(self.fine.padded_shape)
         out[self.fine.owned()] = region[idx]
+        return out
+
+
+    def _linear_weights(self, axis: int, lo: int, hi: int):
+        """``(c0, c1, w)`` for the fine cells ``lo..hi-1`` along ``axis``: the coarse cells on
+        either side of each fine centre and the weight of ``c1`` (cell-centred linear
+        interpolation; constant beyond the outermost coarse centres). Exact integer arithmetic:
+        the fine centre sits at coarse coordinate ``t = ((2 i + 1) n_c - n_f) / (2 n_f)``."""
+        nf, nc = self.fine.global_shape[axis], self.coarse.global_shape[axis]
+        num = (2 * np.arange(lo, hi, dtype=np.int64) + 1) * nc - nf
+        c0 = np.clip(num // (2 * nf), 0, nc - 1)
+        c1 = np.minimum(c0 + 1, nc - 1)
+        w = np.clip((num - 2 * nf * c0) / (2.0 * nf), 0.0, 1.0)
+        return c0, c1, w
+
+    def _linear_image(self, fbox):
+        """The coarse box a multilinear prolongation onto the fine box ``fbox`` reads."""
+        ends = [self._linear_weights(a, l, h) for a, (l, h) in enumerate(zip(*fbox))]
+        return (tuple(int(c0[0]) for c0, _, _ in ends),
+                tuple(int(c1[-1]) + 1 for _, c1, _ in ends))
+
+    def prolong_linear(self, coarse_local) -> np.ndarray:
+        """Cell-centred multilinear prolongation (bilinear in 2D, trilinear in 3D): padded local
+        coarse array (owned cells read) -> padded local fine array (owned cells set, ghosts
+        zero). Collective; bitwise independent of both decompositions (each fine cell sums its
+        ``2**ndim`` weighted coarse neighbours in the same order). Smooth fields come back to
+        second order, where :meth:`prolong` leaves first-order steps at coarse-cell faces."""
+        region, img = self._assemble(coarse_local, self.coarse, self._coarse_box,
+                                     lambda r: self._linear_image(self._fine_box(r)))
+        nd = self.fine.ndim
+        f_off, f_n = self.fine.offset, self.fine.local_shape
+        axes = [self._linear_weights(a, f_off[a], f_off[a] + f_n[a]) for a in range(nd)]
+        total = np.zeros(f_n)
+        for corner in itertools.product((0, 1), repeat=nd):
+            idx = np.ix_(*[axes[a][corner[a]] - img[0][a] for a in range(nd)])
+            weight = np.ones(f_n)
+            for a in range(nd):
+                w = axes[a][2] if corner[a] else 1.0 - axes[a][2]
+                shape = [1] * nd
+                shape[a] = f_n[a]
+                weight = weight * w.reshape(shape)
+            total = total + weight * region[idx]
+        out = np.zeros(self.fine.padded_shape)
+        out[self.fine.owned()] = total
         return out
 
 
