@@ -21,7 +21,6 @@ fails.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 
@@ -31,35 +30,11 @@ from ..errors import ConfigError, DecompositionError
 from ..io import checkpoint as ckpt
 from ..io import rundir
 from ..io.history import History
-from ..parallel.transfer import GridTransfer, coarse_shape
+from ..parallel.transfer import GridTransfer
 from .assembly import build
+from .coarsening import level_config, level_shapes  # noqa: F401 - re-exported
 from .interrupt import Deferred, stop_message
 from .run import Inversion, finish, unfinalise
-
-
-def level_shapes(cfg) -> list[tuple]:
-    """The grid shape of every level (``ceil(n / f)`` per axis)."""
-    return [coarse_shape(cfg.grid_shape(), f) for f in cfg.inversion.level_factors()]
-
-
-def level_config(cfg, factor: int):
-    """A copy of ``cfg`` whose grid is coarsened by ``factor`` (everything else the same; a
-    ``file`` permeability and initial model are dropped: see the module docstring)."""
-    c = copy.deepcopy(cfg)
-    shape = coarse_shape(cfg.grid_shape(), factor)
-    c.grid.nx, c.grid.ny = shape[0], shape[1]
-    if len(shape) == 3:
-        c.grid.nz = shape[2]
-    if factor != 1:
-        if cfg.inversion.level_smoothing != "same":   # default: the same smoothing length
-            c.regularisation.smoothing_steps = max(1, round(
-                cfg.regularisation.smoothing_steps / factor ** 2)) \
-                if cfg.regularisation.smoothing_steps else 0
-        if c.permeability.type == "file":
-            c.permeability = type(c.permeability)(type="constant")
-        c.inversion.initial_file, c.inversion.initial_logK = None, None
-        c.inversion.initial_dataset = "logK"
-    return c
 
 
 def make_inversion(cfg, setup, run_dir, reporter, restart: bool = False):
@@ -126,7 +101,8 @@ class LevelledInversion:
     def _record(self, level, iteration, opt_rec, t0, wall0) -> dict:
         rec = {"iteration": iteration, "level": level, "grid": list(self.shapes[level]),
                "cells": math.prod(self.shapes[level]), **opt_rec}
-        rec["work_units"] = ((rec["forward_iterations"] + rec["adjoint_iterations"])
+        rec["work_units"] = ((rec["forward_iterations"] + rec["adjoint_iterations"]
+                              + rec.get("prediction_work", 0.0))
                              * math.prod(self.shapes[level]) / self.fine_cells)
         rec["wall_time"] = wall0 + time.perf_counter() - t0
         return rec
