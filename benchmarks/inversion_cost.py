@@ -136,18 +136,20 @@ def run_one(case, setting, overrides, new_overrides, threads, workdir):
     hist = inv.history.lines
     N = int(np.prod(setup.grid.shape))
     fwd = adj = 0
-    units = 0.0
+    units = coarse = 0.0
     for r in hist:
         cells = r.get("cells", N)
         f = r["forward_iterations"] + r.get("final_forward_iterations", 0)
         a = r["adjoint_iterations"] + r.get("final_adjoint_iterations", 0)
-        fwd, adj = fwd + f, adj + a
-        units += (f + a) * cells / N
+        c = r.get("prediction_work", 0.0) + r.get("final_prediction_work", 0.0)  # coarse solves
+        fwd, adj, coarse = fwd + f, adj + a, coarse + c * cells / N
+        units += (f + a + c) * cells / N
     logK = setup.backend.to_host(setup.optimiser.arrays["x"])
     ratio, J = tight_ratio(setup, logK)
     barrier, far = region_means(setup.grid, logK)
     return {"case": case, "setting": setting, "overrides": data, "iterations": len(hist) - 1,
             "work_units": units, "forward_iterations": fwd, "adjoint_iterations": adj,
+            "prediction_work_units": coarse,
             "wall_time": wall, "cpu_time": cpu, "misfit_ratio_tight": ratio, "misfit_tight": J,
             "misfit_ratio_reported": last["misfit_ratio"], "barrier_mean_log10K": barrier,
             "far_field_mean_log10K": far, "ranks": comm.size, "threads": threads,

@@ -172,7 +172,8 @@ def test_levels_history_records_level_grid_and_work(tmp_path):
     for r in h:
         cells = np.prod(r["grid"])
         assert r["work_units"] == pytest.approx(
-            (r["forward_iterations"] + r["adjoint_iterations"]) * cells / (63 * 31))
+            (r["forward_iterations"] + r["adjoint_iterations"] + r.get("prediction_work", 0))
+            * cells / (63 * 31))
     assert _final(run).shape == (63, 31)
     with h5py.File(run / "checkpoint.h5") as f:
         assert f.attrs["level"] == 2 and list(f.attrs["levels"]) == [4, 2, 1]

@@ -13,6 +13,7 @@ one way::
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from ..model.grid import Grid
 from ..model.problems import Problem
 from ..solvers import PTParams, make_darcy_solver
 from . import scenario
+from .coarsening import level_config, prediction_factor
 from .fingerprint import config_fingerprint
 from .memory import check_memory
 
@@ -137,6 +139,37 @@ def adjoint_memory(cfg) -> int:
     return m if cfg.inversion.warm_start else 0
 
 
+def make_predictor(cfg, fine_grid, comm, backend, params, opts):
+    """The coarse-grid correction of forward warm starts (``inversion.forward_prediction``;
+    :class:`~hpcinv.inverse.forward_prediction.CoarsePrediction`), or ``None`` when off. A
+    coarse grid that cannot be split over the ranks: a one-line error when the factor was
+    asked for; off (with this reason on rank 0's stderr) when it was chosen automatically."""
+    f = prediction_factor(cfg)
+    if f == 0:
+        return None
+    from ..errors import DecompositionError
+    from ..inverse.forward_prediction import CoarsePrediction
+    coarse_cfg = level_config(cfg, f)
+    shape = coarse_cfg.grid_shape()
+    if min(shape) < 3:
+        raise ConfigError(f"inversion.forward_prediction = {f} leaves a coarse grid of "
+                          f"{'x'.join(map(str, shape))} cells (at least 3 per axis); use a "
+                          f"smaller factor or 0 (off)")
+    try:
+        coarse = scenario.true_problem(coarse_cfg, comm)
+    except DecompositionError as exc:
+        msg = (f"inversion.forward_prediction: the {f}x coarser grid "
+               f"{'x'.join(map(str, coarse_cfg.grid_shape()))} cannot be split over "
+               f"{comm.Get_size()} ranks ({exc})")
+        if cfg.inversion.forward_prediction is not None:
+            raise ConfigError(f"{msg}; use a smaller factor or 0 (off)") from None
+        if comm.Get_rank() == 0:
+            print(f"hpcinv: note: {msg}; forward warm starts are not corrected",
+                  file=sys.stderr, flush=True)
+        return None
+    return CoarsePrediction(fine_grid.decomp, coarse, backend, params, cfg.solver.tol, **opts)
+
+
 def tolerance_policy(cfg) -> TolerancePolicy | None:
     """The adaptive-tolerance policy of ``[inversion]`` (``None``: fixed tolerances)."""
     if not adaptive(cfg):
@@ -188,7 +221,9 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
                 if reg.smoothing_steps > 0 else None)
     objective = AdjointGradient(true.copy(), obs, bk, fwd, adj, tikhonov,
                                 warm_start=cfg.inversion.warm_start,
-                                adjoint_memory=adjoint_memory(cfg), **opts)
+                                adjoint_memory=adjoint_memory(cfg),
+                                predictor=make_predictor(cfg, grid, base.comm, bk, fwd, opts),
+                                **opts)
     settings = optimiser_settings(cfg)
     precondition = smoother
     if cfg.inversion.method == "lbfgs" and cfg.inversion.precondition == "none":

@@ -21,6 +21,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..errors import ConfigError
+from .coarsening import prediction_factor
 
 HOST_FIELDS_FORWARD = 5         # float64 host arrays per cell of a forward run
 HOST_FIELDS_INVERSION = 12      # ... of a gradient or an inversion
@@ -55,6 +56,10 @@ def field_counts(cfg, ndim: int, inversion: bool, adjoint_memory: int = 0) -> tu
         fields += 2 if cfg.solver.dtype == "float32" else 1
     if inv.method == "lbfgs":
         fields += 2 * inv.lbfgs_memory
+    f = prediction_factor(cfg)
+    if f:             # the coarse solver of the warm-start correction, the warm model (host)
+        fields += -(-(6 + 2 * ndim) // f ** ndim)
+        return fields, HOST_FIELDS_INVERSION + 1
     return fields, HOST_FIELDS_INVERSION
 
 

@@ -16,6 +16,7 @@ from ..config.schema import PermeabilityConfig, WellConfig
 from ..inverse.regularisation import default_smoothing_coefficient
 from ..model import geothermal
 from .assembly import adjoint_memory, pt_params
+from .coarsening import prediction_factor
 
 
 def resolved(cfg):
@@ -55,6 +56,8 @@ def resolved(cfg):
         i.initial_logK = 0.0
     if i.adjoint_memory is None:
         i.adjoint_memory = adjoint_memory(cfg)
+    if i.forward_prediction is None:
+        i.forward_prediction = prediction_factor(cfg)
     return c.validate()
 
 

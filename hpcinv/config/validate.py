@@ -301,6 +301,10 @@ def _validate_inversion(cfg):
     if v.adjoint_memory is not None and not 0 <= v.adjoint_memory <= 64:
         raise ConfigError(f"inversion.adjoint_memory must be in [0, 64] (0: the rescaled "
                           f"previous adjoint solution), got {v.adjoint_memory}")
+    if v.forward_prediction is not None and not (v.forward_prediction == 0
+                                                 or 2 <= v.forward_prediction <= 16):
+        raise ConfigError(f"inversion.forward_prediction must be 0 (off) or a coarsening "
+                          f"factor in [2, 16], got {v.forward_prediction}")
     check_optimiser_settings(v)
     if v.iterations < 1:
         raise ConfigError(f"inversion.iterations must be >= 1, got {v.iterations}")

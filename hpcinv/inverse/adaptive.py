@@ -102,6 +102,8 @@ class AdaptiveMixin:
                self.max_abs(g), "final_forward_iterations": info["forward_iterations"],
                "final_adjoint_iterations": info["adjoint_iterations"],
                "final_forward_tol": s.forward_tol, "final_adjoint_tol": s.adjoint_tol}
+        if getattr(self.f, "predictor", None) is not None:
+            out["final_prediction_work"] = self.f.take_prediction_work()
         sc["J"] = J
         return out
 

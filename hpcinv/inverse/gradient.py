@@ -66,13 +66,16 @@ class AdjointGradient(MisfitEstimates):
             of the last ``adjoint_memory`` adjoint solutions
             (:class:`~hpcinv.inverse.adjoint_warm.AdjointSubspace`; ``adjoint_memory (ndim + 1)``
             fields more); 0: the previous solution rescaled to the new source.
+        predictor: with warm starts, a
+            :class:`~hpcinv.inverse.forward_prediction.CoarsePrediction` that corrects each
+            forward warm start by the coarse-grid change of the pressure (``None``: none).
         solver_kwargs: passed to :func:`~hpcinv.solvers.make_darcy_solver` (``method`` "apt"
             or "petsc", ``overlap``, ``dtype``).
     """
 
     def __init__(self, problem, observations, backend=None, params=None, adjoint_params=None,
                  tikhonov=None, warm_start: bool = False, adjoint_memory: int = 0,
-                 **solver_kwargs):
+                 predictor=None, **solver_kwargs):
         self.problem, self.obs, self.tikhonov = problem, observations, tikhonov
         if problem.gauge_free and not getattr(observations, "demean", True):
             from ..errors import ConfigError
@@ -95,6 +98,8 @@ class AdjointGradient(MisfitEstimates):
         self._warm_valid = False
         self.subspace = (AdjointSubspace(bk, shape, dt, nd, adjoint_memory)
                          if warm_start and adjoint_memory > 0 else None)
+        self.predictor = predictor if warm_start else None
+        self._warm_token, self._warm_logK = 0, None     # the forward warm start's model
         self._holds = None       # "forward" while the solver holds the latest forward solve
         self._stage = None       # (J, residual, psi . rho) of the latest forward solve
         own = problem.grid.decomp.owned()
@@ -153,6 +158,10 @@ class AdjointGradient(MisfitEstimates):
                 out[key] = StateField(w, "replicated")
         if self.subspace is not None:
             out.update(self.subspace.state())
+        if self.predictor is not None and self._warm_logK is not None:
+            out["forward_warm_logK"] = StateField(self._warm_logK, "cell")
+            out["forward_warm_cached"] = StateField(
+                np.array([float(self.predictor.cached(self._warm_token))]), "replicated")
         return out
 
     def load_state(self, fields: dict):
@@ -170,6 +179,14 @@ class AdjointGradient(MisfitEstimates):
             self._psi_w = np.array(fields["adjoint_weights"], dtype=float)
         if self.subspace is not None:
             self.subspace.load_state(fields)
+        if "forward_warm_logK" in fields:
+            w = fields["forward_warm_logK"]
+            self._warm_logK = np.array(w if isinstance(w, np.ndarray) else bk.to_host(w),
+                                       dtype=float)
+            self._warm_token += 1
+            if self.predictor is not None:
+                cached = np.asarray(fields.get("forward_warm_cached", [0.0]), dtype=float)
+                self.predictor.forget(was_cached=bool(cached[0]))
         self._warm_valid = True
 
     def _solve(self, kind: str, progress, cold: bool = False):
@@ -180,13 +197,27 @@ class AdjointGradient(MisfitEstimates):
         s.set_params(self.adjoint_params if homogeneous else self.forward_params)
         if self.warm is not None and self._warm_valid and not cold:
             P, q = self.warm[kind]
+            if kind == "forward" and self.predictor is not None and \
+                    self._warm_logK is not None:
+                P0 = self.predictor.predict(self.logK, self._warm_token, self._warm_logK, P)
+                P = P if P0 is None else P0
             s.set_state(P, q, homogeneous=homogeneous)
         else:
             s.set_state(homogeneous=homogeneous)
         result = s.solve(progress).result
         self._holds = kind
         self._keep_warm(kind)
+        if kind == "forward":
+            self._warm_token += 1
+            self._warm_logK = self.logK.copy()
+            if self.predictor is not None:
+                self.predictor.commit(self._warm_token)
         return result
+
+    def take_prediction_work(self) -> float:
+        """The coarse-grid corrections' cost since the last call, in fine PT iterations (0
+        without a predictor)."""
+        return self.predictor.take_work() if self.predictor is not None else 0.0
 
     def _keep_warm(self, kind):
         if self.warm is not None:

@@ -177,10 +177,13 @@ class Optimiser:
 
     def record(self, J, step, max_grad, max_dlogK, pts, note="") -> dict:
         unconverged, self.unconverged = self.unconverged, 0
-        return {"misfit": J, "misfit_ratio": self.ratio(J), "step": step,
-                "max_grad": max_grad, "max_dlogK": max_dlogK, "forward_iterations": pts[0],
-                "adjoint_iterations": pts[1], "evaluations": self.scalars["evaluations"],
-                "unconverged_solves": unconverged, "note": note}
+        rec = {"misfit": J, "misfit_ratio": self.ratio(J), "step": step,
+               "max_grad": max_grad, "max_dlogK": max_dlogK, "forward_iterations": pts[0],
+               "adjoint_iterations": pts[1], "evaluations": self.scalars["evaluations"],
+               "unconverged_solves": unconverged, "note": note}
+        if getattr(self.f, "predictor", None) is not None:     # coarse-grid warm starts
+            rec["prediction_work"] = self.f.take_prediction_work()
+        return rec
 
     def reject(self, J_trial, step, max_grad, pts, note) -> dict:
         """The record of an iteration whose trial was rejected: ``misfit``/``misfit_ratio`` stay
