@@ -15,7 +15,7 @@ import copy
 from ..config.schema import PermeabilityConfig, WellConfig
 from ..inverse.regularisation import default_smoothing_coefficient
 from ..model import geothermal
-from .assembly import adjoint_memory, pt_params
+from .assembly import adjoint_memory, forward_memory, pt_params
 
 
 def resolved(cfg):
@@ -55,6 +55,8 @@ def resolved(cfg):
         i.initial_logK = 0.0
     if i.adjoint_memory is None:
         i.adjoint_memory = adjoint_memory(cfg)
+    if i.forward_memory is None:
+        i.forward_memory = forward_memory(cfg)
     return c.validate()
 
 

@@ -301,6 +301,9 @@ def _validate_inversion(cfg):
     if v.adjoint_memory is not None and not 0 <= v.adjoint_memory <= 64:
         raise ConfigError(f"inversion.adjoint_memory must be in [0, 64] (0: the rescaled "
                           f"previous adjoint solution), got {v.adjoint_memory}")
+    if v.forward_memory is not None and not 0 <= v.forward_memory <= 64:
+        raise ConfigError(f"inversion.forward_memory must be in [0, 64] (0: the previous "
+                          f"forward solution), got {v.forward_memory}")
     check_optimiser_settings(v)
     if v.iterations < 1:
         raise ConfigError(f"inversion.iterations must be >= 1, got {v.iterations}")

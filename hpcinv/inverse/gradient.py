@@ -23,6 +23,7 @@ from ..errors import PermeabilityRangeError
 from ..solvers.apt import PTParams, PTResult
 from ..solvers.fields import log_range, owned_range
 from .adjoint_warm import AdjointSubspace
+from .forward_warm import ForwardSubspace
 from .misfit_error import MisfitEstimates
 from .state import ForwardSolution, LifecycleError, StateField
 
@@ -66,13 +67,18 @@ class AdjointGradient(MisfitEstimates):
             of the last ``adjoint_memory`` adjoint solutions
             (:class:`~hpcinv.inverse.adjoint_warm.AdjointSubspace`; ``adjoint_memory (ndim + 1)``
             fields more); 0: the previous solution rescaled to the new source.
+        forward_memory: with warm starts, start each forward solve from the previous solution
+            plus the Galerkin mix of its differences to the last ``forward_memory`` earlier
+            solutions (:class:`~hpcinv.inverse.forward_warm.ForwardSubspace`, guarded by the
+            energy; ``forward_memory (ndim + 1) + 1`` fields and 3 float64 fields more);
+            0: the previous solution.
         solver_kwargs: passed to :func:`~hpcinv.solvers.make_darcy_solver` (``method`` "apt"
             or "petsc", ``overlap``, ``dtype``).
     """
 
     def __init__(self, problem, observations, backend=None, params=None, adjoint_params=None,
                  tikhonov=None, warm_start: bool = False, adjoint_memory: int = 0,
-                 **solver_kwargs):
+                 forward_memory: int = 0, **solver_kwargs):
         self.problem, self.obs, self.tikhonov = problem, observations, tikhonov
         if problem.gauge_free and not getattr(observations, "demean", True):
             from ..errors import ConfigError
@@ -95,6 +101,8 @@ class AdjointGradient(MisfitEstimates):
         self._warm_valid = False
         self.subspace = (AdjointSubspace(bk, shape, dt, nd, adjoint_memory)
                          if warm_start and adjoint_memory > 0 else None)
+        self.forward_subspace = (ForwardSubspace(self.solver, forward_memory)
+                                 if warm_start and forward_memory > 0 else None)
         self._holds = None       # "forward" while the solver holds the latest forward solve
         self._stage = None       # (J, residual, psi . rho) of the latest forward solve
         own = problem.grid.decomp.owned()
@@ -151,8 +159,9 @@ class AdjointGradient(MisfitEstimates):
                        ("adjoint_weights", self._psi_w)):
             if w is not None:
                 out[key] = StateField(w, "replicated")
-        if self.subspace is not None:
-            out.update(self.subspace.state())
+        for sub in (self.subspace, self.forward_subspace):
+            if sub is not None:
+                out.update(sub.state())
         return out
 
     def load_state(self, fields: dict):
@@ -168,8 +177,9 @@ class AdjointGradient(MisfitEstimates):
             self._w_old = np.array(fields["adjoint_source_weights"], dtype=float)
         if "adjoint_weights" in fields:
             self._psi_w = np.array(fields["adjoint_weights"], dtype=float)
-        if self.subspace is not None:
-            self.subspace.load_state(fields)
+        for sub in (self.subspace, self.forward_subspace):
+            if sub is not None:
+                sub.load_state(fields)
         self._warm_valid = True
 
     def _solve(self, kind: str, progress, cold: bool = False):
@@ -178,13 +188,19 @@ class AdjointGradient(MisfitEstimates):
         s = self.solver
         homogeneous = kind == "adjoint"
         s.set_params(self.adjoint_params if homogeneous else self.forward_params)
+        fsub = self.forward_subspace if kind == "forward" else None
         if self.warm is not None and self._warm_valid and not cold:
             P, q = self.warm[kind]
-            s.set_state(P, q, homogeneous=homogeneous)
+            if fsub is not None:
+                fsub.start(P, q)
+            else:
+                s.set_state(P, q, homogeneous=homogeneous)
         else:
             s.set_state(homogeneous=homogeneous)
         result = s.solve(progress).result
         self._holds = kind
+        if fsub is not None:
+            fsub.solved(*self.warm["forward"])
         self._keep_warm(kind)
         return result
 
