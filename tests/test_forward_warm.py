@@ -3,7 +3,8 @@
 * the Galerkin mix is exact when the new solution lies in the span of the kept ones (a linear
   test: the source varies, the operator stays; the start is the linear extrapolation and the
   solve converges at its first check);
-* ``gram_solve`` is exact and drops dependent columns; a useless subspace leaves the plain start;
+* ``gram_solve`` is exact and drops dependent columns; a useless subspace, or a mix that would
+  raise the energy error (the guard), leaves the plain start;
 * the coefficients and the start are bitwise the same on 1 and 2-4 ranks (``mpiexec -n 2|3|4
   python -m pytest --with-mpi tests/test_forward_warm.py``);
 * an inversion with it is bitwise the same across a restart, its checkpoint holds the subspace.
@@ -82,6 +83,21 @@ def test_useless_subspace_keeps_the_plain_start(backend):
     sub.push(np.array([0.0]), P, q)                 # the same solution: no direction
     assert sub.start(P, q) is None and sub.counts["fits"] == 0
     np.testing.assert_array_equal(backend.to_host(s.Pf), backend.to_host(P))
+
+
+def test_guard_keeps_the_plain_start_when_the_mix_is_worse(backend, monkeypatch):
+    """A mix that raises the energy error (here: forced coefficients far off the Galerkin ones)
+    is replaced by the plain start; the Galerkin one passes the same check."""
+    s, sub, c, _ = _start(MPI.COMM_SELF, backend, tol=1e-6)
+    assert sub.counts["used"] == 1
+    P0 = backend.clone(s.Pf)                     # any plain start will do: this one
+    q0 = [backend.clone(a) for a in s.q]
+    monkeypatch.setattr(sub, "coefficients", lambda P: [40.0, -25.0])
+    assert sub.start(P0, q0) is None
+    assert sub.counts == {"fits": 2, "used": 1, "guarded": 1}
+    np.testing.assert_array_equal(backend.to_host(s.Pf), backend.to_host(P0))
+    for a, b in zip(s.q, q0):
+        np.testing.assert_array_equal(backend.to_host(a), backend.to_host(b))
 
 
 def test_gram_solve_is_exact_and_drops_dependent_columns():
