@@ -61,7 +61,8 @@ def non_default_dicts():
                       "checkpoint_every": 0, "levels": [2, 1], "level_iterations": [5, 2],
                       "level_misfit_ratio": [0.5, 0.0], "level_smoothing": "same",
                       "adaptive_tolerance": False, "tolerance_loose": 1e-4,
-                      "adjoint_memory": 3, "forward_prediction": 2},
+                      "adjoint_memory": 3, "forward_prediction": 2,
+                      "forward_memory": 2},
         "parallel": {"backend": "host", "dims": [2, 0, 1], "overlap": False,
                      "cuda_aware": True, "threads": 3},
         "output": {"dir": 'out dir/with "quotes" and \\ backslash', "figures": False,
@@ -201,6 +202,7 @@ def test_float_keys_accept_integers():
     ("regularisation", "smoothing_steps", True, "int"),
     ("regularisation", "smoothing_coefficient", "0.2", "float"),
     ("regularisation", "tikhonov", True, "float"),
+    ("inversion", "forward_memory", 1.5, "int"), ("inversion", "forward_memory", "3", "int"),
 ])
 def test_type_errors(section, key, value, kind):
     with pytest.raises(ConfigError, match=rf"^{section}\.{key} must be of type {kind}, got "):
@@ -301,6 +303,9 @@ def test_section_must_be_a_table():
     ("regularisation", "tikhonov", -1.0, "regularisation.tikhonov"),
     ("regularisation", "tikhonov", math.inf, "regularisation.tikhonov"),
     ("regularisation", "tikhonov", math.nan, "regularisation.tikhonov"),
+    ("inversion", "forward_memory", -1, "inversion.forward_memory must be in [0, 64]"),
+    ("inversion", "forward_memory", 65, "inversion.forward_memory must be in [0, 64]"),
+    ("inversion", "adjoint_memory", -1, "inversion.adjoint_memory must be in [0, 64]"),
 ])
 def test_value_errors(section, key, value, needle):
     with pytest.raises(ConfigError) as exc:

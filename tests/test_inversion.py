@@ -245,7 +245,8 @@ def test_run_directory_config_reruns_the_demo_bitwise(tmp_path):
     for sec in ("solver", "adjoint"):
         assert {"cfl", "maxiter", "tol", "re", "ncheck"} <= set(cfg[sec])
     assert cfg["regularisation"]["smoothing_coefficient"] == 0.2
-    assert {"initial_logK", "adjoint_memory"} <= set(cfg["inversion"])
+    assert {"initial_logK", "adjoint_memory", "forward_memory"} <= set(cfg["inversion"])
+    assert cfg["inversion"]["forward_memory"] == 3
     assert main(["invert", str(a / "config.toml"), "-q", "-o", str(b)]) == 0
     assert strip(history(a)) == strip(history(b))
     for name in ("logK", "Pf"):

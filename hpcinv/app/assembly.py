@@ -168,6 +168,19 @@ def make_predictor(cfg, fine_grid, comm, backend, params, opts):
                   file=sys.stderr, flush=True)
         return None
     return CoarsePrediction(fine_grid.decomp, coarse, backend, params, cfg.solver.tol, **opts)
+#: Earlier forward solutions kept by default for the forward warm start (adaptive runs):
+#: measured in docs/performance.md, section "Inversion cost".
+FORWARD_MEMORY = 3
+
+
+def forward_memory(cfg) -> int:
+    """Earlier forward solutions kept for warm starts (``inversion.forward_memory``; unset:
+    :data:`FORWARD_MEMORY` with adaptive tolerances and warm starts, else 0, the previous
+    solution; APT solves only: the start uses the APT solver's fields)."""
+    m = cfg.inversion.forward_memory
+    if m is None:
+        m = FORWARD_MEMORY if adaptive(cfg) else 0
+    return m if cfg.inversion.warm_start and cfg.solver.method == "apt" else 0
 
 
 def tolerance_policy(cfg) -> TolerancePolicy | None:
@@ -190,7 +203,8 @@ def build_forward(cfg, comm=None, backend: Backend | None = None,
     gradient or an inversion; then the true permeability's range in the solver dtype."""
     comm = comm if comm is not None else MPI.COMM_WORLD
     backend = backend if backend is not None else backend_of(cfg, comm)
-    check_memory(cfg, cfg.grid_shape(), comm, backend, inversion, adjoint_memory(cfg))
+    check_memory(cfg, cfg.grid_shape(), comm, backend, inversion, adjoint_memory(cfg),
+                 forward_memory(cfg))
     true = scenario.true_problem(cfg, comm)
     return Setup(comm, backend, true.grid, true, None, None, None, None, None, None, None,
                  pt_params(cfg.solver), pt_params(cfg.adjoint), solver_options(cfg),
@@ -223,7 +237,7 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
                                 warm_start=cfg.inversion.warm_start,
                                 adjoint_memory=adjoint_memory(cfg),
                                 predictor=make_predictor(cfg, grid, base.comm, bk, fwd, opts),
-                                **opts)
+                                forward_memory=forward_memory(cfg), **opts)
     settings = optimiser_settings(cfg)
     precondition = smoother
     if cfg.inversion.method == "lbfgs" and cfg.inversion.precondition == "none":

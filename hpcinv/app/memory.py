@@ -7,7 +7,8 @@ The field counts are calibrated with ``tracemalloc`` on the host backend (2D and
 and float32; the counts of the largest rank's padded block): a forward solve holds about
 ``6 + 2 ndim`` fields of the solver dtype and 5 of float64 on the host (the problem's K and
 Qf, set-up temporaries); a gradient or an inversion adds the warm-start copies
-(``2 (ndim + 1)``), the adjoint subspace (``adjoint_memory (ndim + 1)``), the L-BFGS pairs
+(``2 (ndim + 1)``), the adjoint subspace (``adjoint_memory (ndim + 1)``), the forward subspace
+(``forward_memory (ndim + 1) + 1`` and 3 float64 fields), the L-BFGS pairs
 (``2 lbfgs_memory``), two scratch fields, with adaptive tolerances one float64 field (the misfit
 error estimate's reproducible sum, ``inverse/misfit_error.py``) and 7 more host fields (the
 objective's copy of the problem, log K, the optimiser's arrays). The estimate is a floor: runs refused by it cannot fit.
@@ -45,15 +46,19 @@ def block_cells(shape, size: int, dims=None) -> int:
     return math.prod(-(-int(n) // int(p)) + 2 for n, p in zip(shape, dims))
 
 
-def field_counts(cfg, ndim: int, inversion: bool, adjoint_memory: int = 0) -> tuple[int, int]:
+def field_counts(cfg, ndim: int, inversion: bool, adjoint_memory: int = 0,
+                 forward_memory: int = 0) -> tuple[int, int]:
     """``(solver-dtype fields, float64 host fields)`` per cell of a run of ``cfg``."""
     fields = 6 + 2 * ndim
     if not inversion:
         return fields, HOST_FIELDS_FORWARD
     inv = cfg.inversion
     fields += 2 + (2 * (ndim + 1) if inv.warm_start else 0) + adjoint_memory * (ndim + 1)
+    f64 = 2 if cfg.solver.dtype == "float32" else 1      # solver-dtype fields per float64 one
     if inv.adaptive_tolerance and inv.warm_start:     # the misfit error estimate's float64 sum
-        fields += 2 if cfg.solver.dtype == "float32" else 1
+        fields += f64
+    if forward_memory > 0:                 # its solutions, a residual, the Galerkin sums' arrays
+        fields += forward_memory * (ndim + 1) + 1 + 3 * f64
     if inv.method == "lbfgs":
         fields += 2 * inv.lbfgs_memory
     f = prediction_factor(cfg)
@@ -89,13 +94,14 @@ def host_available() -> int | None:
     return min(found) if found else None
 
 
-def check_memory(cfg, shape, comm, backend, inversion: bool, adjoint_memory: int = 0):
+def check_memory(cfg, shape, comm, backend, inversion: bool, adjoint_memory: int = 0,
+                 forward_memory: int = 0):
     """Raise a one-line :class:`ConfigError` (on every rank of ``comm``) when the run of ``cfg``
     on the grid ``shape`` needs more memory than the node (host) or the GPU (device) has free.
     Collective; nothing is allocated."""
     size = comm.Get_size()
     cells = block_cells(shape, size, cfg.parallel.dims)
-    nd, nh = field_counts(cfg, len(shape), inversion, adjoint_memory)
+    nd, nh = field_counts(cfg, len(shape), inversion, adjoint_memory, forward_memory)
     dev_bytes = nd * cells * np.dtype(cfg.solver.dtype).itemsize
     host_bytes = nh * cells * 8 + (0 if backend.device_memory else dev_bytes)
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)

@@ -15,8 +15,8 @@ import copy
 from ..config.schema import PermeabilityConfig, WellConfig
 from ..inverse.regularisation import default_smoothing_coefficient
 from ..model import geothermal
-from .assembly import adjoint_memory, pt_params
 from .coarsening import prediction_factor
+from .assembly import adjoint_memory, forward_memory, pt_params
 
 
 def resolved(cfg):
@@ -58,6 +58,8 @@ def resolved(cfg):
         i.adjoint_memory = adjoint_memory(cfg)
     if i.forward_prediction is None:
         i.forward_prediction = prediction_factor(cfg)
+    if i.forward_memory is None:
+        i.forward_memory = forward_memory(cfg)
     return c.validate()
 
 

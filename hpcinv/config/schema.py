@@ -153,6 +153,7 @@ class InversionConfig:
     tolerance_loose: float = 1e-3
     adjoint_memory: int | None = None    # None: 6 with adaptive_tolerance, else 0
     forward_prediction: int | None = None    # coarse-grid warm-start factor; None: auto, 0: off
+    forward_memory: int | None = None    # None: 3 with adaptive_tolerance (APT), else 0
     # coarse-to-fine (docs/configuration.md, "Coarse-to-fine levels"); None: one level, the grid
     levels: list | None = None               # coarsening factors, e.g. [4, 2, 1]
     level_iterations: list | None = None     # outer iterations per level, e.g. [30, 15, 5]

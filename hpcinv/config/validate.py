@@ -305,6 +305,9 @@ def _validate_inversion(cfg):
                                                  or 2 <= v.forward_prediction <= 16):
         raise ConfigError(f"inversion.forward_prediction must be 0 (off) or a coarsening "
                           f"factor in [2, 16], got {v.forward_prediction}")
+    if v.forward_memory is not None and not 0 <= v.forward_memory <= 64:
+        raise ConfigError(f"inversion.forward_memory must be in [0, 64] (0: the previous "
+                          f"forward solution), got {v.forward_memory}")
     check_optimiser_settings(v)
     if v.iterations < 1:
         raise ConfigError(f"inversion.iterations must be >= 1, got {v.iterations}")

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .state import StateField
+from .subspace import SolutionSubspace
 
 #: A column whose norm drops below this fraction of its own in the orthogonalisation is dropped
 #: (nearly dependent on the others).
@@ -57,7 +57,7 @@ def least_squares(columns, w) -> list[float]:
     return c
 
 
-class AdjointSubspace:
+class AdjointSubspace(SolutionSubspace):
     """The last ``m`` adjoint solutions and weights; warm starts by their least-squares mix.
 
     Args:
@@ -65,15 +65,12 @@ class AdjointSubspace:
         ndim: dimensions (face fields per solution); m: how many solutions to keep (>= 1).
     """
 
-    def __init__(self, backend, shape, dtype, ndim: int, m: int):
-        if m < 1:
-            raise ValueError(f"adjoint_memory must be >= 1, got {m}")
-        self.bk, self.shape, self.dtype, self.ndim, self.m = backend, shape, dtype, ndim, m
-        self.fields: list = []          # [(P, [q...])], oldest first
-        self.weights: list = []         # [np.ndarray (nobs,)], same order
+    prefix, key_name, key_location, option = "adjoint_basis", "w", "replicated", "adjoint_memory"
 
-    def __len__(self):
-        return len(self.weights)
+    @property
+    def weights(self) -> list:
+        """The kept solutions' source weights (``np.ndarray (nobs,)``), oldest first."""
+        return self.keys
 
     def start(self, w, P, q) -> list[float] | None:
         """Write ``sum_i c_i psi_i`` (``c``: the fit of ``w``) into ``P``, ``q``; returns ``c``,
@@ -82,48 +79,5 @@ class AdjointSubspace:
         if not self.weights or any(wi.shape != w.shape for wi in self.weights):
             return None
         c = least_squares(self.weights, w)
-        bk = self.bk
-        for k, out in enumerate((P, *q)):
-            srcs = [f[0] if k == 0 else f[1][k - 1] for f in self.fields]
-            bk.elementwise(lambda xp, a, c0=c[0]: a * c0, srcs[0], out=out)
-            for ci, s in zip(c[1:], srcs[1:]):
-                bk.elementwise(lambda xp, o, s, ci=ci: o + ci * s, out, s, out=out)
+        self.mix(c, P, q)
         return c
-
-    def push(self, w, P, q):
-        """Keep the solution ``(P, q)`` of the source weights ``w`` (copied; the oldest of a full
-        subspace is dropped and its buffers reused)."""
-        bk = self.bk
-        if len(self.fields) == self.m:
-            bufs = self.fields.pop(0)
-            self.weights.pop(0)
-        else:
-            bufs = (bk.zeros(self.shape, self.dtype),
-                    [bk.zeros(self.shape, self.dtype) for _ in range(self.ndim)])
-        bk.copy(bufs[0], P)
-        for a, b in zip(bufs[1], q):
-            bk.copy(a, b)
-        self.fields.append(bufs)
-        self.weights.append(np.array(w, dtype=float))
-
-    def clear(self):
-        self.fields, self.weights = [], []
-
-    def state(self) -> dict:
-        """Named :class:`StateField` records (oldest first, index in the name)."""
-        out = {}
-        for i, ((P, q), w) in enumerate(zip(self.fields, self.weights)):
-            out[f"adjoint_basis{i}_Pf"] = StateField(P, "cell")
-            for a, qa in enumerate(q):
-                out[f"adjoint_basis{i}_q{'xyz'[a]}"] = StateField(qa, "face", a)
-            out[f"adjoint_basis{i}_w"] = StateField(w, "replicated")
-        return out
-
-    def load_state(self, fields: dict):
-        """Restore what :meth:`state` returned (host or backend arrays)."""
-        self.clear()
-        i = 0
-        while f"adjoint_basis{i}_w" in fields:
-            q = [fields[f"adjoint_basis{i}_q{'xyz'[a]}"] for a in range(self.ndim)]
-            self.push(fields[f"adjoint_basis{i}_w"], fields[f"adjoint_basis{i}_Pf"], q)
-            i += 1

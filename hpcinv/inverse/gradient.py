@@ -23,6 +23,7 @@ from ..errors import PermeabilityRangeError
 from ..solvers.apt import PTParams, PTResult
 from ..solvers.fields import log_range, owned_range
 from .adjoint_warm import AdjointSubspace
+from .forward_warm import ForwardSubspace
 from .misfit_error import MisfitEstimates
 from .state import ForwardSolution, LifecycleError, StateField
 
@@ -69,13 +70,18 @@ class AdjointGradient(MisfitEstimates):
         predictor: with warm starts, a
             :class:`~hpcinv.inverse.forward_prediction.CoarsePrediction` that corrects each
             forward warm start by the coarse-grid change of the pressure (``None``: none).
+        forward_memory: with warm starts, start each forward solve from the previous solution
+            plus the Galerkin mix of its differences to the last ``forward_memory`` earlier
+            solutions (:class:`~hpcinv.inverse.forward_warm.ForwardSubspace`, guarded by the
+            energy; ``forward_memory (ndim + 1) + 1`` fields and 3 float64 fields more);
+            0: the previous solution.
         solver_kwargs: passed to :func:`~hpcinv.solvers.make_darcy_solver` (``method`` "apt"
             or "petsc", ``overlap``, ``dtype``).
     """
 
     def __init__(self, problem, observations, backend=None, params=None, adjoint_params=None,
                  tikhonov=None, warm_start: bool = False, adjoint_memory: int = 0,
-                 predictor=None, **solver_kwargs):
+                 predictor=None, forward_memory: int = 0, **solver_kwargs):
         self.problem, self.obs, self.tikhonov = problem, observations, tikhonov
         if problem.gauge_free and not getattr(observations, "demean", True):
             from ..errors import ConfigError
@@ -100,6 +106,8 @@ class AdjointGradient(MisfitEstimates):
                          if warm_start and adjoint_memory > 0 else None)
         self.predictor = predictor if warm_start else None
         self._warm_token, self._warm_logK = 0, None     # the forward warm start's model
+        self.forward_subspace = (ForwardSubspace(self.solver, forward_memory)
+                                 if warm_start and forward_memory > 0 else None)
         self._holds = None       # "forward" while the solver holds the latest forward solve
         self._stage = None       # (J, residual, psi . rho) of the latest forward solve
         own = problem.grid.decomp.owned()
@@ -156,12 +164,13 @@ class AdjointGradient(MisfitEstimates):
                        ("adjoint_weights", self._psi_w)):
             if w is not None:
                 out[key] = StateField(w, "replicated")
-        if self.subspace is not None:
-            out.update(self.subspace.state())
         if self.predictor is not None and self._warm_logK is not None:
             out["forward_warm_logK"] = StateField(self._warm_logK, "cell")
             out["forward_warm_cached"] = StateField(
                 np.array([float(self.predictor.cached(self._warm_token))]), "replicated")
+        for sub in (self.subspace, self.forward_subspace):
+            if sub is not None:
+                out.update(sub.state())
         return out
 
     def load_state(self, fields: dict):
@@ -177,8 +186,6 @@ class AdjointGradient(MisfitEstimates):
             self._w_old = np.array(fields["adjoint_source_weights"], dtype=float)
         if "adjoint_weights" in fields:
             self._psi_w = np.array(fields["adjoint_weights"], dtype=float)
-        if self.subspace is not None:
-            self.subspace.load_state(fields)
         if "forward_warm_logK" in fields:
             w = fields["forward_warm_logK"]
             self._warm_logK = np.array(w if isinstance(w, np.ndarray) else bk.to_host(w),
@@ -187,6 +194,9 @@ class AdjointGradient(MisfitEstimates):
             if self.predictor is not None:
                 cached = np.asarray(fields.get("forward_warm_cached", [0.0]), dtype=float)
                 self.predictor.forget(was_cached=bool(cached[0]))
+        for sub in (self.subspace, self.forward_subspace):
+            if sub is not None:
+                sub.load_state(fields)
         self._warm_valid = True
 
     def _solve(self, kind: str, progress, cold: bool = False):
@@ -195,17 +205,24 @@ class AdjointGradient(MisfitEstimates):
         s = self.solver
         homogeneous = kind == "adjoint"
         s.set_params(self.adjoint_params if homogeneous else self.forward_params)
+        fsub = self.forward_subspace if kind == "forward" else None
         if self.warm is not None and self._warm_valid and not cold:
             P, q = self.warm[kind]
             if kind == "forward" and self.predictor is not None and \
                     self._warm_logK is not None:
                 P0 = self.predictor.predict(self.logK, self._warm_token, self._warm_logK, P)
-                P = P if P0 is None else P0
-            s.set_state(P, q, homogeneous=homogeneous)
+                if P0 is not None:
+                    P = self.backend.upload(P0, dtype=s.dtype)
+            if fsub is not None:
+                fsub.start(P, q)
+            else:
+                s.set_state(P, q, homogeneous=homogeneous)
         else:
             s.set_state(homogeneous=homogeneous)
         result = s.solve(progress).result
         self._holds = kind
+        if fsub is not None:
+            fsub.solved(*self.warm["forward"])
         self._keep_warm(kind)
         if kind == "forward":
             self._warm_token += 1

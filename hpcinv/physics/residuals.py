@@ -142,20 +142,30 @@ def pressure_residual_adjoint_kernel(ndim: int) -> Kernel:
                   all_axes(_PRESSURE_RESIDUAL_ADJOINT), ints=ints, writes=_names(ndim, "q#_bar"))
 
 
+def _reduced_residual(ndim: int, name: str, weight: str, args: tuple) -> Kernel:
+    scal, ints = _geometry(ndim)
+    body = ("    const real Kc = K[idx];\n    real div = (real)0;\n" + all_axes(_REDUCED_RESIDUAL)
+            + f"    E[idx] = {weight}(Qf[idx] + div);\n")
+    return Kernel(f"darcy_{name}_{ndim}d", args, scal, body, ints=ints, writes=("E",))
+
+
 def weighted_reduced_residual_kernel(ndim: int) -> Kernel:
     """``E = psi (Qf - A Pf)`` with ``A Pf = -div(Kf grad Pf)`` (fluxes eliminated: the residual
     of the pressure alone, ``Kf grad Pf`` from the flux residual's face formula). Arrays:
     ``Pf, K`` (ghosts valid; a fixed-pressure side's ghost holds its pressure), ``Qf``, ``psi``
     (read at the cell only), ``E`` (written on the box)."""
-    scal, ints = _geometry(ndim)
-    body = ("    const real Kc = K[idx];\n    real div = (real)0;\n" + all_axes(_REDUCED_RESIDUAL)
-            + "    E[idx] = psi[idx] * (Qf[idx] + div);\n")
-    return Kernel(f"darcy_weighted_reduced_residual_{ndim}d", ("Pf", "K", "Qf", "psi", "E"),
-                  scal, body, ints=ints, writes=("E",))
+    return _reduced_residual(ndim, "weighted_reduced_residual", "psi[idx] * ",
+                             ("Pf", "K", "Qf", "psi", "E"))
+
+
+def reduced_residual_kernel(ndim: int) -> Kernel:
+    """``E = Qf - A Pf``, the unweighted :func:`weighted_reduced_residual_kernel` (the forward
+    warm start's guard compares the max-norms of two starts)."""
+    return _reduced_residual(ndim, "reduced_residual", "", ("Pf", "K", "Qf", "E"))
 
 
 def all_kernels(ndim: int):
     """Every kernel of this module (the nvcc compile test iterates over these)."""
     return [flux_residual_kernel(ndim), flux_residual_adjoint_kernel(ndim),
             pressure_residual_kernel(ndim), pressure_residual_adjoint_kernel(ndim),
-            weighted_reduced_residual_kernel(ndim)]
+            weighted_reduced_residual_kernel(ndim), reduced_residual_kernel(ndim)]

@@ -1,0 +1,108 @@
+"""A bounded buffer of earlier solve solutions for warm starts (issue 12).
+
+Both warm-start subspaces, the adjoint's (:class:`~.adjoint_warm.AdjointSubspace`: solutions
+keyed by their source's observation weights) and the forward's
+(:class:`~.forward_warm.ForwardSubspace`: solutions keyed by their model log K), keep the last
+``m`` solutions ``(P, q)`` of a solve with a key each, drop the oldest when full (reusing its
+buffers), mix them linearly into a start, and save and restore themselves for checkpoints.
+:class:`SolutionSubspace` is that shared part; a subclass says how its key is stored.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .state import StateField
+
+
+class SolutionSubspace:
+    """The last ``m`` solutions ``(P, [q...])`` with their keys, oldest first.
+
+    Args:
+        backend: the compute backend; ``shape``, ``dtype``: of the padded local fields;
+        ndim: dimensions (face fields per solution); m: how many solutions to keep (>= 1).
+
+    Subclasses set :attr:`prefix` (checkpoint names ``{prefix}{i}_Pf``, ``..._q{x}``,
+    ``..._{key_name}``), :attr:`key_name`, :attr:`key_location` (a
+    :class:`~.state.StateField` location) and :attr:`option` (for error messages), and may
+    override :meth:`_keep_key` (default: a float64 host copy).
+    """
+
+    prefix = "basis"
+    key_name = "key"
+    key_location = "replicated"
+    option = "memory"
+
+    def __init__(self, backend, shape, dtype, ndim: int, m: int):
+        if m < 1:
+            raise ValueError(f"{self.option} must be >= 1, got {m}")
+        self.bk, self.shape, self.dtype, self.ndim, self.m = backend, shape, dtype, ndim, m
+        self.fields: list = []          # [(P, [q...])], oldest first
+        self.keys: list = []            # the solutions' keys, same order
+
+    def __len__(self):
+        return len(self.keys)
+
+    def _keep_key(self, key, old):
+        """The stored copy of ``key`` (``old``: the dropped solution's key, or ``None``)."""
+        return np.array(key, dtype=float)
+
+    def push(self, key, P, q):
+        """Keep the solution ``(P, q)`` with its ``key`` (copied; the oldest of a full subspace
+        is dropped and its buffers reused)."""
+        bk = self.bk
+        old = None
+        if len(self.fields) == self.m:
+            bufs = self.fields.pop(0)
+            old = self.keys.pop(0)
+        else:
+            bufs = (bk.zeros(self.shape, self.dtype),
+                    [bk.zeros(self.shape, self.dtype) for _ in range(self.ndim)])
+        bk.copy(bufs[0], P)
+        for a, b in zip(bufs[1], q):
+            bk.copy(a, b)
+        self.fields.append(bufs)
+        self.keys.append(self._keep_key(key, old))
+
+    def mix(self, c, P, q, base=None):
+        """Write ``sum_i c_i psi_i`` into ``P``, ``q`` (``psi_i`` the kept solutions); with
+        ``base = (P_b, q_b)``: ``P_b + sum_i c_i (psi_i - P_b)`` (an affine combination: it keeps
+        the boundary values the solutions share)."""
+        bk = self.bk
+        for k, out in enumerate((P, *q)):
+            srcs = [f[0] if k == 0 else f[1][k - 1] for f in self.fields]
+            if base is None:
+                bk.elementwise(lambda xp, a, c0=c[0]: a * c0, srcs[0], out=out)
+                terms = list(zip(c[1:], srcs[1:]))
+            else:
+                b = base[0] if k == 0 else base[1][k - 1]
+                bk.copy(out, b)
+                terms = list(zip(c, srcs))
+            for ci, s in terms:
+                if base is None:
+                    bk.elementwise(lambda xp, o, s, ci=ci: o + ci * s, out, s, out=out)
+                else:
+                    bk.elementwise(lambda xp, o, s, b, ci=ci: o + ci * (s - b), out, s, b,
+                                   out=out)
+
+    def clear(self):
+        self.fields, self.keys = [], []
+
+    def state(self) -> dict:
+        """Named :class:`StateField` records (oldest first, index in the name)."""
+        out = {}
+        for i, ((P, q), key) in enumerate(zip(self.fields, self.keys)):
+            out[f"{self.prefix}{i}_Pf"] = StateField(P, "cell")
+            for a, qa in enumerate(q):
+                out[f"{self.prefix}{i}_q{'xyz'[a]}"] = StateField(qa, "face", a)
+            out[f"{self.prefix}{i}_{self.key_name}"] = StateField(key, self.key_location)
+        return out
+
+    def load_state(self, fields: dict):
+        """Restore what :meth:`state` returned (host or backend arrays)."""
+        self.clear()
+        i = 0
+        while f"{self.prefix}{i}_{self.key_name}" in fields:
+            q = [fields[f"{self.prefix}{i}_q{'xyz'[a]}"] for a in range(self.ndim)]
+            self.push(fields[f"{self.prefix}{i}_{self.key_name}"],
+                      fields[f"{self.prefix}{i}_Pf"], q)
+            i += 1
