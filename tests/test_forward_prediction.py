@@ -109,10 +109,11 @@ def _smooth_step(setup, amplitude=0.3):
 
 def _forward_cost(tmp_path, factor):
     """Fine forward PT iterations plus the coarse solves' cost of a 15-iteration adaptive GD
-    inversion (63 x 31), and its final J/J0."""
+    inversion (63 x 31; the forward subspace off, to see the correction alone), and its final
+    J/J0."""
     cfg = tmp_path / f"p{factor}.toml"
     cfg.write_text("[grid]\nnx = 63\nny = 31\n[output]\nfigures = false\n[inversion]\n"
-                   f"iterations = 15\nforward_prediction = {factor}\n")
+                   f"iterations = 15\nforward_prediction = {factor}\nforward_memory = 0\n")
     run = tmp_path / f"r{factor}"
     assert main(["invert", str(cfg), "-q", "-o", str(run)]) == 0
     h = history(run)
