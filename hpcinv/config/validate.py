@@ -298,16 +298,12 @@ def _validate_inversion(cfg):
     if not 0 < v.tolerance_loose < 1:
         raise ConfigError(f"inversion.tolerance_loose must be in (0, 1), got "
                           f"{v.tolerance_loose}")
-    if v.adjoint_memory is not None and not 0 <= v.adjoint_memory <= 64:
-        raise ConfigError(f"inversion.adjoint_memory must be in [0, 64] (0: the rescaled "
-                          f"previous adjoint solution), got {v.adjoint_memory}")
-    if v.forward_prediction is not None and not (v.forward_prediction == 0
-                                                 or 2 <= v.forward_prediction <= 16):
-        raise ConfigError(f"inversion.forward_prediction must be 0 (off) or a coarsening "
-                          f"factor in [2, 16], got {v.forward_prediction}")
-    if v.forward_memory is not None and not 0 <= v.forward_memory <= 64:
-        raise ConfigError(f"inversion.forward_memory must be in [0, 64] (0: the previous "
-                          f"forward solution), got {v.forward_memory}")
+    for key, ok, allowed in (      # the warm starts' sizes (None: chosen by app/assembly.py)
+            ("adjoint_memory", range(65), "in [0, 64] (0: the rescaled last adjoint solution)"),
+            ("forward_memory", range(65), "in [0, 64] (0: the previous forward solution)"),
+            ("forward_prediction", (0, *range(2, 17)), "0 (off) or a factor in [2, 16]")):
+        if getattr(v, key) is not None and getattr(v, key) not in ok:
+            raise ConfigError(f"inversion.{key} must be {allowed}, got {getattr(v, key)}")
     check_optimiser_settings(v)
     if v.iterations < 1:
         raise ConfigError(f"inversion.iterations must be >= 1, got {v.iterations}")
