@@ -162,11 +162,14 @@ def _small(tmp_path, iterations, **inv):
     return path
 
 
-@pytest.mark.parametrize("method,ranks", [("gd", 2), ("lbfgs", 1)])
-def test_adaptive_bitwise_on_1_and_2_ranks_and_across_a_restart(tmp_path, method, ranks):
+@pytest.mark.parametrize("method,ranks,warm", [
+    ("gd", 2, {}), ("lbfgs", 1, {}),
+    ("gd", 2, {"forward_memory": 0}),         # the coarse-grid correction instead of the subspace
+])
+def test_adaptive_bitwise_on_1_and_2_ranks_and_across_a_restart(tmp_path, method, ranks, warm):
     """GD on 1 and 2 ranks; L-BFGS's dot products are sums over ranks, so it is bitwise only
     for one decomposition (as without adaptive tolerances): its restart runs on 1 rank."""
-    cfg = _small(tmp_path, 8, method=method)
+    cfg = _small(tmp_path, 8, method=method, **warm)
     r1, r2 = tmp_path / "r1", tmp_path / "r2"
     assert main(["invert", str(cfg), "-q", "-o", str(r1)]) == 0
     assert "forward_tol" in history(r1)[3] and "before_final" in history(r1)[-1]
@@ -179,7 +182,8 @@ def test_adaptive_bitwise_on_1_and_2_ranks_and_across_a_restart(tmp_path, method
         assert np.array_equal(final(r1), final(r2))
     # a finished 4-iteration run continued to 8 is the 8-iteration run
     rs = tmp_path / "rs"
-    assert main(["invert", str(_small(tmp_path, 4, method=method)), "-q", "-o", str(rs)]) == 0
+    assert main(["invert", str(_small(tmp_path, 4, method=method, **warm)), "-q", "-o",
+                 str(rs)]) == 0
     p = run_cli("invert", "--restart", rs, "--iterations", 8, "-q", ranks=ranks)
     assert p.returncode == 0, p.stderr
     assert strip(history(rs)) == strip(history(r1))

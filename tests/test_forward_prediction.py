@@ -6,9 +6,9 @@
   forward solves cheaper, coarse solves included, at the same quality;
 * the automatic factor, the option's errors, and the cost in the history.
 
-Bitwise equality of whole inversions with the correction on (1 vs 2 ranks, restarts) is
-covered by ``test_adaptive.py`` and ``test_inversion.py``, whose default (adaptive) runs now
-use it; :func:`test_default_adaptive_runs_use_it` checks that they do.
+The correction and the forward subspace (``forward_memory``, the default) are alternatives;
+``test_adaptive.py::test_adaptive_bitwise_on_1_and_2_ranks_and_across_a_restart`` runs the
+correction (``forward_memory = 0``) through the same bitwise checks as the default.
 """
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ def _setup(nx=127, ny=63, factor=4):
     from hpcinv import config as config_mod
     from hpcinv.app.assembly import build
     cfg = config_mod.from_dict({"grid": {"nx": nx, "ny": ny}, "output": {"figures": False},
-                                "inversion": {"forward_prediction": factor}})
+                                "inversion": {"forward_prediction": factor,
+                                              "forward_memory": 0}})
     return build(cfg, MPI.COMM_SELF)
 
 
@@ -166,6 +167,7 @@ def test_the_automatic_factor(shape, adaptive, warm, want):
                                   forward_prediction=None),
         solver=SimpleNamespace(method="apt"), grid_shape=lambda: shape)
     assert prediction_factor(cfg) == want
+    assert prediction_factor(cfg, forward_memory=3) == 0     # the subspace is the alternative
     cfg.inversion.forward_prediction = 2                # asked for: used if warm starts are on
     assert prediction_factor(cfg) == (2 if warm else 0)
     cfg.inversion.forward_prediction, cfg.solver.method = None, "petsc"
@@ -180,13 +182,23 @@ def test_bad_factors_are_one_line_errors(tmp_path, value):
                     "inversion.forward_prediction")
 
 
-def test_default_adaptive_runs_use_it(tmp_path):
-    """The resolved config names the factor, the checkpoint keeps the warm start's model, and
-    every history line carries the coarse solves' cost (in fine PT iterations)."""
+def test_both_warm_starts_at_once_are_a_one_line_error(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[grid]\nnx = 63\nny = 31\n[inversion]\nforward_prediction = 4\n"
+                   "forward_memory = 2\n")
+    assert_one_line(run_cli("invert", cfg, "-o", tmp_path / "r"), 2,
+                    "inversion.forward_prediction = 4", "forward_memory = 2", "alternatives")
+
+
+def test_runs_without_the_subspace_use_it(tmp_path):
+    """Adaptive runs with ``forward_memory = 0`` (the low-memory choice) get the correction
+    automatically: the resolved config names the factor, the checkpoint keeps the warm start's
+    model, every history line carries the coarse solves' cost (in fine PT iterations). The
+    default (the subspace) has no correction."""
     import h5py
     cfg = tmp_path / "c.toml"
     cfg.write_text("[grid]\nnx = 63\nny = 31\n[output]\nfigures = false\n"
-                   "[inversion]\niterations = 3\n")
+                   "[inversion]\niterations = 3\nforward_memory = 0\n")
     run = tmp_path / "r"
     assert main(["invert", str(cfg), "-q", "-o", str(run)]) == 0
     from hpcinv import config as config_mod
@@ -205,3 +217,10 @@ def test_default_adaptive_runs_use_it(tmp_path):
     assert main(["invert", str(off), "-q", "-o", str(run0)]) == 0
     assert "prediction_work" not in history(run0)[1]
     assert json.dumps(history(run0)[0]["misfit"]) == json.dumps(lines[0]["misfit"])
+    default = tmp_path / "default.toml"
+    default.write_text(cfg.read_text().replace("forward_memory = 0\n", ""))
+    rd = tmp_path / "rd"
+    assert main(["invert", str(default), "-q", "-o", str(rd)]) == 0
+    resolved = config_mod.load(rd / "config.toml").inversion
+    assert (resolved.forward_memory, resolved.forward_prediction) == (3, 0)
+    assert "prediction_work" not in history(rd)[1]

@@ -144,9 +144,13 @@ def make_predictor(cfg, fine_grid, comm, backend, params, opts):
     :class:`~hpcinv.inverse.forward_prediction.CoarsePrediction`), or ``None`` when off. A
     coarse grid that cannot be split over the ranks: a one-line error when the factor was
     asked for; off (with this reason on rank 0's stderr) when it was chosen automatically."""
-    f = prediction_factor(cfg)
+    f = prediction_factor(cfg, forward_memory(cfg))
     if f == 0:
         return None
+    if forward_memory(cfg) > 0:
+        raise ConfigError(f"inversion.forward_prediction = {f} and inversion.forward_memory = "
+                          f"{forward_memory(cfg)} are alternatives (together the misfit error "
+                          f"estimates become unreliable); set one of them to 0")
     from ..errors import DecompositionError
     from ..inverse.forward_prediction import CoarsePrediction
     coarse_cfg = level_config(cfg, f)

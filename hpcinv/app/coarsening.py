@@ -43,19 +43,21 @@ def level_config(cfg, factor: int):
     return c
 
 
-def prediction_factor(cfg) -> int:
+def prediction_factor(cfg, forward_memory: int = 0) -> int:
     """The coarsening factor of the forward warm-start correction
-    (``inversion.forward_prediction``; 0: off). Unset: with adaptive tolerances, warm starts and
-    APT solves, the first of :data:`PREDICTION_FACTORS` that leaves at least
-    :data:`PREDICTION_MIN_CELLS` cells on every axis, else off; off otherwise (so
-    ``adaptive_tolerance = false`` stays today's run). Off without warm starts."""
+    (``inversion.forward_prediction``; 0: off) of a run whose forward subspace keeps
+    ``forward_memory`` solutions. Unset: off when the subspace is on (the two are alternatives:
+    docs/performance.md); else, with adaptive tolerances, warm starts and APT solves, the first
+    of :data:`PREDICTION_FACTORS` that leaves at least :data:`PREDICTION_MIN_CELLS` cells on
+    every axis, else off; off otherwise (so ``adaptive_tolerance = false`` stays today's run).
+    Off without warm starts."""
     inv = cfg.inversion
     if not inv.warm_start:
         return 0
     f = inv.forward_prediction
     if f is not None:
         return f
-    if not (inv.adaptive_tolerance and cfg.solver.method == "apt"):
+    if forward_memory > 0 or not (inv.adaptive_tolerance and cfg.solver.method == "apt"):
         return 0
     for f in PREDICTION_FACTORS:
         if min(coarse_shape(cfg.grid_shape(), f)) >= PREDICTION_MIN_CELLS:

@@ -61,7 +61,7 @@ def field_counts(cfg, ndim: int, inversion: bool, adjoint_memory: int = 0,
         fields += forward_memory * (ndim + 1) + 1 + 3 * f64
     if inv.method == "lbfgs":
         fields += 2 * inv.lbfgs_memory
-    f = prediction_factor(cfg)
+    f = prediction_factor(cfg, forward_memory)
     if f:             # the coarse solver of the warm-start correction, the warm model (host)
         fields += -(-(6 + 2 * ndim) // f ** ndim)
         return fields, HOST_FIELDS_INVERSION + 1

@@ -57,7 +57,7 @@ def resolved(cfg):
     if i.adjoint_memory is None:
         i.adjoint_memory = adjoint_memory(cfg)
     if i.forward_prediction is None:
-        i.forward_prediction = prediction_factor(cfg)
+        i.forward_prediction = prediction_factor(cfg, forward_memory(cfg))
     if i.forward_memory is None:
         i.forward_memory = forward_memory(cfg)
     return c.validate()

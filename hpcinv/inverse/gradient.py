@@ -104,6 +104,11 @@ class AdjointGradient(MisfitEstimates):
         self._warm_valid = False
         self.subspace = (AdjointSubspace(bk, shape, dt, nd, adjoint_memory)
                          if warm_start and adjoint_memory > 0 else None)
+        if predictor is not None and forward_memory > 0:
+            from ..errors import ConfigError
+            raise ConfigError("forward_prediction and forward_memory are alternatives (together "
+                              "they make the misfit error estimates unreliable: "
+                              "docs/performance.md); set one of them to 0")
         self.predictor = predictor if warm_start else None
         self._warm_token, self._warm_logK = 0, None     # the forward warm start's model
         self.forward_subspace = (ForwardSubspace(self.solver, forward_memory)
@@ -208,14 +213,14 @@ class AdjointGradient(MisfitEstimates):
         fsub = self.forward_subspace if kind == "forward" else None
         if self.warm is not None and self._warm_valid and not cold:
             P, q = self.warm[kind]
-            if kind == "forward" and self.predictor is not None and \
-                    self._warm_logK is not None:
-                P0 = self.predictor.predict(self.logK, self._warm_token, self._warm_logK, P)
-                if P0 is not None:
-                    P = self.backend.upload(P0, dtype=s.dtype)
             if fsub is not None:
                 fsub.start(P, q)
             else:
+                if kind == "forward" and self.predictor is not None and \
+                        self._warm_logK is not None:
+                    P0 = self.predictor.predict(self.logK, self._warm_token, self._warm_logK,
+                                                P)
+                    P = P if P0 is None else P0
                 s.set_state(P, q, homogeneous=homogeneous)
         else:
             s.set_state(homogeneous=homogeneous)
