@@ -229,11 +229,10 @@ class AdjointGradient(MisfitEstimates):
         if fsub is not None:
             fsub.solved(*self.warm["forward"])
         self._keep_warm(kind)
-        if kind == "forward":
+        if kind == "forward" and self.predictor is not None:   # the warm start's model
             self._warm_token += 1
             self._warm_logK = self.logK.copy()
-            if self.predictor is not None:
-                self.predictor.commit(self._warm_token)
+            self.predictor.commit(self._warm_token)
         return result
 
     def take_prediction_work(self) -> float:
