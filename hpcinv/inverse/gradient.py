@@ -115,6 +115,7 @@ class AdjointGradient(MisfitEstimates):
                                  if warm_start and forward_memory > 0 else None)
         self._holds = None       # "forward" while the solver holds the latest forward solve
         self._stage = None       # (J, residual, psi . rho) of the latest forward solve
+        self._adjoint_of = None  # the forward solution of the latest gradient's adjoint
         own = problem.grid.decomp.owned()
         self.logK = np.zeros(problem.K.shape)
         self.logK[own] = np.log(problem.K[own])
@@ -261,12 +262,19 @@ class AdjointGradient(MisfitEstimates):
         J, _, w = self.obs.misfit_from_values(self.obs.sample(forward.Pf, bk))
         g, adj = self.adjoint_gradient(forward, self.obs.spread(w, bk, dtype=s.dtype), w,
                                        progress)
-        J_reg = None
-        if self.tikhonov is not None:
-            J_reg = self.tikhonov.value_and_gradient(bk.upload(self.logK, dtype=s.dtype), out=g,
-                                                     accumulate=True)[0]
-            bk.sync()
+        J_reg = self._add_tikhonov(g, value=True) if self.tikhonov is not None else None
         return J, J_reg, g, adj
+
+    def _add_tikhonov(self, g, value: bool = False):
+        """Add the Tikhonov term's gradient to ``g`` (in place); returns ``g``, or with
+        ``value`` the term's value (``g`` unchanged without a Tikhonov term)."""
+        if self.tikhonov is None:
+            return None if value else g
+        bk = self.backend
+        J_reg = self.tikhonov.value_and_gradient(bk.upload(self.logK, dtype=self.dtype), out=g,
+                                                 accumulate=True)[0]
+        bk.sync()
+        return J_reg if value else g
 
     def _rescale_adjoint_warm_start(self, w):
         """Scale the previous adjoint solution to the new source.
@@ -337,7 +345,7 @@ class AdjointGradient(MisfitEstimates):
                 "adjoint_gradient: the forward solution given is not the objective's latest "
                 "(the model changed or another forward solve came after it); call "
                 "forward_solve (or restore_forward) first and pass its result")
-        s, bk = self.solver, self.backend
+        s = self.solver
         s.set_source(source)
         cold = w is None
         if self.subspace is not None:
@@ -354,6 +362,41 @@ class AdjointGradient(MisfitEstimates):
                 self.subspace.push(w, s.Pf, s.q)
         self._warm_valid = self.warm is not None
         self._psi_w = None if w is None else np.array(w, dtype=float)   # the kept psi's weights
+        self._adjoint_of = forward
+        return self._assemble_gradient(), adj
+
+    def refine_gradient(self, tol: float, progress=None):
+        """``(dJ/dlogK, info)``: the latest gradient's adjoint solve continued to ``tol``
+        (no forward or adjoint solve since :meth:`gradient`), e.g. when the optimiser finds the
+        gradient too inaccurate (:mod:`.adaptive`). The solve continues from the kept adjoint
+        solution (the warm start's copy: the gradient's transposes used the solver's buffers as
+        scratch; without warm starts it starts again from zero). ``info`` as :meth:`gradient`'s,
+        with this stage's iterations."""
+        if self._holds != "adjoint" or self._latest is None or \
+                self._adjoint_of is not self._latest:
+            raise LifecycleError("refine_gradient: the solver no longer holds the latest "
+                                 "gradient's adjoint solve (a solve came after it)")
+        s = self.solver
+        self.set_tolerances(adjoint=tol)
+        s.set_params(self.adjoint_params)
+        if self.warm is not None:
+            s.set_state(*self.warm["adjoint"], homogeneous=True)
+        else:
+            s.set_state(homogeneous=True)
+        adj = s.solve(progress).result
+        self._keep_warm("adjoint")
+        if self.subspace is not None and len(self.subspace) and self._psi_w is not None:
+            self.subspace.replace_last(s.Pf, s.q)
+        g = self._add_tikhonov(self._assemble_gradient())
+        return g, {"forward_iterations": 0, "adjoint_iterations": adj.iterations,
+                   "forward_converged": True, "adjoint_converged": adj.converged,
+                   "adjoint_residual": adj.residual}
+
+    def _assemble_gradient(self):
+        """``dJ/dlogK`` from the adjoint solution the solver holds and the latest forward
+        pressure: the two transpose kernels and ``K dJ/dK`` (a new padded local array; owned
+        cells valid, ghosts zero). The solver's other buffers serve as scratch."""
+        s, bk = self.solver, self.backend
         psi_P = s.Pf
         scratch = s.scratch()            # the solver's other buffers, free until its next solve
         (K_bar, P_bar), (minus_psi_q, q_bar) = scratch["cells"], scratch["faces"]
@@ -366,7 +409,7 @@ class AdjointGradient(MisfitEstimates):
         # K_bar was zeroed and is written on owned cells: ghosts stay 0
         g = bk.elementwise(lambda xp, K_bar, K: K_bar * K, K_bar, s.K)
         bk.sync()
-        return g, adj
+        return g
 
     def _transposes(self, psi_P, minus_psi_q, q_bar, K_bar, P_bar):
         """The transpose kernels bound by name to these buffers (the solver's ping-pong

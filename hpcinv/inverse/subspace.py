@@ -63,6 +63,14 @@ class SolutionSubspace:
         self.fields.append(bufs)
         self.keys.append(self._keep_key(key, old))
 
+    def replace_last(self, P, q):
+        """Overwrite the newest solution's fields with ``(P, q)`` (the same solve continued
+        to a tighter tolerance; its key stays)."""
+        bufs = self.fields[-1]
+        self.bk.copy(bufs[0], P)
+        for a, b in zip(bufs[1], q):
+            self.bk.copy(a, b)
+
     def mix(self, c, P, q, base=None):
         """Write ``sum_i c_i psi_i`` into ``P``, ``q`` (``psi_i`` the kept solutions); with
         ``base = (P_b, q_b)``: ``P_b + sum_i c_i (psi_i - P_b)`` (an affine combination: it keeps
