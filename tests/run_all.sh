@@ -46,7 +46,7 @@ CHECK_MPI="tests/test_halo.py tests/test_invariance.py tests/test_gradient.py
  tests/test_forward_warm.py"
 CHECK_SERIAL="tests/test_inversion.py tests/test_streams.py tests/test_state.py
  tests/test_adaptive.py tests/test_misfit_error.py tests/test_forward_prediction.py
- tests/test_forward_warm.py"
+ tests/test_forward_warm.py tests/test_gradient_accuracy.py"
 # the inversion tests under the checker: GD, L-BFGS, warm starts, SIGKILL/SIGTERM restarts (the
 # full demo and the 4-rank comparison run in the normal stages)
 CHECK_K="not workshop_demo and not identical_on_1_and_4 and not exact_quality"

@@ -62,7 +62,7 @@ def non_default_dicts():
                       "level_misfit_ratio": [0.5, 0.0], "level_smoothing": "same",
                       "adaptive_tolerance": False, "tolerance_loose": 1e-4,
                       "adjoint_memory": 3, "forward_prediction": 2,
-                      "forward_memory": 2},
+                      "forward_memory": 2, "gradient_accuracy": 0.2},
         "parallel": {"backend": "host", "dims": [2, 0, 1], "overlap": False,
                      "cuda_aware": True, "threads": 3},
         "output": {"dir": 'out dir/with "quotes" and \\ backslash', "figures": False,
@@ -203,6 +203,7 @@ def test_float_keys_accept_integers():
     ("regularisation", "smoothing_coefficient", "0.2", "float"),
     ("regularisation", "tikhonov", True, "float"),
     ("inversion", "forward_memory", 1.5, "int"), ("inversion", "forward_memory", "3", "int"),
+    ("inversion", "gradient_accuracy", "0.1", "float"),
 ])
 def test_type_errors(section, key, value, kind):
     with pytest.raises(ConfigError, match=rf"^{section}\.{key} must be of type {kind}, got "):
@@ -306,6 +307,9 @@ def test_section_must_be_a_table():
     ("inversion", "forward_memory", -1, "inversion.forward_memory must be in [0, 64]"),
     ("inversion", "forward_memory", 65, "inversion.forward_memory must be in [0, 64]"),
     ("inversion", "adjoint_memory", -1, "inversion.adjoint_memory must be in [0, 64]"),
+    ("inversion", "gradient_accuracy", 1.0, "inversion.gradient_accuracy must be in [0, 1)"),
+    ("inversion", "gradient_accuracy", -0.1, "inversion.gradient_accuracy must be in [0, 1)"),
+    ("inversion", "gradient_accuracy", math.nan, "inversion.gradient_accuracy must be in [0, 1)"),
 ])
 def test_value_errors(section, key, value, needle):
     with pytest.raises(ConfigError) as exc:

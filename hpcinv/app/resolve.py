@@ -1,7 +1,7 @@
 """The fully resolved config of a run (issue 13): every default the run takes from elsewhere --
 the built-in problem's grid, domain, permeability model and wells, the workshop's observation
 points, the PT solvers' ``cfl`` and ``maxiter``, the smoothing coefficient, the initial model,
-the adjoint memory -- written into the config, so that a run directory's ``config.toml`` is the
+the adjoint memory, the gradient check -- written into the config, so that a run directory's ``config.toml`` is the
 complete problem and ``hpcinv invert RUN/config.toml -o OTHER`` reruns the same run bitwise.
 
 Left as given: ``[parallel]`` (the machine's: backend, dims, threads, overlap), ``[output]``, and
@@ -16,7 +16,7 @@ from ..config.schema import PermeabilityConfig, WellConfig
 from ..inverse.regularisation import default_smoothing_coefficient
 from ..model import geothermal
 from .coarsening import prediction_factor
-from .assembly import adjoint_memory, forward_memory, pt_params
+from .assembly import adjoint_memory, forward_memory, gradient_accuracy, pt_params
 
 
 def resolved(cfg):
@@ -60,6 +60,8 @@ def resolved(cfg):
         i.forward_prediction = prediction_factor(cfg, forward_memory(cfg))
     if i.forward_memory is None:
         i.forward_memory = forward_memory(cfg)
+    if i.gradient_accuracy is None:
+        i.gradient_accuracy = gradient_accuracy(cfg)
     return c.validate()
 
 

@@ -8,7 +8,8 @@ from ..errors import ConfigError
 
 #: Library parameter names that are keys of a config section, for error messages.
 PT_KEYS = ("cfl", "re", "tol", "maxiter", "ncheck")
-OPTIMISER_KEYS = ("method", "dgamma", "logK_min", "logK_max", "lbfgs_memory")
+OPTIMISER_KEYS = ("method", "dgamma", "logK_min", "logK_max", "lbfgs_memory",
+                  "gradient_accuracy")
 
 
 class library_names:
@@ -34,6 +35,9 @@ class library_names:
 def check_optimiser_settings(v):
     """The ``[inversion]`` keys the optimisers themselves check, with the config's names."""
     from ..inverse.optimise import OptimiserSettings
+    from ..inverse.tolerance import check_gradient_accuracy
     with library_names("inversion", OPTIMISER_KEYS):
         OptimiserSettings(method=v.method, dgamma=v.dgamma, logK_min=v.logK_min,
                           logK_max=v.logK_max, lbfgs_memory=v.lbfgs_memory).validate()
+        if v.gradient_accuracy is not None:
+            check_gradient_accuracy(v.gradient_accuracy)

@@ -151,6 +151,7 @@ class InversionConfig:
     checkpoint_every: int = 10
     adaptive_tolerance: bool = True
     tolerance_loose: float = 1e-3
+    gradient_accuracy: float | None = None   # None: 0.1 for gd, 0 (no check) for lbfgs
     adjoint_memory: int | None = None    # None: 6 with adaptive_tolerance, else 0
     forward_prediction: int | None = None    # coarse-grid warm-start factor; None: auto, 0: off
     forward_memory: int | None = None    # None: 3 with adaptive_tolerance (APT), else 0

@@ -53,14 +53,36 @@ class AdaptiveMixin:
             J, e, tol = self._refine(tol, pts)
         return J, e, tol
 
-    def _gradient(self, pts):
-        """The gradient at the latest forward solution (adjoint solve at the policy's tol)."""
-        tol = self.policy.adjoint_tol(self.tol_state)
-        self.f.set_tolerances(adjoint=tol)
-        g, info = self.f.gradient(self.progress)
+    def _adjoint_stage(self, g_info, pts):
+        g, info = g_info
         pts[1] += info["adjoint_iterations"]
         self.unconverged += not info.get("adjoint_converged", True)
-        self._extra.update(adjoint_tol=tol)
+        return g
+
+    def _gradient(self, pts):
+        """The gradient at the latest forward solution: an adjoint solve to the policy's
+        tolerance, checked in stages (``refine`` times looser first) while the estimated error
+        of the preconditioned gradient is above ``gradient_accuracy`` (the policy's
+        :meth:`~.tolerance.TolerancePolicy.gradient_error`); the tolerance reached is the
+        next gradient's start."""
+        P, st = self.policy, self.tol_state
+        tol = P.adjoint_tol(st)
+        if not P.s.gradient_accuracy:                      # the check is off: one stage
+            self.f.set_tolerances(adjoint=tol)
+            self._extra.update(adjoint_tol=tol)
+            return self._adjoint_stage(self.f.gradient(self.progress), pts)
+        self.f.set_tolerances(adjoint=min(tol * P.s.refine, 0.5))
+        g = self._adjoint_stage(self.f.gradient(self.progress), pts)
+        a = self._preconditioned(g)
+        while True:
+            g = self._adjoint_stage(self.f.refine_gradient(tol, self.progress), pts)
+            a_next = self._preconditioned(g)
+            err = P.gradient_error(self.max_abs(self.sub(a, a_next)), self.max_abs(a_next))
+            if P.gradient_accurate(err) or P.adjoint_at_tol_floor(tol):
+                break
+            a, tol = a_next, P.tighter_adjoint(tol)
+        st["adjoint_tol"] = tol
+        self._extra.update(adjoint_tol=tol, gradient_error=err)
         return g
 
     def _initial(self, x, pts):
@@ -123,18 +145,25 @@ class AdaptiveGradientDescent(AdaptiveMixin, GradientDescent):
     def step(self) -> dict:
         self._begin()
         sc, st, P = self.scalars, self.tol_state, self.policy
-        x_old, gamma, pts = self.arrays["x"], sc["gamma"], [0, 0]
-        x_t = self._trial(gamma)
-        J, e = self._misfit(x_t, P.forward_tol(st), pts)
-        J, e, tol = self._decide(J, e, sc["J"], self._extra["forward_tol"], pts)
-        if J > sc["J"]:
+        x_old, gamma, pts, note = self.arrays["x"], sc["gamma"], [0, 0], ""
+        for _ in range(self.settings.max_trials):
+            x_t = self._trial(gamma)
+            J, e = self._misfit(x_t, P.forward_tol(st), pts)
+            J, e, tol = self._decide(J, e, sc["J"], self._extra["forward_tol"], pts)
+            if J <= sc["J"]:
+                break
             # The increase is decided (refined until the errors are below half of it); the
             # direction is a descent one for any gradient error below 100 %, so the step is too
-            # long: halve it, and compute the next gradients a little more accurately.
-            sc["gamma"] = gamma * 0.5
+            # long: halve it and try again (a trial costs a forward solve: the gradient comes
+            # at accepted points only, so an outer iteration is one gradient, as with
+            # line_search), and compute the next gradients a little more accurately.
+            gamma *= 0.5
             P.tighten(st)
             st["forward_tol"] = max(st["forward_tol"], tol)       # keep the refined one
-            return self.reject(J, gamma, sc["max_grad"], pts, rejected_note(sc["gamma"]))
+            note = "line search halved the step"
+        else:
+            sc["gamma"] = gamma
+            return self.reject(J, gamma * 2, sc["max_grad"], pts, rejected_note(gamma))
         J, e, tol = self._settle(J, e, sc["J"] - J, tol, pts)
         decrease = sc["J"] - J
         g = self._gradient(pts)
@@ -142,7 +171,7 @@ class AdaptiveGradientDescent(AdaptiveMixin, GradientDescent):
         dlogK = self.max_abs(self.sub(x_t, x_old))
         sc.update(J=J, gamma=gamma)
         self.arrays = {"x": x_t, "d": self._direction(g)}
-        return self.record(J, gamma, sc["max_grad"], dlogK, pts)
+        return self.record(J, gamma, sc["max_grad"], dlogK, pts, note)
 
 
 class AdaptiveLBFGS(AdaptiveMixin, LBFGS):

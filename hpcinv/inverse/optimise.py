@@ -210,6 +210,10 @@ class GradientDescent(Optimiser):
         self.arrays = {"x": x, "d": self._direction(g)}
         return self.record(J, 0.0, self.scalars["max_grad"], 0.0, self._pt(info))
 
+    def _preconditioned(self, g):
+        """The gradient as the step uses it: smoothed (a new array)."""
+        return self.smooth(g)
+
     def _direction(self, g):
         d = self.smooth(g)
         m = self.max_abs(d)
@@ -260,6 +264,10 @@ class LBFGS(Optimiser):
 
     def _grad_z(self, g):
         return self.S.apply_transpose(g) if self.S is not None else g
+
+    def _preconditioned(self, g):
+        """The gradient as the step uses it: with respect to ``z``."""
+        return self._grad_z(g)
 
     def start(self, logK0) -> dict:
         z = self.bk.upload(logK0, dtype=self.f.dtype)    # S preserves constants

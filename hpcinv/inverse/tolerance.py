@@ -40,6 +40,12 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 
 
+def check_gradient_accuracy(value):
+    """Raise :class:`ConfigError` unless ``value`` is in ``[0, 1)`` (0: no check)."""
+    if isinstance(value, bool) or not 0 <= value < 1:
+        raise ConfigError(f"gradient_accuracy must be in [0, 1) (0: no check), got {value}")
+
+
 @dataclass
 class ToleranceSettings:
     """Parameters of :class:`TolerancePolicy`.
@@ -56,6 +62,9 @@ class ToleranceSettings:
             this relative error.
         adjoint_recover: after an accepted step the adjoint tolerance loosens by this factor
             (up to ``loose``) again; a rejection tightens it by ``refine``.
+        gradient_accuracy: the largest estimated relative error (max-norm) of the
+            preconditioned gradient; every adjoint solve is checked in two stages and continued
+            a decade at a time while the estimate is above it. 0: no check (one stage).
     """
     forward_tol: float = 1e-8
     adjoint_tol: float = 1e-8
@@ -66,6 +75,7 @@ class ToleranceSettings:
     safety: float = 2.0
     adjoint_recover: float = 10.0 ** 0.5
     J0_accuracy: float = 1e-3
+    gradient_accuracy: float = 0.1
 
     def validate(self):
         if not 0 < self.loose < 1:
@@ -77,6 +87,7 @@ class ToleranceSettings:
             v = getattr(self, key)
             if not (v > 0 and math.isfinite(v)):
                 raise ConfigError(f"{key} must be > 0 and finite, got {v}")
+        check_gradient_accuracy(self.gradient_accuracy)
         for key in ("refine", "adjoint_recover"):
             if not getattr(self, key) > 1:
                 raise ConfigError(f"{key} must be > 1, got {getattr(self, key)}")
@@ -105,7 +116,13 @@ class TolerancePolicy:
         return tol <= self.s.forward_tol * (1 + 1e-12)
 
     def adjoint_at_floor(self, st) -> bool:
-        return self.adjoint_tol(st) <= self.s.adjoint_tol * (1 + 1e-12)
+        return self.adjoint_at_tol_floor(self.adjoint_tol(st))
+
+    def adjoint_at_tol_floor(self, tol) -> bool:
+        return tol <= self.s.adjoint_tol * (1 + 1e-12)
+
+    def tighter_adjoint(self, tol) -> float:
+        return max(tol / self.s.refine, self.s.adjoint_tol)
 
     def tighter(self, tol) -> float:
         return max(tol / self.s.refine, self.s.forward_tol)
@@ -113,7 +130,7 @@ class TolerancePolicy:
     def tighten(self, st):
         """A rejection with loose solves: both tolerances ``refine`` times tighter."""
         st["forward_tol"] = self.tighter(st["forward_tol"])
-        st["adjoint_tol"] = max(st["adjoint_tol"] / self.s.refine, self.s.adjoint_tol)
+        st["adjoint_tol"] = self.tighter_adjoint(st["adjoint_tol"])
 
     def relax_adjoint(self, st):
         """After an accepted step: the adjoint tolerance ``adjoint_recover`` times looser (at
@@ -139,6 +156,18 @@ class TolerancePolicy:
     def decided(self, J, e, ref, e_ref) -> bool:
         """Whether ``J`` vs ``ref`` is decided by values of errors ``e``, ``e_ref``."""
         return abs(J - ref) >= self.s.kappa * (e + (e_ref or 0.0))
+
+    def gradient_error(self, change, size) -> float:
+        """The relative error estimate of a preconditioned gradient from its last stage:
+        ``safety * change / size``, ``change`` the max-norm of the difference to the stage
+        ``refine`` times looser and ``size`` the gradient's max-norm (if the error falls by at
+        least half per decade of tolerance, it is at most the change)."""
+        if size > 0:
+            return self.s.safety * change / size
+        return 0.0 if change == 0 else math.inf
+
+    def gradient_accurate(self, err) -> bool:
+        return err <= self.s.gradient_accuracy
 
     def accurate_enough(self, e, decrease) -> bool:
         return e <= self.s.eta * decrease
