@@ -15,7 +15,7 @@ on, where ``J`` falls by 10-20 % per step. The rule (see ``docs/theory.md``):
   ``tau``, the next forward tolerance is the one whose predicted error is ``eta dJ``:
   ``tau_next = tau eta dJ / e``, clamped to ``[user tol, loose]`` and loosened by at most
   ``refine`` per iteration. Early (large decreases) solves are loose, they tighten as ``J``
-  stalls. The adjoint tolerance is ``adjoint_factor`` times the forward's, clamped likewise;
+  stalls;
 * **decisions** -- a comparison of ``J`` with a reference ``R`` (the accepted misfit, or the
   Armijo line) is taken only when ``|J - R| >= kappa (e_J + e_R)``; otherwise the warm forward
   solve is continued a decade further (cheap) until it is, or the user's tolerance is reached
@@ -23,9 +23,14 @@ on, where ``J`` falls by 10-20 % per step. The rule (see ``docs/theory.md``):
   increase the accurate misfit while the error estimates hold;
 * **accepted values** -- an accepted misfit is refined until ``e <= eta dJ``, so the next
   comparison starts from an accurate reference;
-* **rejections** -- a step rejected (gradient descent) or a line search that fails (L-BFGS)
-  while the adjoint tolerance is above the user's first tightens both tolerances a decade and
-  re-evaluates the gradient at the accepted model; only a second rejection halves the step;
+* **rejections** -- a gradient-descent trial with a decided increase halves the step, tightens
+  both tolerances a decade and is tried again within the iteration; an L-BFGS line search that
+  fails while the adjoint tolerance is above the user's first tightens both tolerances a decade
+  and re-evaluates the gradient at the accepted model;
+* **gradients** -- the adjoint starts at the cap and loosens by ``adjoint_recover`` after each
+  accepted step; with ``gradient_accuracy`` every adjoint solve is checked in two stages
+  (``refine`` times looser, then the tolerance) and continued a decade at a time while
+  :meth:`TolerancePolicy.gradient_error` of the preconditioned gradient is above the bound;
 * **the end** -- the final model's misfit and gradient are evaluated at the user's tolerances.
 
 The state is a small dict of JSON scalars (``Optimiser.scalars["tolerance"]``), checkpointed with
