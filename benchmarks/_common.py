@@ -68,9 +68,14 @@ def parse_sizes(text: str):
     return sizes
 
 
-def emit(record: dict):
-    """Print one measurement as one JSON line (flushed at once)."""
-    print(json.dumps(record, sort_keys=False), flush=True)
+def emit(record: dict, out: str | None = None):
+    """Print one measurement as one JSON line (flushed at once); with ``out``, append the line
+    to that file too."""
+    line = json.dumps(record, sort_keys=False)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
 
 
 def log(msg: str):

@@ -25,13 +25,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit  # noqa: E402
 from inversion_cost import CASES, merge, parse_set  # noqa: E402
 
 
@@ -60,13 +60,6 @@ def main(argv=None):
                           warm_start=False, **s.solver_options)
     own = s.grid.decomp.owned()
     gd = cfg.inversion.method == "gd"
-    out = open(a.out, "a") if a.out else None
-
-    def emit(rec):
-        line = json.dumps(rec)
-        print(line, flush=True)
-        if out:
-            out.write(line + "\n")
 
     def current():                 # the optimiser's preconditioned gradient at its iterate
         return bk.to_host(opt.arrays["d"] if gd else opt.arrays["gz"])[own]
@@ -90,13 +83,13 @@ def main(argv=None):
         if gd:
             row["decrease_ratio"] = float((g_h * a_opt).sum() / (g_h * a_ref).sum())
         rows.append(row)
-        emit(row)
+        emit(row, a.out)
     est = [r for r in rows if r["estimate"] is not None]
     emit({"case": a.case, "summary": True, "overrides": parse_set(a.sets),
           "gradients": len(rows), "estimated": len(est),
           "below_true": sum(r["estimate"] < r["true_error"] for r in est),
           "max_true_error": max(r["true_error"] for r in rows),
-          "median_true_error": float(np.median([r["true_error"] for r in rows]))})
+          "median_true_error": float(np.median([r["true_error"] for r in rows]))}, a.out)
 
 
 if __name__ == "__main__":

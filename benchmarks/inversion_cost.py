@@ -31,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import emit, machine  # noqa: E402
 
 CASES = {"demo": {"inversion": {"method": "gd", "iterations": 50}},
          "lbfgs": {"inversion": {"method": "lbfgs", "iterations": 25}}}
@@ -176,11 +175,7 @@ def main(argv=None):
             for setting in a.settings.split(","):
                 rec = run_one(case, setting, overrides, new_overrides, a.threads, work)
                 if MPI.COMM_WORLD.rank == 0:
-                    line = json.dumps(rec)
-                    print(line, flush=True)
-                    if a.out:
-                        with open(a.out, "a") as f:
-                            f.write(line + "\n")
+                    emit(rec, a.out)
 
 
 if __name__ == "__main__":

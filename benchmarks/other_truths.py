@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit  # noqa: E402
 from inversion_cost import merge, parse_set, tight_ratio  # noqa: E402
 
 RUNS = "blobs2d:gd:50,layered2d:gd:50,blobs2d:lbfgs:25,blobs3d:gd:30"
@@ -126,11 +126,7 @@ def main(argv=None):
                 adaptive = setting == "new"
                 rec = run(name, method, int(iterations), adaptive,
                           parse_set(a.sets) if adaptive else {}, work)
-                line = json.dumps(rec)
-                print(line, flush=True)
-                if a.out:
-                    with open(a.out, "a") as f:
-                        f.write(line + "\n")
+                emit(rec, a.out)
 
 
 if __name__ == "__main__":
