@@ -59,6 +59,17 @@ class AdaptiveMixin:
         self.unconverged += not info.get("adjoint_converged", True)
         return g
 
+    _checked = None        # (g, preconditioned g) of the last checked gradient
+
+    def _preconditioned(self, g):
+        """The optimiser's preconditioned gradient, the one the check computed for ``g``
+        taken once instead of computed again (a smoothing is ``smoothing_steps`` halo
+        exchanges)."""
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] is g:
+            return checked[1]
+        return super()._preconditioned(g)
+
     def _gradient(self, pts):
         """The gradient at the latest forward solution: an adjoint solve to the policy's
         tolerance, checked in stages (``refine`` times looser first) while the estimated error
@@ -73,16 +84,17 @@ class AdaptiveMixin:
             return self._adjoint_stage(self.f.gradient(self.progress), pts)
         self.f.set_tolerances(adjoint=min(tol * P.s.refine, 0.5))
         g = self._adjoint_stage(self.f.gradient(self.progress), pts)
-        a = self._preconditioned(g)
+        a = super()._preconditioned(g)
         while True:
             g = self._adjoint_stage(self.f.refine_gradient(tol, self.progress), pts)
-            a_next = self._preconditioned(g)
+            a_next = super()._preconditioned(g)
             err = P.gradient_error(self.max_abs(self.sub(a, a_next)), self.max_abs(a_next))
             if P.gradient_accurate(err) or P.adjoint_at_tol_floor(tol):
                 break
             a, tol = a_next, P.tighter_adjoint(tol)
         st["adjoint_tol"] = tol
         self._extra.update(adjoint_tol=tol, gradient_error=err)
+        self._checked = (g, a_next)
         return g
 
     def _initial(self, x, pts):
@@ -185,7 +197,7 @@ class AdaptiveLBFGS(AdaptiveMixin, LBFGS):
         x = self._x_of(z)
         J, g = self._initial(x, pts)
         self.scalars.update(J0=J, J=J, npairs=0)
-        self.arrays = {"z": z, "x": x, "gz": self._grad_z(g)}
+        self.arrays = {"z": z, "x": x, "gz": self._preconditioned(g)}
         return self.record(J, 0.0, self.max_abs(g), 0.0, pts)
 
     def step(self) -> dict:
@@ -211,7 +223,7 @@ class AdaptiveLBFGS(AdaptiveMixin, LBFGS):
                 g = self._gradient(pts)
                 st.update(J_error=e_old, retried=True)
                 sc.update(J=J_old, npairs=0)
-                A["gz"] = self._grad_z(g)
+                A["gz"] = self._preconditioned(g)
                 return self.record(J_old, t, self.max_abs(g), 0.0, pts, "no Armijo decrease "
                                    "with loose solves: tolerances tightened, gradient "
                                    "re-evaluated, memory reset")

@@ -262,19 +262,18 @@ class AdjointGradient(MisfitEstimates):
         J, _, w = self.obs.misfit_from_values(self.obs.sample(forward.Pf, bk))
         g, adj = self.adjoint_gradient(forward, self.obs.spread(w, bk, dtype=s.dtype), w,
                                        progress)
-        J_reg = self._add_tikhonov(g, value=True) if self.tikhonov is not None else None
-        return J, J_reg, g, adj
+        return J, self._add_tikhonov(g), g, adj
 
-    def _add_tikhonov(self, g, value: bool = False):
-        """Add the Tikhonov term's gradient to ``g`` (in place); returns ``g``, or with
-        ``value`` the term's value (``g`` unchanged without a Tikhonov term)."""
+    def _add_tikhonov(self, g):
+        """Add the Tikhonov term's gradient to ``g`` (in place); returns the term's value
+        (``None`` without a Tikhonov term)."""
         if self.tikhonov is None:
-            return None if value else g
+            return None
         bk = self.backend
         J_reg = self.tikhonov.value_and_gradient(bk.upload(self.logK, dtype=self.dtype), out=g,
                                                  accumulate=True)[0]
         bk.sync()
-        return J_reg if value else g
+        return J_reg
 
     def _rescale_adjoint_warm_start(self, w):
         """Scale the previous adjoint solution to the new source.
@@ -387,7 +386,8 @@ class AdjointGradient(MisfitEstimates):
         self._keep_warm("adjoint")
         if self.subspace is not None and len(self.subspace) and self._psi_w is not None:
             self.subspace.replace_last(s.Pf, s.q)
-        g = self._add_tikhonov(self._assemble_gradient())
+        g = self._assemble_gradient()
+        self._add_tikhonov(g)
         return g, {"forward_iterations": 0, "adjoint_iterations": adj.iterations,
                    "forward_converged": True, "adjoint_converged": adj.converged,
                    "adjoint_residual": adj.residual}

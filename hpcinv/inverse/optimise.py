@@ -215,7 +215,7 @@ class GradientDescent(Optimiser):
         return self.smooth(g)
 
     def _direction(self, g):
-        d = self.smooth(g)
+        d = self._preconditioned(g)
         m = self.max_abs(d)
         self.scalars["max_grad"] = m
         if m > 0:
@@ -262,19 +262,16 @@ class LBFGS(Optimiser):
     def _x_of(self, z):
         return self.clip(self.S.apply(z) if self.S is not None else self.bk.clone(z))
 
-    def _grad_z(self, g):
-        return self.S.apply_transpose(g) if self.S is not None else g
-
     def _preconditioned(self, g):
         """The gradient as the step uses it: with respect to ``z``."""
-        return self._grad_z(g)
+        return self.S.apply_transpose(g) if self.S is not None else g
 
     def start(self, logK0) -> dict:
         z = self.bk.upload(logK0, dtype=self.f.dtype)    # S preserves constants
         x = self._x_of(z)
         J, g, info = self.evaluate(x)
         self.scalars.update(J0=J, J=J, npairs=0)
-        self.arrays = {"z": z, "x": x, "gz": self._grad_z(g)}
+        self.arrays = {"z": z, "x": x, "gz": self._preconditioned(g)}
         return self.record(J, 0.0, self.max_abs(g), 0.0, self._pt(info))
 
     def _pairs(self):
@@ -305,7 +302,7 @@ class LBFGS(Optimiser):
         """Take the trial ``z_t`` (``x_t = S z_t``, misfit ``J``, gradient ``g``): the new
         curvature pair (if it satisfies the curvature condition) and the history record."""
         sc, A = self.scalars, self.arrays
-        gz = self._grad_z(g)
+        gz = self._preconditioned(g)
         s, y = self.sub(z_t, A["z"]), self.sub(gz, A["gz"])
         dlogK = self.max_abs(self.sub(x_t, A["x"]))
         pairs = self._pairs()
