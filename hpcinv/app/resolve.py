@@ -1,8 +1,9 @@
 """The fully resolved config of a run (issue 13): every default the run takes from elsewhere --
 the built-in problem's grid, domain, permeability model and wells, the workshop's observation
 points, the PT solvers' ``cfl`` and ``maxiter``, the smoothing coefficient, the initial model,
-the adjoint memory, the gradient check -- written into the config, so that a run directory's ``config.toml`` is the
-complete problem and ``hpcinv invert RUN/config.toml -o OTHER`` reruns the same run bitwise.
+the adjoint memory, the gradient check -- written into the config, so that a run directory's
+``config.toml`` is the complete problem and ``hpcinv invert RUN/config.toml -o OTHER`` reruns
+the same run bitwise.
 
 Left as given: ``[parallel]`` (the machine's: backend, dims, threads, overlap), ``[output]``, and
 ``solver.maxiter``/``adjoint.maxiter`` of a coarse-to-fine run (unset, each level's budget is
