@@ -55,7 +55,10 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
     the host backend and records why in ``backend.fallback_reason`` (``""`` when nothing fell
     back) and ``backend.fallback_warning`` (True when a GPU is there but unusable, e.g. NVRTC
     missing: callers should warn; False for the ordinary "no CuPy / no GPU"). The library
-    prints nothing: ``hpcinv`` commands print the warning once, on rank 0.
+    prints nothing: ``hpcinv`` commands print the warning once, on rank 0. With ``comm`` the
+    choice is collective (:func:`agree_on_gpu`): if any rank cannot use its GPU, ``cupy``
+    raises the same error on every rank and ``auto`` falls back on every rank, the reason
+    naming the ranks that could not.
 
     ``comm``: the run's communicator; the node-local rank and rank count (GPU choice, threads
     per rank) are taken from it once, here (``MPI_Comm_split_type(COMM_TYPE_SHARED)``,
@@ -79,14 +82,14 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
     local_size = 1 if local_size is None else local_size
     bk, reason, warn = None, "", False
     if name in ("cupy", "auto"):
-        from .cupy_backend import CupyBackend
-        try:
-            bk = CupyBackend(local_rank=local_rank)
-        except BackendError as exc:
+        bk, error = _try_gpu(local_rank)
+        error = agree_on_gpu(error, comm)
+        if error is not None:
+            bk = None
             if name == "cupy":
-                raise
-            reason = str(exc).removeprefix("backend 'cupy': ")
-            warn = isinstance(exc, GpuUnusableError)
+                raise error
+            reason = str(error).removeprefix("backend 'cupy': ")
+            warn = isinstance(error, GpuUnusableError)
     if bk is None:
         host = CheckedHostBackend if stream_check_enabled() else HostBackend
         bk = host(threads=threads, local_size=local_size)
@@ -94,6 +97,57 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
     bk.fallback_reason, bk.fallback_warning = reason, warn
     decide_cuda_aware(bk, cuda_aware)
     return bk
+
+
+def _try_gpu(local_rank: int):
+    """``(CupyBackend, None)``, or ``(None, BackendError)`` saying why this rank cannot use
+    its GPU. Any other exception from CuPy at construction (an ``AttributeError`` of an API
+    CuPy lacks, a CUDA runtime error) becomes a one-line
+    :class:`~hpcinv.errors.GpuUnusableError` naming it, so ``auto`` falls back."""
+    from . import cupy_backend
+    try:
+        return cupy_backend.CupyBackend(local_rank=local_rank), None
+    except BackendError as exc:
+        return None, exc
+    except Exception as exc:            # noqa: BLE001 - CuPy's errors, whatever their type
+        from .cuda import _why
+        return None, GpuUnusableError(f"backend 'cupy': CuPy failed while setting up the GPU "
+                                      f"backend ({_why(exc)})")
+
+
+def agree_on_gpu(error, comm):
+    """The run's one GPU decision: ``None`` (every rank of ``comm`` has its GPU backend) or
+    the error every rank acts on (collective: one allgather of ``(ok, reason)``).
+
+    Where some ranks failed, every rank gets the same one-line :class:`BackendError` (a
+    :class:`GpuUnusableError` if any rank's was one) naming the ranks that failed and the
+    first one's reason, so ``cupy`` stops on every rank with one exit status (no rank left
+    waiting in a collective) and ``auto`` falls back on every rank (never a mix of host and
+    GPU ranks). Without ``comm`` (or on one rank) the rank's own error is returned.
+    """
+    if comm is None or comm.Get_size() == 1:
+        return error
+    why = "" if error is None else str(error).removeprefix("backend 'cupy': ")
+    outcome = comm.allgather((error is None, why, isinstance(error, GpuUnusableError)))
+    failed = [r for r, (ok, _, _) in enumerate(outcome) if not ok]
+    if not failed:
+        return None
+    if len(failed) == len(outcome) and len({o[1:] for o in outcome}) == 1:
+        return error                    # every rank failed alike: its own words
+    first = outcome[failed[0]][1]
+    # a GPU is left unused (warn) where a rank had one that CuPy could not use, or where
+    # some ranks could use theirs
+    unusable = any(o[2] for o in outcome) or len(failed) < len(outcome)
+    kind = GpuUnusableError if unusable else BackendError
+    ranks = _ranks(failed)
+    return kind(f"backend 'cupy': {len(failed)} of {len(outcome)} ranks cannot use their GPU "
+                f"(rank{'s' if len(failed) > 1 else ''} {ranks}; rank {failed[0]}: {first})")
+
+
+def _ranks(ranks, limit: int = 8) -> str:
+    """``0, 3, 5`` (the first ``limit``, then ``...``)."""
+    text = ", ".join(map(str, ranks[:limit]))
+    return text + (", ..." if len(ranks) > limit else "")
 
 
 def decide_cuda_aware(bk: Backend, setting: bool | None = None):
