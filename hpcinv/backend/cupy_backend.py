@@ -34,7 +34,6 @@ class CupyBackend(Backend):
         cp.cuda.Device(self.device_id).use()
         check_cupy_usable(self.device_id)   # NVRTC there, a kernel compiles and runs: else
         # one line naming the fix here, not a traceback at the first kernel of the run
-        self._lo, self._hi = cp.cuda.runtime.deviceGetStreamPriorityRange()
         super().__init__()
         self.compute.cp.use()       # stray work goes to compute, never to the legacy stream
         cp.zeros(1)                 # initialise CUDA here (Open MPI 5's CUDA-aware query needs it)
@@ -46,9 +45,14 @@ class CupyBackend(Backend):
         """Node-local ranks choosing this device (``local_rank mod devices``, round-robin)."""
         return len(range(self.device_id, max(self.local_size, 1), self.devices)) or 1
 
+    #: Requested stream priorities: CUDA clamps a priority outside the device's range to the
+    #: range's end (CuPy 14 has no ``deviceGetStreamPriorityRange``), so ``boundary`` gets the
+    #: device's highest priority (lower is higher) and the others the default, 0 (the lowest).
+    PRIORITY = {"boundary": -(1 << 20)}
+
     def _make_stream(self, name):
         cp = self.xp
-        prio = self._hi if name == "boundary" else self._lo
+        prio = self.PRIORITY.get(name, 0)
         return CudaStream(name, cp.cuda.Stream(non_blocking=True, priority=prio))
 
     def _compile(self, kernel, ndim, dtype):
