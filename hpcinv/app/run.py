@@ -218,12 +218,17 @@ class Inversion:
                   replicated=replicated,
                   history=history.lines if history is not None else None,
                   fingerprint=self.fingerprint)
-        # For `hpcinv plot` on a running run: the current model and the pressure of the last
-        # evaluated model (no extra solve).
-        write_model_file(self.dir / "model_latest.h5", self.grid, self.opt.arrays["x"],
-                         self.G.Pf_forward, {"iteration": self.iteration,
-                                             "pressure_of": "last evaluated model"},
-                         self.bk.to_host)
+        # For `hpcinv plot` on a running run: the current model and its pressure, when the
+        # latest forward solve was of that model. No extra solve here (it would change the
+        # warm starts, and so the run, by checkpointing): otherwise (a restart at its last
+        # iteration, a step ending on a rejected trial) the previous model_latest.h5 stays, a
+        # consistent pair of an earlier iteration.
+        x = self.opt.arrays["x"]
+        Pf = self.G.pressure_at(x)
+        if Pf is not None:
+            write_model_file(self.dir / "model_latest.h5", self.grid, x, Pf,
+                             {"iteration": self.iteration, "pressure_of": "logK (this file)"},
+                             self.bk.to_host)
 
     def load_checkpoint(self):
         path = self.ckpt_path or self.dir / CHECKPOINT      # the verified one
@@ -258,12 +263,17 @@ class Inversion:
 
     def write_model(self, name, final=None):
         """The accepted model, its pressure and its misfit: the optimiser's accepted ``J``, the
-        value on the history's last line (issue 13: one final misfit everywhere). ``final``:
-        :func:`finish` just evaluated the model (the solver holds its pressure)."""
+        value on the history's last line (issue 13: one final misfit everywhere). The pressure
+        is the forward solution at that model (:meth:`AdjointGradient.pressure_at`), solved
+        afresh when the latest forward solve was of another model; never the solver's ``Pf``,
+        which after a gradient holds the adjoint state. ``final``: the record of
+        :func:`finish` (unused: kept for callers)."""
         x = self.opt.arrays["x"]
-        if final is None:
+        Pf = self.G.pressure_at(x)         # the solver's Pf may be the adjoint state
+        if Pf is None:
             self.G.misfit(x)                 # the pressure of the accepted model
-        write_model_file(self.dir / name, self.grid, x, self.G.solver.Pf,
+            Pf = self.G.Pf_forward
+        write_model_file(self.dir / name, self.grid, x, Pf,
                          {"iteration": self.iteration, "misfit": self.opt.scalars["J"]},
                          self.bk.to_host)
 

@@ -312,6 +312,18 @@ class AdjointGradient(MisfitEstimates):
         self.backend.copy(self.Pf_forward, s.Pf)
         return self._new_forward(fwd)
 
+    def pressure_at(self, logK):
+        """The forward pressure :attr:`Pf_forward` (padded local backend array) when the latest
+        forward solution is of the model ``logK`` (padded local array, owned cells compared),
+        else ``None``: the solver's own ``Pf`` may hold an adjoint state or a rejected trial's
+        pressure, so output files take the pressure from here. Collective (one MPI MIN)."""
+        own = self.decomp.owned()
+        here = self._latest is not None and np.array_equal(
+            self.logK[own], np.asarray(self.backend.to_host(logK), dtype=float)[own])
+        from mpi4py import MPI
+        same = self.problem.grid.comm.allreduce(int(here), op=MPI.MIN)
+        return self.Pf_forward if same else None
+
     def restore_forward(self, logK, Pf, result: PTResult | None = None) -> ForwardSolution:
         """Make an earlier forward solution current again (its model ``logK`` and pressure
         ``Pf``, e.g. kept by a tape) without solving; returns its new handle."""
