@@ -311,6 +311,7 @@ class Inversion:
                                   f"({self.ckpt_path or self.dir / CHECKPOINT})")
         else:
             self.write_setup()
+            self.G.reset()          # a probe call before run() must not change the run
             history = History(self.dir / "history.jsonl", comm)
             wall0 = 0.0
             with self.model_range(0):

@@ -179,6 +179,28 @@ class AdjointGradient(MisfitEstimates):
                 out.update(sub.state())
         return out
 
+    def reset(self):
+        """Forget every solution kept between calls (the warm-start fields, both subspaces, the
+        coarse prediction's cache, the adjoint source weights, the latest forward solution), so
+        that the next call behaves as the first call of a new objective: a probe such as
+        ``value_and_gradient(logK0)`` before :meth:`Inversion.run` then leaves the run's
+        results as they would be without it. The tolerances set by :meth:`set_tolerances` stay
+        (the optimiser sets its own when it starts)."""
+        self._warm_valid = False
+        self._w_old = self._psi_w = None
+        self._latest = self._holds = self._stage = self._adjoint_of = None
+        self._warm_logK = None
+        self._warm_token = 0
+        self._serial = 0
+        if self.subspace is not None:
+            self.subspace.clear()
+        if self.forward_subspace is not None:
+            self.forward_subspace.clear()
+            self.forward_subspace.serial = 0
+        if self.predictor is not None:
+            self.predictor.forget()
+            self.predictor.take_work()
+
     def load_state(self, fields: dict):
         """Restore what :meth:`state` returned (arrays on the host or the backend)."""
         if self.warm is None or not fields:
