@@ -120,14 +120,14 @@ class _Scan:
                 self.visit(child)
 
     def stmt(self, node):
-        method = getattr(self, "st_" + type(node).__name__, None)
-        if method is not None:
-            return method(node)
-        for child in ast.iter_child_nodes(node):
-            self.visit(child)
+        self._dispatch("st_", node)
 
     def ev(self, node):
-        method = getattr(self, "ev_" + type(node).__name__, None)
+        """The value of expression ``node`` (None: not CuPy), recording its uses."""
+        return self._dispatch("ev_", node)
+
+    def _dispatch(self, prefix, node):
+        method = getattr(self, prefix + type(node).__name__, None)
         if method is not None:
             return method(node)
         for child in ast.iter_child_nodes(node):
