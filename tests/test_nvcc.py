@@ -110,8 +110,9 @@ def test_nvcc_compiles_cupy_kernel(nvcc_results, module, ndim, kernel, dtype, in
                     f"$ {' '.join(proc.args)}\n{proc.stderr}", pytrace=False)
     src = open(path).read()
     # What nvcc compiled is exactly what CudaKernel hands to CuPy.
-    _, _, operation, preamble = elementwise_parts(kernel, ndim, dtype)
+    _, _, operation, preamble = elementwise_parts(kernel, ndim, dtype, index_32_bits)
     assert operation in src and preamble in src
+    assert ("typedef unsigned int hpcinv_uidx;" in src) == index_32_bits
     assert f'extern "C" __global__ void {kernel.name}(' in src
     assert f"CIndexer<1, {int(index_32_bits)}> _ind" in src
     ctype = {"float64": "double", "float32": "float"}[dtype]
@@ -141,7 +142,8 @@ def test_cuda_call_order_matches_params():
     calls = []
     ck = object.__new__(CudaKernel)      # __init__ needs a GPU; set what the launch uses
     ck.kernel, ck.dtype, ck._cp = kernel, np.dtype("float64"), np
-    ck._ek = lambda *args, **kw: calls.append((args, kw))
+    ck._ek = dict.fromkeys((True, False), lambda *args, **kw: calls.append((args, kw)))
+    ck._geometry, ck._count_sync = {}, None
     shape = (5, 6, 7)[:ndim]
     arrays = {a: np.full(shape, j, dtype="float64") for j, a in enumerate(kernel.arrays)}
     scalars = {s: 0.5 + j for j, s in enumerate(kernel.scalars)}

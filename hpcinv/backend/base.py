@@ -23,7 +23,9 @@ that produced it (``host_access`` tells the stream checker when MPI reads or wri
 
 Backends count what they issue (:attr:`Backend.counters`): ``kernels`` (compiled-kernel
 launches), ``copies`` (copies, uploads, fills), ``maps`` (element-wise arithmetic),
-``reductions`` and ``syncs`` (host waits).
+``reductions``, ``syncs`` (host waits, all counted by :meth:`Backend.count_sync`) and ``plans``
+(launch plans made: a new binding's first launch over a box list; on GPUs the first plan of a
+kernel over a box list uploads its geometry, one host sync).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from .kernel import Kernel
 STREAMS = ("compute", "boundary", "interior")
 
 #: Counters every backend keeps (see :attr:`Backend.counters`).
-COUNTERS = ("kernels", "copies", "maps", "reductions", "syncs")
+COUNTERS = ("kernels", "copies", "maps", "reductions", "syncs", "plans")
 
 
 class Stream:
@@ -97,22 +99,34 @@ class Backend:
     def _s(self, stream) -> Stream:
         return self.compute if stream is None else stream
 
-    def record(self, stream):
-        """An event marking the work issued on ``stream`` so far."""
+    def new_event(self):
+        """A reusable event for :meth:`record` (``None`` where the backend makes its own per
+        record: the host backends). On GPUs a CUDA event without timing data."""
+        return None
+
+    def record(self, stream, event=None):
+        """An event marking the work issued on ``stream`` so far: ``event`` (one of
+        :meth:`new_event`'s, re-recorded: a ``wait`` issued earlier keeps the position it was
+        issued for, as CUDA's ``cudaStreamWaitEvent`` does) or a new one."""
         raise NotImplementedError
 
     def wait(self, stream, event):
         """Work issued on ``stream`` after this call starts after ``event``'s work is done."""
         raise NotImplementedError
 
+    def count_sync(self):
+        """Count one host sync: every host wait goes through here (:meth:`sync`,
+        :meth:`synchronize`, the reads, and the GPU kernels' launch-geometry uploads)."""
+        self.counters["syncs"] += 1
+
     def sync(self, stream=None):
         """The host waits until ``stream``'s work is done (a host sync)."""
-        self.counters["syncs"] += 1
+        self.count_sync()
         self._sync(self._s(stream))
 
     def synchronize(self):
         """The host waits for every stream (a host sync)."""
-        self.counters["syncs"] += 1
+        self.count_sync()
         for s in self.streams.values():
             self._sync(s)
 
@@ -149,7 +163,10 @@ class Backend:
 
     def launch(self, bound, boxes, stream=None):
         """Launch a bound kernel over one box ``(lo, hi)`` or a list of boxes, in one launch."""
-        plan = bound.plan(boxes)
+        plan = bound.cached_plan(boxes)
+        if plan is None:
+            self.counters["plans"] += 1
+            plan = bound.plan(boxes)
         if plan.cells == 0:
             return
         self.counters["kernels"] += 1
@@ -240,7 +257,7 @@ class Backend:
             box.append(fn())
         s = self._s(stream)
         self._issue(s, run, reads, [], "reductions", what)
-        self.counters["syncs"] += 1
+        self.count_sync()
         self._sync(s)
         return box[0]
 

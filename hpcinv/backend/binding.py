@@ -128,6 +128,10 @@ class BoundKernel:
         self.prepared = compiled.prepare(values)
         self._plans = {}
 
+    def cached_plan(self, boxes) -> "LaunchPlan | None":
+        """The plan of an earlier launch over ``boxes`` (``None``: none yet)."""
+        return self._plans.get(boxes if isinstance(boxes, tuple) else tuple(boxes))
+
     def plan(self, boxes) -> "LaunchPlan":
         """What a launch over ``boxes`` needs, made once per distinct box list and cached."""
         key = boxes if isinstance(boxes, tuple) else tuple(boxes)

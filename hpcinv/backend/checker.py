@@ -356,8 +356,8 @@ class CheckedHostBackend(HostBackend):
                 raise err
         stream.put(op)
 
-    def record(self, stream):
-        self._raise_pending()
+    def record(self, stream, event=None):     # a new event each time: what a re-recorded
+        self._raise_pending()                   # one means to a wait issued after this call
         ev = _Event()
 
         def op(s):

@@ -32,7 +32,10 @@ from .kernel import BOX_INTS, Kernel, header, launch_geometry
 
 NVRTC_OPTIONS = ("-fmad=false",)
 
-#: Finds the box of CuPy's flat index ``i`` and unravels it into padded-array indices.
+#: Finds the box of CuPy's flat index ``i`` and unravels it into padded-array indices. The
+#: division and modulo run in ``hpcinv_uidx``: ``unsigned int`` where the launch's arrays have
+#: fewer than 2**31 cells (:func:`index32`; GPUs emulate 64-bit division in software, some 20
+#: instructions more per cell), else ``ptrdiff_t``. Both give the same indices.
 _PRELUDE = r"""
 const ptrdiff_t sz = 1, sy = Nz, sx = (ptrdiff_t)Ny * Nz;
 ptrdiff_t ib = 0;
@@ -41,25 +44,41 @@ const ptrdiff_t ox = hpcinv_boxes[7 * ib], oy = hpcinv_boxes[7 * ib + 1];
 const ptrdiff_t oz = hpcinv_boxes[7 * ib + 2];
 const ptrdiff_t ey = hpcinv_boxes[7 * ib + 4], ez = hpcinv_boxes[7 * ib + 5];
 const ptrdiff_t i_all = (ptrdiff_t)i;
-const ptrdiff_t _l = i_all - (ptrdiff_t)hpcinv_boxes[7 * ib + 6];
+const hpcinv_uidx _l = (hpcinv_uidx)(i_all - (ptrdiff_t)hpcinv_boxes[7 * ib + 6]);
 #if NDIM == 3
-const ptrdiff_t iz = oz + _l % ez;
-const ptrdiff_t _t = _l / ez;
+const ptrdiff_t iz = oz + (ptrdiff_t)(_l % (hpcinv_uidx)ez);
+const hpcinv_uidx _t = _l / (hpcinv_uidx)ez;
 #else
 const ptrdiff_t iz = 0;
-const ptrdiff_t _t = _l;
+const hpcinv_uidx _t = _l;
 #endif
-const ptrdiff_t iy = oy + _t % ey;
-const ptrdiff_t ix = ox + _t / ey;
+const ptrdiff_t iy = oy + (ptrdiff_t)(_t % (hpcinv_uidx)ey);
+const ptrdiff_t ix = ox + (ptrdiff_t)(_t / (hpcinv_uidx)ey);
 const ptrdiff_t idx = ix * sx + iy * sy + iz;
 (void)sz; (void)iz; (void)oz; (void)ez; (void)i_all;
 """
 
 _GEOMETRY = ("raw int64 hpcinv_boxes", "int64 hpcinv_nbox", "int64 Ny", "int64 Nz")
 
+#: Cells of the padded arrays below which the prelude unravels in 32-bit unsigned arithmetic.
+INDEX32_LIMIT = 2 ** 31
 
-def elementwise_parts(kernel: Kernel, ndim: int, dtype):
-    """``(in_params, out_params, operation, preamble)`` of the ElementwiseKernel for this kernel.
+
+def index32(shape) -> bool:
+    """True when a launch over arrays of padded ``shape`` may unravel in 32 bits (every
+    in-launch position and extent is below :data:`INDEX32_LIMIT`)."""
+    return int(np.prod(shape, dtype=np.int64)) < INDEX32_LIMIT
+
+
+def index_type(index32: bool) -> str:
+    """The C typedef of ``hpcinv_uidx``, the prelude's unravelling type."""
+    return "typedef unsigned int hpcinv_uidx;\n" if index32 else \
+        "typedef ptrdiff_t hpcinv_uidx;\n"
+
+
+def elementwise_parts(kernel: Kernel, ndim: int, dtype, index32: bool = False):
+    """``(in_params, out_params, operation, preamble)`` of the ElementwiseKernel for this kernel
+    (``index32``: the 32-bit unravelling of :func:`index32`, else 64-bit).
 
     Launch as ``ek(*scalars, *ints, boxes, nbox, Ny, Nz, *reads, *writes, size=cells)``.
     """
@@ -68,7 +87,7 @@ def elementwise_parts(kernel: Kernel, ndim: int, dtype):
                  + list(_GEOMETRY) + [f"raw {t} {a}" for a in kernel.reads])
     out_params = [f"raw {t} {a}" for a in kernel.writes]
     preamble = ("#define HPCINV_INLINE __device__ __forceinline__\n"
-                "#define real hpcinv_real\n" + header(kernel, ndim, dtype))
+                "#define real hpcinv_real\n" + index_type(index32) + header(kernel, ndim, dtype))
     operation = _PRELUDE + "{\n" + kernel.body + "\n}\n"
     return ", ".join(in_params), ", ".join(out_params), operation, preamble
 
@@ -210,16 +229,32 @@ def cupy_status() -> str:
 
 
 class CudaKernel(CompiledKernel):
-    """A CuPy ElementwiseKernel; ``bind(**names)`` it, then ``backend.launch(bound, boxes)``."""
+    """A CuPy ElementwiseKernel; ``bind(**names)`` it, then ``backend.launch(bound, boxes)``.
 
-    def __init__(self, kernel: Kernel, ndim: int, dtype):
+    Two ElementwiseKernels of the same body: the 32-bit unravelling (:func:`index32`) and the
+    64-bit one, chosen per launch geometry; CuPy compiles each on its first launch. ``count_sync``
+    counts each host sync the kernel makes (the backend's :meth:`~.base.Backend.count_sync`).
+    """
+
+    def __init__(self, kernel: Kernel, ndim: int, dtype, count_sync=None):
         cupy = import_cupy()
         self._cp = cupy
-        self.kernel, self.dtype = kernel, np.dtype(dtype)
-        in_params, out_params, operation, preamble = elementwise_parts(kernel, ndim, dtype)
-        self._ek = cupy.ElementwiseKernel(in_params, out_params, operation, name=kernel.name,
-                                          preamble=preamble, options=NVRTC_OPTIONS,
-                                          no_return=True)
+        self.kernel, self.ndim, self.dtype = kernel, ndim, np.dtype(dtype)
+        self._ek = {}                       # index32 -> ElementwiseKernel
+        self._geometry = {}                 # (boxes, shape) -> geometry: one upload each
+        self._count_sync = count_sync
+        self.elementwise(False)             # CuPy checks the parameter lists here
+
+    def elementwise(self, index32: bool):
+        """The ElementwiseKernel of one unravelling width (made on first use)."""
+        ek = self._ek.get(index32)
+        if ek is None:
+            in_params, out_params, operation, preamble = elementwise_parts(
+                self.kernel, self.ndim, self.dtype, index32)
+            ek = self._ek[index32] = self._cp.ElementwiseKernel(
+                in_params, out_params, operation, name=self.kernel.name, preamble=preamble,
+                options=NVRTC_OPTIONS, no_return=True)
+        return ek
 
     def prepare(self, values: dict) -> tuple:
         """``(leading scalars and ints, flat arrays)`` in the ElementwiseKernel's order."""
@@ -229,16 +264,27 @@ class CudaKernel(CompiledKernel):
         return head, flat
 
     def geometry(self, boxes, shape):
+        """The launch geometry on the device, uploaded once per box list and shape for all
+        bindings of this kernel (a new binding, e.g. new PT parameters, costs no upload)."""
+        key = (tuple((tuple(lo), tuple(hi)) for lo, hi in boxes), tuple(shape))
+        g = self._geometry.get(key)
+        if g is None:
+            g = self._geometry[key] = self._upload_geometry(boxes, shape)
+        return g
+
+    def _upload_geometry(self, boxes, shape):
         geom, cells = launch_geometry(boxes, shape)
         dev = self._cp.asarray(np.asarray(geom or [0], dtype=np.int64))
         if hasattr(self._cp, "cuda"):
-            # Made once per launch plan, read by kernels on any stream: complete the upload.
+            # Read by kernels on any stream: complete the upload (a host sync).
             self._cp.cuda.get_current_stream().synchronize()
+            if self._count_sync is not None:
+                self._count_sync()
         ny, nz = shape[1], (shape[2] if len(shape) == 3 else 1)
-        return dev, len(geom) // BOX_INTS, ny, nz, cells
+        return dev, len(geom) // BOX_INTS, ny, nz, index32(shape), cells
 
     def run(self, prepared, geometry):
         head, flat = prepared
-        dev, nbox, ny, nz, cells = geometry
+        dev, nbox, ny, nz, idx32, cells = geometry
         if cells:
-            self._ek(*head, dev, nbox, ny, nz, *flat, size=cells)
+            self.elementwise(idx32)(*head, dev, nbox, ny, nz, *flat, size=cells)

@@ -57,14 +57,17 @@ class CupyBackend(Backend):
 
     def _compile(self, kernel, ndim, dtype):
         from .cuda import CudaKernel
-        return CudaKernel(kernel, ndim, dtype)
+        return CudaKernel(kernel, ndim, dtype, count_sync=self.count_sync)
 
     def _issue(self, stream, fn, reads=(), writes=(), kind="copies", what=""):
         with stream.cp:
             fn()
 
-    def record(self, stream):
-        return stream.cp.record()
+    def new_event(self):
+        return self.xp.cuda.Event(disable_timing=True)     # no timestamps: cheaper
+
+    def record(self, stream, event=None):
+        return stream.cp.record(self.new_event() if event is None else event)
 
     def wait(self, stream, event):
         stream.cp.wait_event(event)

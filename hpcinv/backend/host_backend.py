@@ -121,7 +121,7 @@ class HostBackend(Backend):
         else:
             fn()
 
-    def record(self, stream):
+    def record(self, stream, event=None):
         return stream.record() if isinstance(stream, WorkerStream) else DONE
 
     def wait(self, stream, event):

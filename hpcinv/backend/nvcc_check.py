@@ -41,12 +41,15 @@ def cuda_source(kernel: Kernel, ndim: int, dtype, index_32_bits: bool = True) ->
 
     ``index_32_bits`` is CuPy's choice for arrays of at most 2**31 bytes and launches of at
     most 2**31 threads (``CArray<T, 1, true, true>``, ``CIndexer<1, true>``); larger ones get
-    the 64-bit variants.
+    the 64-bit variants; hpcinv's prelude unravels in 32 bits with them
+    (:func:`~hpcinv.backend.cuda.index32`: fewer than 2**31 cells), so both of its variants
+    are compiled too.
     """
     import cupy
     from cupy._core import _kernel, _scalar, _carray, core
 
-    in_params, out_params, operation, preamble = elementwise_parts(kernel, ndim, dtype)
+    in_params, out_params, operation, preamble = elementwise_parts(kernel, ndim, dtype,
+                                                                   index_32_bits)
     # The same constructor call as CudaKernel: CuPy validates the parameter lists here.
     ek = cupy.ElementwiseKernel(in_params, out_params, operation, name=kernel.name,
                                 preamble=preamble, options=NVRTC_OPTIONS, no_return=True)

@@ -33,6 +33,7 @@ class DarcySolver(DarcyFields):
         self.update = OverlappedUpdate(shape, bk, self.halo, overlap=self.overlap)
         self._step = bk.kernel(apt_step_kernel(ndim, False), ndim, self.dtype)
         self._step_res = bk.kernel(apt_step_kernel(ndim, True), ndim, self.dtype)
+        self._bindings = {}                 # (damp, beta) -> the step's bindings
         self.set_params(params if params is not None else PTParams())
 
     def set_params(self, params: PTParams):
@@ -45,8 +46,16 @@ class DarcySolver(DarcyFields):
 
     def _bind_steps(self):
         """The step kernel bound by name for both ping-pong parities, with and without the
-        residual (made once per parameter set, so a step costs only its launches)."""
-        self._bound = {}
+        residual (made once per parameter set and kept, so a step costs only its launches and
+        switching between the forward's and the adjoint's parameters makes no new launch
+        plans: on GPUs each would upload its geometry, a host sync)."""
+        key = (float(self.damp), float(self.beta))
+        self._bound = self._bindings.get(key)
+        if self._bound is not None:
+            return
+        if len(self._bindings) >= 4:        # parameters keep changing: keep the latest few
+            self._bindings.clear()
+        self._bound = self._bindings[key] = {}
         for check, k in ((False, self._step), (True, self._step_res)):
             for cur in (0, 1):
                 self._bound[check, cur] = k.bind(
@@ -70,7 +79,8 @@ class DarcySolver(DarcyFields):
         res = pt_iterate(self.step, self.decomp.comm, self.params, self.scale,
                          "adjoint" if self.homogeneous else "forward", progress,
                          cold=self.cold)
-        self.backend.sync()
+        # no sync here: the last iteration was a check, whose max_abs synchronised ``compute``
+        # after it had waited for the other streams (one host sync per solve fewer)
         return ForwardState(self.Pf, self.q, res, owner=self)
 
 

@@ -72,6 +72,8 @@ class OverlappedUpdate:
         self.full = [owned_box(padded_shape)]
         shell, interior = shell_and_interior(padded_shape)
         self.shell, self.interior = shell, [interior]
+        # three events per step, made once and re-recorded (CUDA events without timing)
+        self._events = tuple(backend.new_event() for _ in range(3))
 
     def __call__(self, bound, field):
         bk = self.backend
@@ -83,12 +85,13 @@ class OverlappedUpdate:
             self.halo.exchange(field)
             return
         compute, boundary, interior = bk.compute, bk.streams["boundary"], bk.streams["interior"]
-        inputs_ready = bk.record(compute)
+        ready, boundary_done, interior_done = self._events
+        inputs_ready = bk.record(compute, ready)
         bk.wait(boundary, inputs_ready)
         bk.wait(interior, inputs_ready)
         bk.launch(bound, self.shell, boundary)
         bk.launch(bound, self.interior, interior)    # before the host waits for the boundary
         self.halo.start(field, boundary)
         self.halo.finish()
-        bk.wait(compute, bk.record(boundary))
-        bk.wait(compute, bk.record(interior))
+        bk.wait(compute, bk.record(boundary, boundary_done))
+        bk.wait(compute, bk.record(interior, interior_done))
