@@ -260,6 +260,7 @@ def test_memory_check_on_a_gpu_counts_the_ranks_sharing_it():
                                           r"9.54 MiB free; use a smaller grid"):
         check_memory(cfg, (200, 200), MPI.COMM_SELF, gpu, True, adjoint_memory=6)
     rpd = CupyBackend.ranks_per_device             # node-local rank r uses device r mod n
-    assert rpd(SimpleNamespace(device_id=1, local_size=5, devices=2)) == 2
-    assert rpd(SimpleNamespace(device_id=0, local_size=5, devices=2)) == 3
-    assert rpd(SimpleNamespace(device_id=0, local_size=1, devices=4)) == 1
+    uncounted = {"device_sharing": None}           # (counted by PCI bus id: test_gpu_sharing)
+    assert rpd(SimpleNamespace(device_id=1, local_size=5, devices=2, **uncounted)) == 2
+    assert rpd(SimpleNamespace(device_id=0, local_size=5, devices=2, **uncounted)) == 3
+    assert rpd(SimpleNamespace(device_id=0, local_size=1, devices=4, **uncounted)) == 1

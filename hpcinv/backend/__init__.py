@@ -62,7 +62,9 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
 
     ``comm``: the run's communicator; the node-local rank and rank count (GPU choice, threads
     per rank) are taken from it once, here (``MPI_Comm_split_type(COMM_TYPE_SHARED)``,
-    collective). Without it, ``local_rank``/``local_size`` (default 0 and 1) are used.
+    collective), and the node's ranks on each GPU are counted by PCI bus id
+    (``backend.ranks_per_device()``, for the memory check). Without it,
+    ``local_rank``/``local_size`` (default 0 and 1) are used.
     ``HPCINV_STREAM_CHECK=1`` gives the host backend with checked asynchronous streams
     (:mod:`hpcinv.backend.checker`). ``cuda_aware`` (``None``: decide) is the run's one
     CUDA-aware-MPI decision for backends whose arrays live in device memory, kept as
@@ -73,11 +75,11 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
         close = difflib.get_close_matches(name, BACKENDS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise BackendError(f"unknown backend {name!r}{hint}; choose one of {', '.join(BACKENDS)}")
+    node = None
     if comm is not None:
         from mpi4py import MPI
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)
         local_rank, local_size = node.Get_rank(), node.Get_size()
-        node.Free()
     local_rank = 0 if local_rank is None else local_rank
     local_size = 1 if local_size is None else local_size
     bk, reason, warn = None, "", False
@@ -94,6 +96,11 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
         host = CheckedHostBackend if stream_check_enabled() else HostBackend
         bk = host(threads=threads, local_size=local_size)
     bk.local_rank, bk.local_size = local_rank, local_size
+    if node is not None:    # collective, every rank: the node's ranks on my GPU, by PCI bus id
+        from ..parallel.node import ranks_sharing
+        bus = bk.pci_bus_id() if hasattr(bk, "pci_bus_id") else None
+        bk.device_sharing = ranks_sharing(node, bus)
+        node.Free()
     bk.fallback_reason, bk.fallback_warning = reason, warn
     decide_cuda_aware(bk, cuda_aware)
     return bk

@@ -41,8 +41,26 @@ class CupyBackend(Backend):
     def free_memory(self) -> int | None:
         return int(self.xp.cuda.runtime.memGetInfo()[0])
 
+    #: Ranks of this node on this rank's GPU, counted by PCI bus id over the node's ranks
+    #: (:func:`~hpcinv.parallel.node.ranks_sharing`, by ``make_backend`` given a
+    #: communicator); None: not counted.
+    device_sharing = None
+
+    def pci_bus_id(self) -> str | None:
+        """This rank's GPU as the node knows it (``"0000:3B:00.0"``), whatever
+        ``CUDA_VISIBLE_DEVICES`` shows the rank; None where CUDA cannot say."""
+        try:
+            return str(self.xp.cuda.Device(self.device_id).pci_bus_id)
+        except Exception:       # noqa: BLE001 - a CUDA error: the caller counts this rank alone
+            return None
+
     def ranks_per_device(self) -> int:
-        """Node-local ranks choosing this device (``local_rank mod devices``, round-robin)."""
+        """Node-local ranks on this rank's GPU: ``device_sharing`` (counted by PCI bus id,
+        right under ``jobs/gpu_bind.sh``, which shows each rank one GPU), else the ranks that
+        pick this device round-robin (``local_rank mod devices``: right only where every rank
+        sees all of the node's GPUs)."""
+        if self.device_sharing is not None:
+            return self.device_sharing
         return len(range(self.device_id, max(self.local_size, 1), self.devices)) or 1
 
     #: Requested stream priorities: CUDA clamps a priority outside the device's range to the
