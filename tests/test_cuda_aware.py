@@ -18,9 +18,11 @@ OMPI4 = "Open MPI v4.1.6, package: Open MPI user@host Distribution, ident: 4.1.6
 OMPI5 = "Open MPI v5.0.3, package: Open MPI user@host Distribution, ident: 5.0.3, repo rev: v5.0.3"
 MV2 = "MVAPICH2 Version      :\t2.3.7\nMVAPICH2 Release date :\tWed March 02 22:00:00 EST 2022\n"
 IMPI = "Intel(R) MPI Library 2021.10 for Linux* OS\n"
+IMPI13 = "Intel(R) MPI Library 2021.13 for Linux* OS\n"
 
 ENV = ("HPCINV_CUDA_AWARE", "MPICH_GPU_SUPPORT_ENABLED", "MPIR_CVAR_ENABLE_GPU", "MV2_USE_CUDA",
-       "OMPI_MCA_opal_cuda_support", "OMPI_MCA_mpi_cuda_support", "OMPI_MCA_accelerator")
+       "OMPI_MCA_opal_cuda_support", "OMPI_MCA_mpi_cuda_support", "OMPI_MCA_accelerator",
+       "I_MPI_OFFLOAD", "I_MPI_OFFLOAD_MODE")
 
 
 class Query:
@@ -120,6 +122,26 @@ def test_never_query_libraries_known_to_abort_or_unknown(mpi, library, why):
     q = mpi(library, answer=True)
     aware, reason = cuda_aware_mpi()
     assert aware is False and why in reason and "staging through host" in reason
+    assert q.calls == 0
+
+
+def test_intel_mpi_gpu_buffers_from_its_offload_switch(mpi):
+    """Intel MPI is never queried; ``I_MPI_OFFLOAD=1`` says CUDA buffers from 2021.13 on."""
+    q = mpi(IMPI13, answer=True)
+    aware, why = cuda_aware_mpi()
+    assert aware is False and "staged unless forced" in why and "I_MPI_OFFLOAD=1" in why
+    mpi(IMPI13, I_MPI_OFFLOAD="1")
+    assert cuda_aware_mpi() == (True, "I_MPI_OFFLOAD=1 (Intel MPI 2021.13+: CUDA buffers)")
+    mpi(IMPI13, I_MPI_OFFLOAD="0")
+    assert cuda_aware_mpi() == (False, "I_MPI_OFFLOAD=0 (Intel MPI: GPU buffers off)")
+    mpi(IMPI, I_MPI_OFFLOAD="2")                       # 2021.10: Level Zero buffers only
+    aware, why = cuda_aware_mpi()
+    assert aware is False and "Intel MPI 2021.10 takes Level Zero" in why
+    mpi(OMPI5, answer=False, I_MPI_OFFLOAD="1")        # another library's switch: not evidence
+    assert cuda_aware_mpi()[1].startswith("MPIX_Query_cuda_support() = 0")
+    mpi(IMPI13, I_MPI_OFFLOAD="1", I_MPI_OFFLOAD_MODE="level_zero")
+    aware, why = cuda_aware_mpi()
+    assert aware is False and "I_MPI_OFFLOAD_MODE=level_zero" in why
     assert q.calls == 0
 
 

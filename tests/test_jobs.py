@@ -142,10 +142,9 @@ def test_without_slurm_or_launcher_a_script_says_what_to_do(tmp_path):
 
 @needs_bash
 @pytest.mark.parametrize("name, gpu_vars", [
-    ("cray-mpich", {"MPICH_GPU_SUPPORT_ENABLED": "1", "HPCINV_CUDA_AWARE": "1"}),
-    ("openmpi", {"OMPI_MCA_pml": "ucx", "UCX_TLS": "rc,sm,cuda_copy,cuda_ipc,gdr_copy",
-                 "HPCINV_CUDA_AWARE": "1"}),
-    ("mvapich", {"MV2_USE_CUDA": "1", "HPCINV_CUDA_AWARE": "1"})])
+    ("cray-mpich", {"MPICH_GPU_SUPPORT_ENABLED": "1"}),
+    ("openmpi", {"OMPI_MCA_pml": "ucx", "UCX_TLS": "rc,sm,cuda_copy,cuda_ipc,gdr_copy"}),
+    ("mvapich", {"MV2_USE_CUDA": "1"})])
 def test_mpi_environment_files(name, gpu_vars):
     def sourced(backend, **extra):
         env = base_env(HPCINV_BACKEND=backend, **extra)
@@ -156,7 +155,13 @@ def test_mpi_environment_files(name, gpu_vars):
     got = sourced("cupy")
     for k, v in gpu_vars.items():
         assert got.get(k) == v, (name, k, got.get(k))
-    assert sourced("cupy", HPCINV_CUDA_AWARE=0)["HPCINV_CUDA_AWARE"] == "0"   # user's choice wins
+    # detection decides (issue 19, finding 4): never forced on by the file; the user's choice,
+    # and the user's own library switches, are kept
+    assert "HPCINV_CUDA_AWARE" not in got, (name, got["HPCINV_CUDA_AWARE"])
+    for user in ("0", "1"):
+        assert sourced("cupy", HPCINV_CUDA_AWARE=user)["HPCINV_CUDA_AWARE"] == user
+    mine = sourced("cupy", **dict.fromkeys(gpu_vars, "x"))
+    assert all(mine[k] == "x" for k in gpu_vars), (name, mine)
     host = sourced("host")
     # CPU runs: no GPU support switched on (Cray MPICH would abort in MPI_Init without GTL)
     for k in ("MPICH_GPU_SUPPORT_ENABLED", "MV2_USE_CUDA", "UCX_TLS", "HPCINV_CUDA_AWARE"):

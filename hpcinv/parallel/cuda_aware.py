@@ -11,7 +11,9 @@ The order of evidence, strongest first:
 2. the MPI library's own run-time switches, read only for the library they belong to:
    ``MPICH_GPU_SUPPORT_ENABLED`` (Cray MPICH), ``MPIR_CVAR_ENABLE_GPU=0`` (MPICH),
    ``MV2_USE_CUDA`` (MVAPICH), ``OMPI_MCA_opal_cuda_support`` / ``OMPI_MCA_mpi_cuda_support``
-   (Open MPI 4) and ``OMPI_MCA_accelerator`` (Open MPI 5);
+   (Open MPI 4), ``OMPI_MCA_accelerator`` (Open MPI 5) and ``I_MPI_OFFLOAD`` (Intel MPI, whose
+   GPU buffer support takes CUDA buffers from 2021.13 on: its Developer Reference, "GPU
+   Support"; earlier versions take Level Zero buffers only);
 3. only for a GPU backend, and only on libraries where it is safe, ``MPIX_Query_cuda_support()``
    of the library mpi4py is linked to. MPICH before 4 (which includes Cray MPICH 8, "ANL base
    3.4") and libraries derived from it (MVAPICH2, Intel MPI) are never asked: some abort in it
@@ -66,7 +68,7 @@ def cuda_aware_mpi(setting=None, gpu: bool = True) -> tuple[bool, str]:
         return env.strip() == "1", "HPCINV_CUDA_AWARE"
 
     lib = library_info(_library_version())
-    decided = _library_setting(lib["family"])
+    decided = _library_setting(lib["family"], lib["version"])
     if decided is not None:
         return decided
     if not gpu:
@@ -94,7 +96,7 @@ def _flag(name: str):
     return True if v in _ON else False if v in _OFF else None
 
 
-def _library_setting(family: str):
+def _library_setting(family: str, version: tuple = ()):
     """(answer, reason) from an explicit run-time switch of this MPI library, or None.
 
     A switch counts only for the library it belongs to (or when the library is not
@@ -124,7 +126,28 @@ def _library_setting(family: str):
             return True, "OMPI_MCA_accelerator=cuda (Open MPI 5)"
         if acc in ("null", "^cuda"):
             return False, f"OMPI_MCA_accelerator={acc} (Open MPI 5: CUDA switched off)"
+    if family == "intel-mpi":
+        return _intel_offload(version)
     return None
+
+
+def _intel_offload(version: tuple):
+    """(answer, reason) from Intel MPI's ``I_MPI_OFFLOAD`` (its GPU features: 0 off; 1 on, or
+    on older versions 1 "auto" and 2 "enabled") and ``I_MPI_OFFLOAD_MODE`` (``auto``,
+    ``cuda``, ``level_zero``); None where ``I_MPI_OFFLOAD`` is unset or unreadable."""
+    v = os.environ.get("I_MPI_OFFLOAD", "").strip().lower()
+    if v in _OFF:
+        return False, f"I_MPI_OFFLOAD={v} (Intel MPI: GPU buffers off)"
+    if v not in _ON + ("2",):
+        return None
+    mode = os.environ.get("I_MPI_OFFLOAD_MODE", "").strip().lower() or "auto"
+    if mode not in ("auto", "cuda"):
+        return False, f"I_MPI_OFFLOAD_MODE={mode} (Intel MPI: not CUDA; staging through host)"
+    if not version or version < (2021, 13):
+        ver = ".".join(map(str, version)) or "of unknown version"
+        return False, (f"I_MPI_OFFLOAD={v}, but Intel MPI {ver} takes Level Zero (Intel GPU) "
+                       "buffers only, CUDA ones from 2021.13 on (staging through host)")
+    return True, f"I_MPI_OFFLOAD={v} (Intel MPI 2021.13+: CUDA buffers)"
 
 
 def _version(text: str):
@@ -160,7 +183,8 @@ def library_info(text: str) -> dict:
     elif m := re.search(r"Intel\(R\) MPI Library\s+([\d.]+)", text):
         info.update(family="intel-mpi", version=_version(m.group(1)),
                     name=f"Intel MPI {m.group(1)}",
-                    why_no_query="Intel MPI (MPICH 3 based) is not asked")
+                    why_no_query="Intel MPI (MPICH 3 based) is not asked; staged unless "
+                                 "forced (I_MPI_OFFLOAD=1 on Intel MPI 2021.13+)")
     elif m := re.search(r"Open MPI v?([\d.]+)", text):
         info.update(family="openmpi", version=_version(m.group(1)),
                     name=f"Open MPI {m.group(1)}", query_safe=True, why_no_query="")

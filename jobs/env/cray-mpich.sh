@@ -16,10 +16,11 @@
 # GPU support is switched on only for a GPU backend: on CPU-only nodes (HPCINV_BACKEND=host)
 # MPICH_GPU_SUPPORT_ENABLED=1 without GTL aborts MPI_Init.
 if [[ "${HPCINV_BACKEND:-auto}" != "host" ]]; then
-    export MPICH_GPU_SUPPORT_ENABLED=1
-    # hpcinv's detection sees MPICH_GPU_SUPPORT_ENABLED; say it explicitly anyway.
-    export HPCINV_CUDA_AWARE=${HPCINV_CUDA_AWARE:-1}
+    export MPICH_GPU_SUPPORT_ENABLED=${MPICH_GPU_SUPPORT_ENABLED:-1}
 fi
+# CUDA-aware or staged: hpcinv decides from MPICH_GPU_SUPPORT_ENABLED (1 above: MPI_Init aborts
+# rather than run without GTL). Force hpcinv's choice with HPCINV_CUDA_AWARE=1 (device buffers
+# to MPI) or HPCINV_CUDA_AWARE=0 (staged through host memory); this file keeps your value.
 # Optional tuning (see `man intro_mpi`):
 # export MPICH_GPU_IPC_ENABLED=1          # intra-node GPU peer-to-peer (default on)
 # export MPICH_OFI_NIC_POLICY=GPU         # NIC closest to the rank's GPU (Slingshot)
