@@ -1,6 +1,8 @@
 """Shared fixtures and helpers for the hpcinv test suite."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -8,6 +10,10 @@ from mpi4py import MPI
 from hpcinv.backend import make_backend
 from hpcinv.model.grid import Grid
 from hpcinv.model.problems import Problem
+
+if os.environ.get("HPCINV_CUPY_STANDIN") == "1":   # CuPy on the CPU (tests/cupy_standin, issue
+    import cupy_standin                             # 19): `import cupy` gets the stand-in;
+    cupy_standin.install()                          # never in a user's run
 
 
 class _FailuresOnly:

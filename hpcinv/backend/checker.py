@@ -174,6 +174,8 @@ def _footprint(a, region):
 def _overlap(f1, f2) -> bool:
     if f1 is None or f2 is None:
         return True
+    if hasattr(f1, "overlaps"):     # a byte-exact footprint (the CuPy stand-in of the tests)
+        return f1.overlaps(f2)
     for lo1, hi1 in f1:
         for lo2, hi2 in f2:
             if all(max(a, c) < min(b, d) for a, b, c, d in zip(lo1, hi1, lo2, hi2)):
