@@ -404,20 +404,24 @@ def _main(args) -> int:
 
 
 def _interrupted(exc) -> int:
-    """SIGTERM/SIGINT outside the inversion loop: the stop recorded in the run directory, one
-    line saying what works now, the lock released, exit 3/130. Under several ranks every rank
-    exits on its own once all have stopped, else the job is aborted
-    (:func:`~hpcinv.app.interrupt.stop_ranks`)."""
+    """SIGTERM/SIGINT outside the inversion loop: one line saying what works now, the lock
+    released, exit 3/130. Under several ranks the job is aborted (a rank blocked in a
+    collective would wait forever); rank 0 gets a second to speak and release the lock first.
+    Rank 0 may be the one blocked (in a collective its signal handler cannot run): then the
+    first other rank to finish its wait (staggered by rank) says it, so the line is never
+    lost, and aborts."""
     mpi = sys.modules.get("mpi4py.MPI")            # not initialised yet: a single process
     comm = mpi.COMM_WORLD if mpi is not None else None
     rank = comm.Get_rank() if comm is not None else 0
-    interrupt.record_stop(exc.signum, rank)        # jobs/invert.sbatch requeues on it
     line = f"hpcinv: error: interrupted by {exc}; {interrupt.advice()}"
     if rank == 0:
         print(line, file=sys.stderr, flush=True)
     _release_locks()
     if comm is not None and comm.Get_size() > 1:
-        interrupt.stop_ranks(comm, exc.exit_code, line)
+        if rank != 0:
+            time.sleep(1.0 + 0.1 * rank)
+            print(f"{line} (rank {rank}; rank 0 did not answer)", file=sys.stderr, flush=True)
+        comm.Abort(exc.exit_code)
     return exc.exit_code
 
 
