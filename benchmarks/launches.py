@@ -56,6 +56,7 @@ def launch_cost(bk, repeats):
         t = time.perf_counter()
         for _ in range(n):
             bk.launch(bound, box)
+        bk.synchronize()                  # a GPU's queue drained: issue rate, not queue fill
         samples.append((time.perf_counter() - t) / n)
     return statistics.median(samples), min(samples)
 
@@ -83,6 +84,8 @@ def main():
     ap.add_argument("--only", choices=("counts", "launch", "iteration"), default=None)
     ap.add_argument("--sizes", default="32x16,16x16x16", help="grids of the iteration timing")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backend", default="host", choices=("host", "cupy", "auto"),
+                    help="backend of the launch measurement (counts: always the host's)")
     args = ap.parse_args()
     comm = MPI.COMM_WORLD
     mach = machine()
@@ -97,8 +100,9 @@ def main():
                               "residual_check": check,
                               **counts(make(), shape, overlap, check)})
     if args.only in (None, "launch") and comm.rank == 0:
-        med, best = launch_cost(make_backend("host", threads=1), args.repeats)
-        emit({"bench": "launch", "backend": "host", "us_per_launch": round(1e6 * med, 2),
+        bk = make_backend(args.backend, threads=1)
+        med, best = launch_cost(bk, args.repeats)
+        emit({"bench": "launch", "backend": bk.name, "us_per_launch": round(1e6 * med, 2),
               "us_per_launch_min": round(1e6 * best, 2), "machine": mach})
     if args.only in (None, "iteration"):
         for shape in parse_sizes(args.sizes):
