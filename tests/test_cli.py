@@ -439,3 +439,77 @@ def test_empty_output_dir_is_refused(tmp_path):
     proc = run_cli("forward", cfg, "--nx", "15", "--ny", "7", "-q", cwd=tmp_path)
     assert_one_line_error(proc, "output.dir", "empty")
     assert not (tmp_path / "fields.h5").exists() and not (tmp_path / "config.toml").exists()
+
+
+# --------------------------------------------------------------------------- issue 22: newcomers
+
+def _tiny_inversion(tmp_path, iterations=2, figures=False):
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"[grid]\nnx = 31\nny = 17\n[inversion]\niterations = {iterations}\n"
+                    f"[output]\nfigures = {str(figures).lower()}\n")
+    return path
+
+
+def test_json_progress_is_json_only(tmp_path, capsys):
+    """``--json``: every stdout line is a JSON object with an ``event`` (the header and the end
+    were plain text lines in the stream before)."""
+    import json
+    proc = run_main(capsys, "invert", _tiny_inversion(tmp_path), "--json", "-o", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done", kinds
+    assert kinds.count("iteration") == 3 and "final" in kinds, kinds
+    assert events[0]["shape"] == [31, 17] and events[-1]["iteration"] == 2
+    assert [e["iteration"] for e in events if e["event"] == "iteration"] == [0, 1, 2]
+
+
+def test_invert_without_config_names_demo(tmp_path, capsys):
+    """``hpcinv invert`` alone used to run the 50-iteration demo into runs/invert."""
+    out = tmp_path / "never"
+    assert_one_line_error(run_main(capsys, "invert", "-o", out, "--nx", "31", "--ny", "17"),
+                          "CONFIG", "hpcinv demo")
+    assert not out.exists()
+    # the demo itself still runs without a file
+    proc = run_main(capsys, "demo", "--nx", "31", "--ny", "17", "--iterations", "1", "-o",
+                    tmp_path / "demo")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("hpcinv demo: geothermal2d 31x17"), proc.stdout
+    assert (tmp_path / "demo" / "model_final.h5").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["forward", "--nx", "abc"], "argument --nx: invalid int value: 'abc'"),
+    (["invert", "x.toml", "--iterations", "1.5"], "--iterations"),
+    (["frob"], "invalid choice: 'frob'"),
+    ([], "required: command"),
+    (["forward", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+], ids=["int", "sub-int", "command", "none", "unknown-option"])
+def test_argparse_errors_are_one_line(capsys, args, needle):
+    line = assert_one_line_error(run_main(capsys, *args), needle, "--help")
+    assert "usage:" not in line
+
+
+def test_argparse_error_in_a_real_process():
+    assert_one_line_error(run_cli("forward", "--nx", "abc"), "--nx", "hpcinv forward --help")
+
+
+def test_info_says_which_cuda_aware_value_decides(capsys):
+    """``cuda_aware_mpi False`` next to ``backend_cuda_aware True``: one line says which one
+    the halo exchanges follow and why the other does not matter."""
+    proc = run_main(capsys, "info", "--backend", "host")
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("halo_buffers"))
+    assert "backend_cuda_aware decides" in line and "cuda_aware_mpi" in line, line
+
+
+def test_gradient_header_first_and_progress_lines_labelled(tmp_path, capsys):
+    """The synthetic-data solve printed an unlabelled ``forward iter`` line before the
+    header."""
+    proc = run_main(capsys, "gradient", *SMALL_2D, "-o", tmp_path / "g")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("hpcinv gradient: geothermal2d 31x17"), lines
+    solves = [ln for ln in lines if " iter " in ln]
+    assert solves and solves[0].startswith("synthetic observations (true model): forward")
+    assert all(ln.startswith(("synthetic observations", "gradient at logK = 0")) for ln in solves)

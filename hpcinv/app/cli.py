@@ -19,17 +19,31 @@ from pathlib import Path
 
 from ..errors import HpcinvError, Interrupted, OutputDirError
 from ..solvers import make_darcy_solver
-from .assembly import build, build_forward
+from .assembly import backend_of, build, build_forward
 from .info import cmd_info
+from .progress import CompileNotice, Progress
+from .run import Reporter
 from . import interrupt
 
 RUN_COMMANDS = ("forward", "gradient", "invert", "demo")
 from .resolve import resolved
 
 
+class UsageError(HpcinvError):
+    """A command line argparse rejects (exit status 2, one line like every input error)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one ``hpcinv: error: ...`` line (no usage block; the
+    subcommands' parsers are of this class too)."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpcinv", description="Distributed APT Darcy solver and "
-                                "adjoint-based permeability inversion.")
+    p = _Parser(prog="hpcinv", description="Distributed APT Darcy solver and "
+                "adjoint-based permeability inversion.")
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("forward", help="solve steady Darcy flow and write DIR/fields.h5")
     _common_run_options(f)
@@ -135,38 +149,24 @@ def _apply_overrides(cfg, args):
     return cfg.validate()
 
 
-class Progress:
-    """Rank-0 progress lines of PT solves, at most one per ``every`` seconds."""
-
-    def __init__(self, quiet: bool, every: float = 1.0):
-        self.quiet, self.every = quiet, every
-        self._last = -1e30
-
-    def __call__(self, it, err, elapsed, what="forward"):
-        now = time.perf_counter()
-        if self.quiet or now - self._last < self.every:
-            return
-        self._last = now
-        say(f"{what:8s} iter {it:8d}  residual {err:.3e}  elapsed {elapsed:8.2f} s")
-
-
 def cmd_forward(args) -> int:
     from .. import config as config_mod
     from ..io import write_fields
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     cfg = resolved(_apply_overrides(cfg, args))          # config.toml: the complete problem
     claim = _claim_output(cfg, "forward", args)          # one run per directory, its owner
-    with claim.setup():
+    with claim.setup(), CompileNotice(Reporter(say, args.quiet)) as compiling:
         setup = build_forward(cfg)
         warn_fallback(setup.backend)
         solver = make_darcy_solver(setup.true, setup.backend, setup.forward_params,
                                    **setup.solver_options)
+        compiling.summary()
     d, g = solver.decomp, solver.grid
     say(f"hpcinv forward: {cfg.problem.name} {'x'.join(map(str, g.shape))} cells on {d.size} "
         f"rank(s) {'x'.join(map(str, d.dims))}, backend {backend_text(solver.backend)}, "
         f"{_describe_method(cfg, solver.params)}; {describe_parallel(solver)}")
     t0 = time.perf_counter()
-    state = solver.solve(progress=Progress(args.quiet))
+    state = solver.solve(progress=Progress(say, args.quiet))
     wall = time.perf_counter() - t0
     out = Path(cfg.output.dir)
     path = write_fields(out / "fields.h5", solver, state, {"wall_time": wall})
@@ -214,13 +214,16 @@ def cmd_gradient(args) -> int:
         cfg.output.dir = "runs/gradient"
     cfg = resolved(_apply_overrides(cfg, args))          # config.toml: the complete problem
     claim = _claim_output(cfg, "gradient", args)         # one run per directory, its owner
-    progress = Progress(args.quiet)
-    with claim.setup():
-        setup = build(cfg, progress=progress)
-    backend, grid, obs = setup.backend, setup.grid, setup.observations
-    warn_fallback(backend)
-    say(f"hpcinv gradient: {cfg.problem.name} {'x'.join(map(str, grid.shape))} cells on "
-        f"{grid.decomp.size} rank(s), backend {backend_text(backend)}")
+    progress = Progress(say, args.quiet, label="synthetic observations (true model)")
+    with claim.setup(), CompileNotice(Reporter(say, args.quiet)) as compiling:
+        backend = backend_of(cfg)
+        warn_fallback(backend)
+        say(f"hpcinv gradient: {cfg.problem.name} {'x'.join(map(str, cfg.grid_shape()))} "
+            f"cells on {_world_size()} rank(s), backend {backend_text(backend)}")
+        setup = build(cfg, backend=backend, progress=progress)
+        compiling.summary()
+    grid, obs = setup.grid, setup.observations
+    progress.label = "gradient at logK = 0"
     t0 = time.perf_counter()
     J, g, info = setup.objective(np.zeros(grid.decomp.padded_shape), progress=progress)
     wall = time.perf_counter() - t0
@@ -242,6 +245,11 @@ def cmd_gradient(args) -> int:
     return 0
 
 
+def _world_size() -> int:
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_size()
+
+
 def _raw_output(path) -> dict:
     from .. import config as config_mod
     return config_mod.read_toml(path).get("output", {})
@@ -252,7 +260,11 @@ def cmd_invert(args, demo=False) -> int:
     from mpi4py import MPI
 
     from .. import config as config_mod
-    from .run import Reporter, RunDirectory
+    from .run import RunDirectory
+    if not (demo or args.restart or args.config):
+        raise UsageError("hpcinv invert needs a CONFIG file (e.g. examples/invert2d.toml) or "
+                         "--restart DIR; 'hpcinv demo' runs the built-in demo inversion "
+                         "without one")
     if args.restart:
         if args.config:
             raise HpcinvError("--restart takes its config from the run directory; "
@@ -279,12 +291,19 @@ def cmd_invert(args, demo=False) -> int:
     claim = _claim_output(cfg, "invert", args, restart=bool(args.restart),
                           config_text=None if args.restart else config_mod.dumps(cfg))
     run_dir = RunDirectory(cfg.output.dir, MPI.COMM_WORLD, checked=True)
-    from .levels import level_shapes, make_inversion
     reporter = Reporter(say, args.quiet, args.json)
+    with CompileNotice(reporter) as compiling:       # to the end: kernels compiled late too
+        return _run_inversion(cfg, claim, run_dir, reporter, compiling, demo)
+
+
+def _run_inversion(cfg, claim, run_dir, reporter, compiling, demo) -> int:
+    """:func:`cmd_invert` once the directory is claimed: build, run, figures, the end."""
+    from .levels import level_shapes, make_inversion
     with claim.setup():
         setup = build(cfg)
         warn_fallback(setup.backend)
         inv = make_inversion(cfg, setup, run_dir, reporter, restart=claim.mode == "continue")
+    compiling.summary()
     out = Path(cfg.output.dir)
     g = setup.grid
     if len(cfg.inversion.level_factors()) > 1:          # coarse-to-fine (app/levels.py)
@@ -293,19 +312,26 @@ def cmd_invert(args, demo=False) -> int:
         what = f"levels ({plan}) iterations"
     else:
         what = f"{cfg.inversion.iterations} iterations"
-    say(f"hpcinv {'demo' if demo else 'invert'}: {cfg.problem.name} "
-        f"{'x'.join(map(str, g.shape))} cells on {g.decomp.size} rank(s), backend "
-        f"{backend_text(setup.backend)}, {cfg.inversion.method}, {what}, "
-        f"{len(setup.observations)} observations -> {out}; "
-        f"{describe_parallel(setup.objective.solver)}")
+    command = "demo" if demo else "invert"
+    reporter.event("start", f"hpcinv {command}: {cfg.problem.name} "
+                   f"{'x'.join(map(str, g.shape))} cells on {g.decomp.size} rank(s), backend "
+                   f"{backend_text(setup.backend)}, {cfg.inversion.method}, {what}, "
+                   f"{len(setup.observations)} observations -> {out}; "
+                   f"{describe_parallel(setup.objective.solver)}", command=command,
+                   problem=cfg.problem.name, shape=list(g.shape), ranks=g.decomp.size,
+                   backend=setup.backend.name, method=cfg.inversion.method,
+                   iterations=cfg.inversion.iterations, output=str(out))
     last = inv.run()
     if last.get("terminated"):                  # the signal number; checkpoint written
         return Interrupted(last["terminated"]).exit_code
     if g.decomp.rank == 0 and setup.run.figures:
         from .plot import plot_run
+        reporter.progress("figures", f"writing figures into {out / 'figures'} ...")
         plot_run(out)
-    say(f"done: J/J0 = {last['misfit_ratio']:.4e} after {last['iteration']} iterations; "
-        f"results in {out}")
+    reporter.event("done", f"done: J/J0 = {last['misfit_ratio']:.4e} after "
+                   f"{last['iteration']} iterations; results in {out}",
+                   misfit_ratio=last["misfit_ratio"], iteration=last["iteration"],
+                   output=str(out))
     return 0
 
 
@@ -359,7 +385,12 @@ def one_line(message: str) -> str:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as exc:           # argparse: one line, exit 2, on rank 0 only
+        if _rank0():
+            print(f"hpcinv: error: {one_line(str(exc))}", file=sys.stderr, flush=True)
+        return exc.exit_code
     run = args.command in RUN_COMMANDS            # SIGTERM/SIGINT handled from here on
     with interrupt.installed() if run else contextlib.nullcontext():
         return _main(args)
@@ -404,24 +435,20 @@ def _main(args) -> int:
 
 
 def _interrupted(exc) -> int:
-    """SIGTERM/SIGINT outside the inversion loop: one line saying what works now, the lock
-    released, exit 3/130. Under several ranks the job is aborted (a rank blocked in a
-    collective would wait forever); rank 0 gets a second to speak and release the lock first.
-    Rank 0 may be the one blocked (in a collective its signal handler cannot run): then the
-    first other rank to finish its wait (staggered by rank) says it, so the line is never
-    lost, and aborts."""
+    """SIGTERM/SIGINT outside the inversion loop: the stop recorded in the run directory, one
+    line saying what works now, the lock released, exit 3/130. Under several ranks every rank
+    exits on its own once all have stopped, else the job is aborted
+    (:func:`~hpcinv.app.interrupt.stop_ranks`)."""
     mpi = sys.modules.get("mpi4py.MPI")            # not initialised yet: a single process
     comm = mpi.COMM_WORLD if mpi is not None else None
     rank = comm.Get_rank() if comm is not None else 0
+    interrupt.record_stop(exc.signum, rank)        # jobs/invert.sbatch requeues on it
     line = f"hpcinv: error: interrupted by {exc}; {interrupt.advice()}"
     if rank == 0:
         print(line, file=sys.stderr, flush=True)
     _release_locks()
     if comm is not None and comm.Get_size() > 1:
-        if rank != 0:
-            time.sleep(1.0 + 0.1 * rank)
-            print(f"{line} (rank {rank}; rank 0 did not answer)", file=sys.stderr, flush=True)
-        comm.Abort(exc.exit_code)
+        interrupt.stop_ranks(comm, exc.exit_code, line)
     return exc.exit_code
 
 

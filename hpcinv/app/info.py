@@ -44,6 +44,7 @@ def cmd_info(args) -> int:
                    "cuda_aware_mpi": aware, "cuda_aware_reason": why,
                    "backend_cuda_aware": backend.cuda_aware,
                    "backend_cuda_aware_reason": backend.cuda_aware_reason,
+                   "halo_buffers": _halo_decision(backend),
                    "petsc4py": _extra_version("petsc4py", "petsc", "solver.method = 'petsc'"),
                    "torch": _extra_version("torch", "torch", "hpcinv.autodiff's PyTorch layer"),
                    "jax": _extra_version("jax", "jax", "hpcinv.autodiff's JAX rule"),
@@ -55,6 +56,18 @@ def cmd_info(args) -> int:
         for r in everyone:
             print("  " + json.dumps(r))
     return 0
+
+
+def _halo_decision(backend) -> str:
+    """Which CUDA-aware value the halo exchanges follow, and why the other does not decide."""
+    if not backend.device_memory:
+        return ("host memory handed to MPI directly: backend_cuda_aware decides; "
+                "cuda_aware_mpi (whether MPI takes GPU pointers) does not matter for "
+                "arrays in host memory")
+    how = "device buffers to MPI" if backend.cuda_aware else "staged via host buffers"
+    return (f"{how}: backend_cuda_aware decides (this run's decision: parallel.cuda_aware, "
+            f"else HPCINV_CUDA_AWARE, else the library); cuda_aware_mpi is the library's "
+            f"answer without a config")
 
 
 def _h5py_text() -> str:

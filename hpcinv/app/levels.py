@@ -220,6 +220,7 @@ class LevelledInversion:
             inv.iteration, inv.history = iteration, history
             inv.extra_attrs = self._attrs(level, first, True)
             inv.save_checkpoint()
+        self.reporter.final_evaluation(self.dir / "model_final.h5")
         final = finish(inv.opt, history)     # the final model at the user's tolerances
         inv.write_model("model_final.h5", final)
         self.history = history

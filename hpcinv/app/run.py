@@ -80,17 +80,20 @@ def write_model_file(path, grid, logK, Pf, attrs, to_host=None) -> Path:
 
 
 class Reporter:
-    """Progress of an inversion, printed by rank 0: one line per outer iteration (with ETA),
-    JSON lines (``json_log``), or nothing (``quiet``)."""
+    """Progress of a run, printed by rank 0: one line per outer iteration (with ETA) and the
+    run's other lines (header, compiling, final evaluation, end); with ``json_log`` every
+    line is a JSON object with an ``event`` key instead (``--json``: stdout is JSON only);
+    ``quiet`` silences the iterations and :meth:`progress` lines. Warnings go to stderr."""
 
     def __init__(self, say=print, quiet: bool = False, json_log: bool = False):
         self.say, self.quiet, self.json_log = say, quiet, json_log
+        self._paused = 0.0        # seconds kept out of the ETA (kernels compiled late)
 
     def iteration(self, rec, total):
         if self.quiet:
             return
         if self.json_log:
-            self.say(json.dumps(rec))
+            self.say(json.dumps({"event": "iteration", **rec}))
             return
         k, el = rec["iteration"], rec["wall_time"]
         eta = self.eta(k, el, total)
@@ -102,20 +105,41 @@ class Reporter:
                  f"{rec['max_dlogK']:.3e}  PT {rec['forward_iterations']}+"
                  f"{rec['adjoint_iterations']}  elapsed {el:8.1f} s  ETA {eta_text}{note}")
 
+    def pause(self, seconds: float):
+        """Keep ``seconds`` (e.g. a kernel compiled during an iteration) out of the ETA."""
+        self._paused += seconds
+
     def eta(self, k, elapsed, total):
         """Seconds left after iteration ``k`` of ``total`` (``None`` while unknown): the time per
         iteration since the first line this reporter printed (iteration 0 ends after the
-        one-off setup, compilation and first gradient, which are not iterations); on a restart's
-        first line, the run's average so far."""
+        one-off setup, compilation and first gradient, which are not iterations), less the
+        :meth:`pause` seconds since; on a restart's first line, the run's average so far."""
         if not hasattr(self, "_first"):
-            self._first = (k, elapsed)
+            self._first = (k, elapsed - self._paused)
         k0, el0 = self._first
         if k > k0:
-            return (elapsed - el0) / (k - k0) * (total - k)
+            return (elapsed - self._paused - el0) / (k - k0) * (total - k)
         return elapsed / k * (total - k) if k > 0 else None
 
+    def event(self, kind: str, text: str, **fields):
+        """A line other than an iteration: ``text``, or with ``json_log`` the JSON object
+        ``{"event": kind, **fields, "message": text}``. Printed also with ``quiet``."""
+        if self.json_log:
+            self.say(json.dumps({"event": kind, **fields, "message": text}, default=str))
+        else:
+            self.say(text)
+
+    def progress(self, kind: str, text: str, **fields):
+        """An :meth:`event` that says what takes time now; silenced by ``quiet``."""
+        if not self.quiet:
+            self.event(kind, text, **fields)
+
     def message(self, text):
-        self.say(text)
+        self.event("message", text)
+
+    def final_evaluation(self, path):
+        """The line before the final model's evaluation and ``path`` (``model_final.h5``)."""
+        self.progress("final", f"final evaluation: writing {path} ...", path=str(path))
 
     def warn(self, text):
         """A warning line on stderr (also with ``quiet``)."""
@@ -345,6 +369,7 @@ class Inversion:
             if stop:
                 self.reporter.message(f"stopping: {stop}")
             self.save_checkpoint()
+        self.reporter.final_evaluation(self.dir / "model_final.h5")
         final = finish(self.opt, history)
         self.write_model("model_final.h5", final)
         return history.lines[-1]

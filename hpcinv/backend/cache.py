@@ -33,6 +33,7 @@ import re
 import stat
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -293,6 +294,35 @@ def compile_and_install(key: str, cmd: list[str], flags, source: str) -> Path:
         _fsync_dir(d)
         _unlink(d / f"k_{key}.log")             # an earlier failure's log is stale now
     return lib
+
+
+_compile_listeners: list = []
+
+
+def add_compile_listener(fn):
+    """Call ``fn(phase, seconds)`` around every kernel library this process finds missing from
+    the cache (a first run): ``("start", 0.0)`` before it is compiled (or waited for, while
+    another rank compiles it), ``("done", seconds)`` after. Returns a function removing it.
+    For progress lines (:mod:`hpcinv.app.progress`); the library itself prints nothing."""
+    _compile_listeners.append(fn)
+    return lambda: _compile_listeners.remove(fn) if fn in _compile_listeners else None
+
+
+@contextmanager
+def announced(key: str):
+    """Around :func:`compile_and_install` of ``key``: tell the listeners when its library is
+    not in the cache yet (a cheap existence test; the verified check stays the installer's)."""
+    if not _compile_listeners or (kernel_dir() / f"k_{key}.so").exists():
+        yield
+        return
+    for fn in list(_compile_listeners):
+        fn("start", 0.0)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        for fn in list(_compile_listeners):
+            fn("done", time.perf_counter() - t0)
 
 
 # --- loading ----------------------------------------------------------------------------------

@@ -198,8 +198,9 @@ def compile_library(source: str, flags=DEFAULT_FLAGS) -> Path:
     # compute nodes): the CPU is part of the key then.
     cpu = _cpu_id() if any(f.startswith("-march=native") for f in flags) else ""
     key = source_hash(source, _compiler_id(cmd), " ".join(flags), cpu)
-    from .cache import compile_and_install   # verified, locked, installed atomically
-    return compile_and_install(key, cmd, flags, source)
+    from .cache import announced, compile_and_install   # verified, locked, atomic
+    with announced(key):                  # a first run's progress line (app/progress.py)
+        return compile_and_install(key, cmd, flags, source)
 
 
 class HostKernel(CompiledKernel):
