@@ -513,3 +513,18 @@ def test_gradient_header_first_and_progress_lines_labelled(tmp_path, capsys):
     solves = [ln for ln in lines if " iter " in ln]
     assert solves and solves[0].startswith("synthetic observations (true model): forward")
     assert all(ln.startswith(("synthetic observations", "gradient at logK = 0")) for ln in solves)
+
+
+def test_restart_of_a_finished_run_without_checkpoints_is_refused(tmp_path, capsys):
+    """It printed "no checkpoint yet (interrupted before the first one)" and recomputed from
+    iteration 0, replacing the results."""
+    run = tmp_path / "r"
+    assert run_main(capsys, "invert", _tiny_inversion(tmp_path), "-q", "-o", run).returncode == 0
+    for p in run.glob("checkpoint*.h5"):
+        p.unlink()
+    before = (run / "model_final.h5").read_bytes(), (run / "history.jsonl").read_text()
+    line = assert_one_line_error(run_main(capsys, "invert", "--restart", run, "-q"),
+                                 "finished", "iteration 2", "no checkpoint left",
+                                 "config.toml -o NEWDIR")
+    assert "interrupted" not in line
+    assert ((run / "model_final.h5").read_bytes(), (run / "history.jsonl").read_text()) == before

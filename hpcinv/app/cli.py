@@ -354,6 +354,24 @@ def _check_restart_dir(path: Path):
     if not (path / "config.toml").is_file():
         raise OutputDirError(f"--restart {path}: no config.toml there (not a run directory "
                              f"of hpcinv invert)")
+    from ..io import checkpoint as ckpt
+    if (path / "model_final.h5").exists() and not ckpt.exists(path):
+        # a finished run whose checkpoints were deleted: "no checkpoint yet" would start it
+        # from iteration 0 and replace its results
+        raise OutputDirError(f"--restart {path}: that run finished ({_last_iteration(path)}"
+                             f"model_final.h5) and has no checkpoint left to continue from; "
+                             f"its results stay as they are (to compute it again: hpcinv "
+                             f"invert {path / 'config.toml'} -o NEWDIR)")
+
+
+def _last_iteration(path: Path) -> str:
+    """``"iteration N, "`` from the last readable line of ``path/history.jsonl`` (or "")."""
+    from .plot import read_history
+    try:
+        recs = read_history(path / "history.jsonl")
+    except (OSError, ValueError):
+        return ""
+    return f"iteration {recs[-1]['iteration']}, " if recs else ""
 
 
 def cmd_plot(args) -> int:
