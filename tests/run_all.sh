@@ -66,4 +66,13 @@ if [[ -n "$CHECK_RANKS" ]]; then
     done
 fi
 
+# The CuPy backend's own code on the CPU stand-in of tests/cupy_standin (issue 19): CupyBackend
+# bitwise equal to the host backend, CuPy's preconditions, races named.
+stage "CuPy stand-in: HPCINV_CUPY_STANDIN=1 tests/test_cupy_standin.py, serial and 2 ranks"
+t=$SECONDS
+HPCINV_CUPY_STANDIN=1 "$PYTHON" -m pytest -q tests/test_cupy_standin.py "$@"
+HPCINV_CUPY_STANDIN=1 $MPIEXEC -n 2 "$PYTHON" -m pytest -q --with-mpi -m mpi \
+    tests/test_cupy_standin.py "$@"
+echo "CuPy stand-in stage passed in $((SECONDS - t)) s"
+
 stage "all tests passed in $((SECONDS - t_all)) s"
