@@ -44,8 +44,30 @@ class Verdict:
     reason: str
 
 
+class DocumentedAttribute:
+    """An instance attribute a CuPy class sets in ``__init__`` (so not on the class), found in
+    the class docstring's ``Attributes:`` section (``~Stream.ptr (intptr_t): ...``); its own
+    attributes are unknown."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str):
+        self.path = path
+
+
+def _documented_attributes(cls) -> set[str]:
+    names = set()
+    for c in inspect.getmro(cls):
+        doc = inspect.cleandoc(c.__doc__ or "")
+        m = re.search(r"^Attributes:\s*$\n((?:^(?: .*|)$\n?)*)", doc, re.M)
+        if m:
+            names |= set(re.findall(r"^ {4}~?(?:\w+\.)?(\w+)\s*(?:\(|:)", m.group(1), re.M))
+    return names
+
+
 def resolve(path: str):
-    """The object at dotted ``path`` in the installed CuPy (submodules imported on demand).
+    """The object at dotted ``path`` in the installed CuPy (submodules imported on demand;
+    a :class:`DocumentedAttribute` for an instance attribute the class documents).
 
     Raises:
         AttributeError: naming the first missing part.
@@ -66,6 +88,9 @@ def resolve(path: str):
                 continue
             except ImportError:
                 pass
+        if inspect.isclass(obj) and part in _documented_attributes(obj):
+            obj = DocumentedAttribute(".".join(parts[:i + 1]))
+            continue
         raise AttributeError(f"{'.'.join(parts[:i])} has no attribute {part!r}")
     return obj
 
@@ -165,6 +190,8 @@ def check(path: str, keywords=(), n_positional: int | None = None, call: bool = 
         return Verdict(False, True, f"does not import: {exc}")
     if not call:
         return Verdict(True, True, "exists")
+    if isinstance(obj, DocumentedAttribute):
+        return Verdict(True, False, "an instance attribute (class docstring): type unknown")
     if not callable(obj):
         return Verdict(False, True, f"{path} is not callable ({type(obj).__name__})")
     if not (inspect.isclass(obj) or inspect.isroutine(obj)):
@@ -196,3 +223,55 @@ def check(path: str, keywords=(), n_positional: int | None = None, call: bool = 
     except TypeError as exc:
         return Verdict(False, True, f"refused by {path}{sig} ({basis}): {exc}")
     return Verdict(True, True, f"accepted by {path}{sig} ({basis})")
+
+
+#: Attributes every Python class has: not part of the API a stand-in offers.
+_CLASS_PLUMBING = {"__init__", "__new__", "__module__", "__dict__", "__weakref__", "__doc__",
+                   "__slots__", "__qualname__", "__annotations__", "__firstlineno__",
+                   "__static_attributes__", "__init_subclass__", "__repr__", "__str__"}
+
+
+def _parameter_names(fn) -> tuple:
+    """Names of ``fn``'s parameters that a caller can pass by keyword (``self`` dropped)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return ()
+    return tuple(p.name for p in params if p.name != "self"
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY))
+
+
+def refusals(standin, path: str) -> list[str]:
+    """What a stand-in object offers in place of CuPy's ``path`` that the real CuPy refuses:
+    ``path`` itself missing, a parameter name the real signature does not take, and for a
+    class each public method, property or dunder it defines (dunders other than ``__call__``:
+    their existence only, as operators pass no keywords). ``[]``: nothing refused.
+
+    For a CPU stand-in of CuPy: ``refusals(standin.cuda.Stream, "cupy.cuda.Stream")``.
+    """
+    if inspect.isclass(standin):
+        found = _missing(path)
+        if found:
+            return found
+        init = standin.__dict__.get("__init__")
+        if init is not None:
+            found += _refused_call(init, path)
+        for name, member in standin.__dict__.items():
+            if name in _CLASS_PLUMBING or (name.startswith("_") and not name.endswith("__")):
+                continue
+            fn = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+            called = inspect.isfunction(fn) and (name == "__call__" or not name.startswith("__"))
+            found += (_refused_call(fn, f"{path}.{name}") if called     # operators: no keywords
+                      else _missing(f"{path}.{name}"))
+        return found
+    return _refused_call(standin, path) if callable(standin) else _missing(path)
+
+
+def _missing(path: str) -> list[str]:
+    v = check(path, call=False)
+    return [] if v.ok else [f"{path}: {v.reason}"]
+
+
+def _refused_call(fn, path: str) -> list[str]:
+    v = check(path, keywords=_parameter_names(fn))
+    return [] if v.ok else [f"{path}: {v.reason}"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cupy_api import check
+from cupy_api import check, refusals
 from cupy_uses import RETURNS, WRAPPERS, Use, scan_package, scan_sources, wrapper_classes
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hpcinv"
@@ -132,7 +132,58 @@ def test_check_refuses_what_cupy_14_refuses(cupy):
         v = check(path, kw, npos)
         assert v.ok and v.checked, (path, kw, v)
     assert check("cupy.cuda.Device.pci_bus_id", call=False).ok       # finding 3 reads it
+    assert check("cupy.cuda.Stream.ptr", call=False).ok              # documented, in __init__
+    assert not check("cupy.cuda.Stream.handle", call=False).ok
     assert not check("cupy.cuda.Device.pci_bus_id").ok               # a property: no call
+
+
+def test_refusals_finds_what_a_standin_offers_beyond_cupy(cupy):
+    """The check the CPU stand-in's tests use (tests/cupy_standin: no API the real CuPy
+    lacks), on a small stand-in: a method, a keyword, a property and a class CuPy lacks."""
+    class Stream:
+        def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+            pass
+
+        def record(self, event=None):
+            pass
+
+        def wait_event(self, event, timeout=None):       # CuPy's takes no timeout
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def query_all(self):                              # CuPy's Stream has no such method
+            pass
+
+        @property
+        def ptr(self):
+            return 0
+
+        @property
+        def lanes(self):                                  # nor such property
+            return 1
+
+    def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
+        return a
+
+    def rint(x, out=None):              # CuPy's ufuncs take the inputs by position only
+        return x
+
+    def rint_positional(x, /, out=None):
+        return x
+
+    found = refusals(Stream, "cupy.cuda.Stream")
+    assert len(found) == 3, found
+    assert any("wait_event" in f and "timeout" in f for f in found), found
+    assert any("query_all" in f for f in found) and any("lanes" in f for f in found), found
+    assert refusals(asnumpy, "cupy.asnumpy") == []
+    assert refusals(rint_positional, "cupy.rint") == []
+    assert "x" in refusals(rint, "cupy.rint")[0]
+    assert refusals(Stream, "cupy.cuda.Streams")[0].startswith("cupy.cuda.Streams: missing")
 
 
 SOURCE = '''
