@@ -113,6 +113,21 @@ def test_every_standin_name_exists_in_the_real_cupy_with_its_keywords():
     assert len(checked) >= 15, checked
 
 
+def test_the_real_cupy_refuses_nothing_the_standin_offers(monkeypatch):
+    """``cupy_api.refusals`` over every public name (and each method of each class) of the
+    stand-in, resolved against the real CuPy: e.g. ``cupy.abs(x=a)`` would be refused (a ufunc
+    takes its inputs positionally only), so the stand-in must refuse it too."""
+    from cupy_api import refusals
+    offered = {f"{module}.{name}": getattr(sys.modules[module], name)
+               for module, names in cupy_standin.API.items() for name in names}
+    for module, real in _real().items():          # cupy_api resolves through sys.modules
+        monkeypatch.setitem(sys.modules, module, real)
+    assert refusals(offered["cupy.abs"], "cupy.abs") == []
+    assert refusals(lambda x, out=None: x, "cupy.abs")     # the check itself can fail
+    found = [r for path, obj in offered.items() for r in refusals(obj, path)]
+    assert found == []
+
+
 @pytest.mark.parametrize("call,exc,match", [
     (lambda cp: cp.empty((4, 4))[:, 1].set(np.zeros(4)), RuntimeError,
      "Cannot set to non-contiguous array"),

@@ -327,7 +327,7 @@ def max(a, axis=None, out=None, keepdims=False):    # noqa: A001 - cupy.max
 
 
 def _ufunc(name, fn):
-    def ufunc(x, out=None, **kwargs):
+    def ufunc(x, /, out=None, **kwargs):       # a ufunc takes its inputs positionally only
         if out is not None or kwargs:
             raise NotImplementedError(f"CuPy stand-in: {name}(out=, ...)")
         return _run(name, [x], fn)
