@@ -7,6 +7,7 @@ failure."""
 from __future__ import annotations
 
 import gc
+import json
 import signal
 import sys
 import time
@@ -107,3 +108,30 @@ def test_an_except_exception_block_does_not_swallow_an_interrupt():
     with pytest.raises(Interrupted):
         with interrupt.installed():
             write()
+
+
+def test_a_signal_after_the_loops_last_look_is_raised_when_the_block_ends():
+    """Issue 22: SIGTERM while the final checkpoint is written (inside Deferred, after the
+    loop's last reading of the flag) must not be lost: the final evaluation would go on."""
+    with pytest.raises(Interrupted):
+        with interrupt.installed():
+            with interrupt.Deferred():
+                signal.raise_signal(signal.SIGTERM)      # recorded, never looked at
+            _spin()                                      # not reached
+    with interrupt.installed():                          # looked at: the loop acted on it
+        with interrupt.Deferred() as sig:
+            signal.raise_signal(signal.SIGTERM)
+            assert sig.flag == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):               # the Python API: the old handler
+        with interrupt.Deferred():
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_a_stop_is_recorded_in_the_claimed_run_directory(tmp_path):
+    with interrupt.installed():
+        interrupt.record_stop(signal.SIGTERM)                # no directory claimed: nothing
+        interrupt.advise(lambda: "", tmp_path)
+        interrupt.record_stop(signal.SIGTERM, rank=1)
+    rec = json.loads((tmp_path / interrupt.STOP_RECORD).read_text())
+    assert rec["signal"] == "SIGTERM" and rec["rank"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == [interrupt.STOP_RECORD]

@@ -52,7 +52,8 @@ def history(run) -> list:
 
 def fake_slurm(tmp_path) -> tuple[Path, Path]:
     """A bin directory with srun (-> mpiexec -n NTASKS), scontrol and scancel that log their
-    arguments; returns (bin dir, log file)."""
+    arguments; returns (bin dir, log file). Like the real srun --mpi=pmi2, the fake reports a
+    step that ended in ``MPI_Abort`` as 137 (SIGKILL), whatever code the abort carried."""
     bindir, log = tmp_path / "fakebin", tmp_path / "slurm-calls.log"
     bindir.mkdir()
     (bindir / "srun").write_text(f"""#!/usr/bin/env bash
@@ -62,7 +63,13 @@ while [[ $# -gt 0 && $1 == -* ]]; do
     case $1 in --ntasks=*) n=${{1#--ntasks=}} ;; esac
     shift
 done
-exec "{MPIEXEC}" -n "$n" "$@"
+err=$(mktemp)
+rc=0
+"{MPIEXEC}" -n "$n" "$@" 2> "$err" || rc=$?
+cat "$err" >&2
+if grep -q "MPI_Abort" "$err"; then rc=137; fi
+rm -f "$err"
+exit $rc
 """)
     for name in ("scontrol", "scancel"):
         (bindir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n')
@@ -585,3 +592,83 @@ def test_results_decide_not_the_launchers_status(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "launcher returned 5 although the inversion finished" in p.stderr
     assert (tmp_path / "inv5" / "model_final.h5").exists()
+
+
+# --------------------------------------------------------------------------- srun-proof stops
+
+SIGTERM_AT = ROOT / "tests" / "sigterm_at.py"
+
+
+def python_that_signals(tmp_path, at: str, ranks: str = "all") -> dict:
+    """HPCINV_PYTHON running tests/sigterm_at.py: the ranks send themselves SIGTERM ``at`` a
+    phase of hpcinv invert (see there)."""
+    path = tmp_path / "python-sigterm"
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{SIGTERM_AT}" "$@"\n')
+    path.chmod(0o755)
+    return dict(HPCINV_PYTHON=path, HPCINV_TEST_SIGTERM_AT=at, HPCINV_TEST_SIGTERM_RANKS=ranks)
+
+
+def stop_env(tmp_path, launcher: str, **extra):
+    """(environment, slurm-call log) for invert.sbatch under the fake srun or plain mpiexec."""
+    if launcher == "srun":
+        bindir, log = fake_slurm(tmp_path)
+        return slurm_env(bindir, SLURM_NTASKS=2, **extra), log
+    return base_env(**extra), None
+
+
+@needs_mpi
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_sigterm_in_the_final_evaluation_stops_every_rank_with_3(tmp_path, launcher):
+    """Issue 22: SIGTERM after the last checkpoint, before model_final.h5. Every rank exits 3 on
+    its own (srun would report an MPI_Abort as 137); the job stops (local) or requeues (srun),
+    and the requeued attempt finishes from the checkpoint."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.format(it=2))
+    run = tmp_path / "invert-4242"
+    env, log = stop_env(tmp_path, launcher, HPCINV_OUTPUT=run, HPCINV_ARGS="-q",
+                        **python_that_signals(tmp_path, "finish"))
+    p = run_script("invert.sbatch", cfg, env=env, cwd=tmp_path)
+    out = p.stdout + p.stderr
+    assert "launcher exit status 3" in out and "MPI_Abort" not in out, out
+    assert "interrupted by SIGTERM" in out and (run / ".hpcinv-stop.json").exists()
+    assert (run / "checkpoint.h5").exists() and not (run / "model_final.h5").exists()
+    if launcher == "mpiexec":
+        assert p.returncode == 3 and "not under SLURM" in out, out
+        return
+    assert p.returncode == 0 and "scontrol requeue 4242" in log.read_text(), out
+    env.update(SLURM_RESTART_COUNT="1", HPCINV_TEST_SIGTERM_AT="")
+    p = run_script("invert.sbatch", cfg, env=env, cwd=tmp_path)
+    assert p.returncode == 0 and "inversion finished" in p.stdout, p.stdout + p.stderr
+    assert [r["iteration"] for r in history(run)] == [0, 1, 2]
+
+
+@needs_mpi
+def test_sigterm_in_start_up_under_srun_requeues(tmp_path):
+    """SIGTERM while the run is assembled (no checkpoint yet): status 3 from every rank, the
+    run directory's stop record makes the script requeue (the next attempt starts again)."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.format(it=2))
+    run = tmp_path / "invert-4242"
+    env, log = stop_env(tmp_path, "srun", HPCINV_OUTPUT=run, HPCINV_ARGS="-q",
+                        **python_that_signals(tmp_path, "build"))
+    p = run_script("invert.sbatch", cfg, env=env, cwd=tmp_path)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "launcher exit status 3" in out, out
+    assert "before its first checkpoint" in out and "scontrol requeue 4242" in log.read_text()
+    assert (run / ".hpcinv-stop.json").exists() and not (run / "checkpoint.h5").exists()
+
+
+@needs_mpi
+def test_a_rank_that_never_answers_aborts_and_the_run_directory_decides(tmp_path):
+    """Only rank 1 gets the signal; rank 0 goes on into a collective of the final evaluation.
+    Rank 1 gives up after HPCINV_STOP_WAIT and aborts (srun: 137); the script still requeues,
+    from the new checkpoint and the stop record, not from the launcher's status."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.format(it=2))
+    run = tmp_path / "invert-4242"
+    env, log = stop_env(tmp_path, "srun", HPCINV_OUTPUT=run, HPCINV_ARGS="-q",
+                        HPCINV_STOP_WAIT=1, **python_that_signals(tmp_path, "finish", "1"))
+    p = run_script("invert.sbatch", cfg, env=env, cwd=tmp_path)
+    out = p.stdout + p.stderr
+    assert "launcher exit status 137" in out and "rank 0 did not answer" in out, out
+    assert p.returncode == 0 and "scontrol requeue 4242" in log.read_text(), out

@@ -54,7 +54,8 @@ def _h5(name: str) -> list[str]:
     return [name, f"{name}.parts-*", f".{name}.tmp-*", name[:-3] + ".xmf"]
 
 
-COMMON = ["config.toml", RECORD, f"{RECORD}.tmp-*"]
+COMMON = ["config.toml", RECORD, f"{RECORD}.tmp-*", interrupt.STOP_RECORD,
+          f"{interrupt.STOP_RECORD}.tmp-*"]
 OWNED = {
     "forward": _h5("fields.h5"),
     "gradient": _h5("gradient.h5"),
@@ -214,7 +215,7 @@ class Claim:
         self.mode, message = value
         if message and comm.Get_rank() == 0:
             note(f"hpcinv: note: {message}")
-        interrupt.advise(self.advice)           # every rank
+        interrupt.advise(self.advice, self.path)    # every rank
 
     def _take(self, fingerprint, overwrite, restart, config_text):
         mode = decide(self.path, self.kind, fingerprint, overwrite, restart)
@@ -231,7 +232,7 @@ class Claim:
                 (self.path / "config.toml").write_text(config_text, encoding="utf-8")
         elif read_record(self.path) is None:     # a restart of a run from before records
             write_record(self.path, self.kind, fingerprint)
-        interrupt.advise(self.advice)           # before a held signal is raised again
+        interrupt.advise(self.advice, self.path)   # before a held signal is raised again
         msg = NOTES.get(mode, "").format(path=self.path, kind=self.kind, n=len(old))
         return mode, msg
 
