@@ -257,3 +257,93 @@ def test_misfit_curve_joins_accepted_models_only():
     assert (it, ratio) == ([0, 1, 2, 4], [1.0, 0.5, 0.5, 0.4])
     assert notes == ["", "", None, "line search halved"]      # rejections: not in the legend
     assert s["trials"] == ([2, 3], [1.5, 1.2])
+
+
+# ------------------------------------------------------------------ issue 22: a newcomer's figures
+
+def test_forward_and_gradient_directories_draw_their_fields(tmp_path, capsys):
+    """``hpcinv plot`` on a forward/gradient directory exited 1 with a message about model
+    files those commands never write."""
+    shape, extent = (32, 16), [-1, 1, 0, 1]
+    true, _, pf = fields(shape, extent)
+    for name, data, png in (("fields.h5", {"Pf": pf, "K": np.exp(true)}, "fields.png"),
+                            ("gradient.h5", {"dJ_dlogK": pf, "dJ_dlogK_smoothed": 0.5 * pf},
+                             "gradient.png")):
+        run = tmp_path / name[:-3]
+        run.mkdir()
+        (run / "config.toml").write_text('[problem]\nname = "geothermal2d"\n')
+        with h5py.File(run / name, "w") as f:
+            for k, v in data.items():
+                f[k] = v
+            f.attrs["extent"] = extent
+        assert cmd_plot(run) == 0
+        out = capsys.readouterr()
+        assert out.out.split() == [str(run / "figures" / png)]
+        assert "model" not in out.err, out.err
+        w, h = png_size(run / "figures" / png)
+        assert w > 1.5 * h                                   # two panels side by side
+
+
+def test_forward_directory_of_a_real_run(tmp_path, capsys):
+    from hpcinv.app.cli import main
+    run = tmp_path / "fwd"
+    assert main(["forward", "--nx", "31", "--ny", "17", "-q", "-o", str(run)]) == 0
+    assert main(["plot", str(run)]) == 0
+    assert capsys.readouterr().out.split()[-1] == str(run / "figures" / "fields.png")
+
+
+def test_model_panels_have_their_own_ranges_and_a_difference():
+    """The inverted model shared the true model's range down to -6 (a recovered barrier at
+    -1.7 looked faint) and there was no difference panel."""
+    from hpcinv.app.plot import model_panels
+    true = np.array([[0.0, -6.0], [0.0, 0.0]])
+    inv = np.array([[0.0, -1.7], [-0.2, 0.1]])
+    panels = model_panels(true, inv, "inverted")
+    assert [p[0] for p in panels] == ["true model", "inverted", "difference: inverted - true"]
+    assert panels[0][3] == (-6.0, 0.0) and panels[1][3] == (-1.7, 0.1)
+    np.testing.assert_array_equal(panels[2][1], inv - true)
+    assert panels[2][2] == "RdBu_r" and panels[2][3] == (-4.3, 4.3)
+    for title, _, _, _, label in panels[:2]:                 # ln in the files, log10 shown
+        assert "log10 K" in label and "ln K" in label, label
+    only = model_panels(None, inv, "inverted")               # field data: no true model
+    assert len(only) == 1 and only[0][3] == (-1.7, 0.1)
+
+
+def test_axes_say_dimensionless_and_wells_look_as_in_the_legend(tmp_path):
+    """Units: the problem is nondimensional, and the axes say so. Wells: filled with a black
+    edge, in the plot and in the legend alike (they looked hollow on a pressure of their
+    own colour, filled in the legend)."""
+    from matplotlib.colors import to_rgba
+    from hpcinv.app.plot import _figure, _mark_wells, _show
+    fig = _figure(1, 4, 3)
+    ax = fig.subplots()
+    _show(ax, np.zeros((4, 3)), np.array([0, 1, 0, 1.0]), "viridis")
+    assert "dimensionless" in ax.get_xlabel() and "dimensionless" in ax.get_ylabel()
+    _mark_wells(ax, {"well_positions": np.array([[0.2, 0.5], [0.8, 0.5]]),
+                     "well_rates": np.array([1.0, -1.0])})
+    handles = ax.get_legend_handles_labels()[0]
+    legend = ax.legend()
+    assert len(handles) == 2
+    for drawn, shown in zip(handles, legend.legend_handles):
+        assert np.allclose(drawn.get_edgecolor()[0], to_rgba("black"))
+        assert np.allclose(shown.get_edgecolor()[0], drawn.get_edgecolor()[0])
+        assert np.allclose(shown.get_facecolor()[0], drawn.get_facecolor()[0])
+        assert not np.allclose(drawn.get_facecolor()[0], to_rgba("white"))
+
+
+def test_misfit_legend_names_no_line_search_that_did_not_run(tmp_path, monkeypatch):
+    """With ``line_search = false`` the adaptive optimiser's own halving was labelled "line
+    search halved the step"."""
+    import hpcinv.app.plot as plot
+    assert plot.note_label("line search halved the step", True) == \
+        "line search halved the step"
+    label = plot.note_label("line search halved the step", False)
+    assert "line search" not in label.replace("line_search = false", "") and "halved" in label
+    assert plot.note_label("other note", False) == "other note"
+    seen = []
+    monkeypatch.setattr(plot, "note_label", lambda n, ls: seen.append(ls) or n)
+    run = make_run(tmp_path, model=None, setup=False)
+    with open(run / "config.toml", "a") as f:
+        f.write("\n[inversion]\nline_search = false\n")
+    plot_run(run)
+    assert seen and set(seen) == {False}

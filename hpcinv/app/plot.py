@@ -2,13 +2,19 @@
 
 :func:`plot_run` reads what the run has written so far and draws, into ``DIR/figures/``:
 
-- ``model.png``: true (if known) and inverted log10 K side by side, same colour limits, with the
-  wells (triangles up: injection, rate > 0; down: extraction) and the observation points;
+- ``model.png``: true (if known) and inverted log10 K side by side, each with its own colour
+  range, and their difference (inverted - true), with the wells (triangles up: injection,
+  rate > 0; down: extraction) and the observation points;
 - ``pressure.png``: the pressure field ``Pf`` of the current model, with the wells;
 - ``misfit.png``: J/J0 of the accepted models against the outer iteration on a log scale;
   rejected trials are separate red crosses, never joined into the curve; iterations whose
   history line carries another ``note`` (e.g. a line search) are marked and listed in the
   legend.
+
+The problem is nondimensional (x, y, K, Pf carry no units): the figures say so. The HDF5 files
+hold ``logK`` as the natural logarithm ln K; the figures show log10 K (the colour bars say
+which). A ``forward`` or ``gradient`` directory gets the figures of its own fields instead
+(:mod:`hpcinv.app.plot_fields`).
 
 It works on a finished run (``model_final.h5``) and on a running one (``model_latest.h5``, or only
 ``history.jsonl``): a figure whose input is missing or unreadable is skipped with a one-line
@@ -28,7 +34,11 @@ import numpy as np
 
 from ..errors import ConfigError
 
-RUN_FILES = ("config.toml", "setup.h5", "model_final.h5", "model_latest.h5", "history.jsonl")
+RUN_FILES = ("config.toml", "setup.h5", "model_final.h5", "model_latest.h5", "history.jsonl",
+             "fields.h5", "gradient.h5")
+INVERSION_FILES = RUN_FILES[1:5]
+NONDIMENSIONAL = "nondimensional problem: x, y, K and Pf are dimensionless"
+LOG10_K = "log10 K  (HDF5 logK = ln K)"
 
 
 class _Skip(Exception):
@@ -153,8 +163,8 @@ def _show(ax, field2d, ext, cmap, vmin=None, vmax=None):
     """``field2d[ix, iy]`` on physical axes (x right, y up), equal aspect."""
     im = ax.imshow(field2d.T, origin="lower", extent=tuple(ext[:4]), cmap=cmap,
                    vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal")
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+    ax.set_xlabel("x (dimensionless)")
+    ax.set_ylabel("y (dimensionless)")
     ax.set_xlim(ext[0], ext[1])
     ax.set_ylim(ext[2], ext[3])
     return im
@@ -175,9 +185,9 @@ def _mark_wells(ax, setup: dict, legend=True):
     pos, rates = np.atleast_2d(pos), np.ravel(rates)
     for sel, marker, colour, name in ((rates > 0, "^", "tab:red", "injection"),
                                       (rates <= 0, "v", "tab:blue", "extraction")):
-        if sel.any():
+        if sel.any():       # a black edge: filled on any background, as in the legend
             ax.scatter(pos[sel, 0], pos[sel, 1], marker=marker, s=90, c=colour,
-                       edgecolors="white", linewidths=1.2, zorder=4,
+                       edgecolors="black", linewidths=1.0, zorder=4,
                        label=f"{name} well" if legend else None)
 
 
@@ -205,35 +215,73 @@ def _iteration(model: dict) -> str:
     return f", iteration {int(it)}" if it is not None else ""
 
 
+def finite_range(a) -> tuple:
+    """(min, max) of the finite values of ``a`` ((None, None) if none)."""
+    f = np.asarray(a)[np.isfinite(a)]
+    return (float(f.min()), float(f.max())) if f.size else (None, None)
+
+
+def symmetric_range(a) -> tuple:
+    """(-m, m) with m the largest finite |a| ((None, None) if none or all zero)."""
+    f = np.abs(np.asarray(a)[np.isfinite(a)])
+    m = float(f.max()) if f.size else 0.0
+    return (-m, m) if m > 0 else (None, None)
+
+
+def model_panels(true_log10, inv_log10, inv_title: str) -> list[tuple]:
+    """The panels of ``model.png`` (log10 K arrays; ``true_log10`` ``None`` for field data):
+    ``(title, field, colour map, (vmin, vmax), colour bar label)``. The inverted model has its
+    own range (a recovered barrier at -1.7 would look faint on the true model's -6..0) and the
+    difference panel shows what the true model's range would hide."""
+    panels = []
+    if true_log10 is not None:
+        panels.append(("true model", true_log10, "viridis", finite_range(true_log10),
+                       LOG10_K))
+    panels.append((inv_title, inv_log10, "viridis", finite_range(inv_log10),
+                   LOG10_K + ("; its own range" if true_log10 is not None else "")))
+    if true_log10 is not None:
+        diff = inv_log10 - true_log10
+        panels.append(("difference: inverted - true", diff, "RdBu_r", symmetric_range(diff),
+                       "log10 K inverted - log10 K true"))
+    return panels
+
+
+def panels_figure(path: Path, suptitle: str, ext, panels, setup: dict, where: str = "",
+                  obs: bool = True) -> Path:
+    """One row of ``panels`` (as :func:`model_panels` returns) on physical axes, each with
+    its own colour bar, the wells (and observations if ``obs``) marked, the legend below."""
+    aspect = (ext[3] - ext[2]) / (ext[1] - ext[0])
+    fig = _figure(len(panels), 5.2, 5.2 * aspect + 1.9)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, field, cmap, (vmin, vmax), label) in zip(axes, panels):
+        im = _show(ax, field, ext, cmap, vmin, vmax)
+        if obs:
+            _mark_obs(ax, setup, projected=bool(where))
+        _mark_wells(ax, setup)
+        ax.set_title(name + (f"\n{where}" if where else ""), fontsize="medium")
+        fig.colorbar(im, ax=ax, label=label, shrink=0.8, location="bottom")
+    _legend(fig, axes[-1])
+    fig.suptitle(f"{suptitle}\n({NONDIMENSIONAL})", fontsize="medium")
+    return _save(fig, path)
+
+
 def plot_model(out: Path, title: str, ext, setup: dict, model: dict, which: str,
                true: dict) -> Path:
-    """``model.png``: true and inverted log10 K (or the inverted one alone for field data)."""
+    """``model.png``: true and inverted log10 K and their difference (or the inverted model
+    alone for field data)."""
     if "logK" not in model:
         raise _Skip(f"no logK dataset in the {which} model file")
-    where = model.get("where", "")
-    panels = []
+    true_log10 = None
     if "logK_true" in true:
         if true["logK_true_shape"] != model["logK_shape"]:
             _say(f"logK_true shape {true['logK_true_shape']} differs from logK "
                  f"{model['logK_shape']}; showing the inverted model only")
         else:
-            panels.append(("true model", true["logK_true"]))
-    panels.append((f"inverted ({which}{_iteration(model)})", model["logK"]))
-    panels = [(t, a / math.log(10.0)) for t, a in panels]
-    finite = np.concatenate([a[np.isfinite(a)] for _, a in panels])
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
-    aspect = (ext[3] - ext[2]) / (ext[1] - ext[0])
-    fig = _figure(len(panels), 5.5, 5.5 * aspect + 1.4)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (name, field) in zip(axes, panels):
-        im = _show(ax, field, ext, "viridis", vmin, vmax)
-        _mark_obs(ax, setup, projected=bool(where))
-        _mark_wells(ax, setup)
-        ax.set_title(name + (f"\n{where}" if where else ""))
-    fig.colorbar(im, ax=list(axes), label="log10 K", shrink=0.75)   # one scale for both panels
-    _legend(fig, axes[-1])
-    fig.suptitle(f"{title}: permeability log10 K")
-    return _save(fig, out / "model.png")
+            true_log10 = true["logK_true"] / math.log(10.0)
+    panels = model_panels(true_log10, model["logK"] / math.log(10.0),
+                          f"inverted ({which}{_iteration(model)})")
+    return panels_figure(out / "model.png", f"{title}: permeability log10 K", ext, panels,
+                         setup, model.get("where", ""))
 
 
 def plot_pressure(out: Path, title: str, ext, setup: dict, model: dict, which: str) -> Path:
@@ -245,10 +293,9 @@ def plot_pressure(out: Path, title: str, ext, setup: dict, model: dict, which: s
     fig = _figure(1, 7.0, 7.0 * aspect + 1.4)
     ax = fig.subplots()
     finite = np.isfinite(field)
-    lim = float(np.abs(field[finite]).max()) if finite.any() else 0.0
-    lim = lim or None                     # symmetric limits about 0 (Pf has zero-sum gauge)
-    fig.colorbar(_show(ax, field, ext, "RdBu_r", -lim if lim else None, lim), ax=ax,
-                 label="Pf", shrink=0.75)
+    # symmetric limits about 0 (Pf has zero-sum gauge)
+    fig.colorbar(_show(ax, field, ext, "RdBu_r", *symmetric_range(field)), ax=ax,
+                 label="Pf (dimensionless)", shrink=0.75)
     nx, ny = field.shape
     xc = ext[0] + (np.arange(nx) + 0.5) * (ext[1] - ext[0]) / nx
     yc = ext[2] + (np.arange(ny) + 0.5) * (ext[3] - ext[2]) / ny
@@ -257,7 +304,8 @@ def plot_pressure(out: Path, title: str, ext, setup: dict, model: dict, which: s
     _mark_wells(ax, setup)
     _legend(fig, ax)
     ax.set_title(f"{title}: pressure Pf ({which} model{_iteration(model)})"
-                 + (f"\n{where}" if where else ""))
+                 + (f"\n{where}" if where else "") + f"\n({NONDIMENSIONAL})",
+                 fontsize="medium")
     return _save(fig, out / "pressure.png")
 
 
@@ -300,9 +348,22 @@ def misfit_series(recs) -> dict:
     return {"accepted": (it, acc, notes), "trials": (t_it, t_q), "levels": starts}
 
 
-def plot_misfit(run: Path, out: Path, title: str) -> Path:
+LINE_SEARCH_NOTE = "line search halved the step"
+
+
+def note_label(note, line_search) -> str:
+    """A history note as the misfit plot's legend shows it: with ``line_search = false``
+    (the run's resolved config) the adaptive optimiser's own backtracking, noted as a line
+    search, is called what it is."""
+    if note == LINE_SEARCH_NOTE and line_search is False:
+        return "step halved (the trial's misfit rose; line_search = false)"
+    return note
+
+
+def plot_misfit(run: Path, out: Path, title: str, line_search=None) -> Path:
     """``misfit.png``: J/J0 of the accepted models against the iteration (log scale), rejected
-    trials as separate markers, noted iterations marked, the start of every level of a
+    trials as separate markers, noted iterations marked (labelled by :func:`note_label`;
+    ``line_search``: the run's ``inversion.line_search``), the start of every level of a
     coarse-to-fine run (``level``, ``grid`` in the history) a dotted line."""
     path = run / "history.jsonl"
     if not path.exists():
@@ -313,6 +374,7 @@ def plot_misfit(run: Path, out: Path, title: str) -> Path:
         raise _Skip(f"cannot read {path}: {exc}") from None
     series = misfit_series(recs)
     it, ratio, notes = series["accepted"]
+    notes = [note_label(n, line_search) for n in notes]
     if not it:
         raise _Skip(f"{path} holds no iteration with a positive misfit ratio yet")
     fig = _figure(1, 7.0, 4.5)
@@ -366,6 +428,10 @@ def plot_run(run_dir, out_dir=None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     cfg, setup = _config(run), _setup(run)
     title = str(_section(cfg, "problem").get("name") or run.name)
+    if not any((run / f).exists() for f in INVERSION_FILES) and \
+            any((run / f).exists() for f in ("fields.h5", "gradient.h5")):   # forward, gradient
+        from .plot_fields import plot_field_files
+        return plot_field_files(run, out, title, _extent, cfg)
     written = []
 
     def plane(shape):
@@ -389,14 +455,16 @@ def plot_run(run_dir, out_dir=None) -> list[Path]:
             except _Skip as why:
                 _say(f"skipped {name}: {why}")
     try:
-        written.append(plot_misfit(run, out, title))
+        written.append(plot_misfit(run, out, title,
+                                   _section(cfg, "inversion").get("line_search")))
     except _Skip as why:
         _say(f"skipped misfit.png: {why}")
     return written
 
 
 def cmd_plot(run_dir) -> int:
-    """``hpcinv plot DIR``: draw the figures and print their paths; 1 if none could be drawn."""
+    """``hpcinv plot DIR``: draw the figures and print their paths; 1 if none could be drawn
+    (an inversion without any result yet)."""
     written = plot_run(run_dir)
     for p in written:
         print(p)
