@@ -245,3 +245,26 @@ def test_observation_file_content_is_in_the_fingerprint(tmp_path):
     b = config_fingerprint(cfg, MPI.COMM_SELF)
     assert b != a
     assert ckpt.config_differences(a[1], b[1])[0].startswith("observations.file")
+
+
+@pytest.mark.parametrize("levels", [False, True])
+def test_the_final_checkpoint_is_written_once(tmp_path, levels):
+    """Issue 22: with ``iterations`` a multiple of ``checkpoint_every`` the last checkpoint was
+    written twice, so checkpoint.prev.h5 held the same iteration as checkpoint.h5 and the
+    fallback protected nothing; a restart at the final iteration rewrote it again."""
+    extra = {"levels": [2, 1], "level_iterations": [1, 1]} if levels else {"iterations": 2}
+    cfg = small_config(tmp_path, checkpoint_every=1, **extra)
+    run = tmp_path / "run"
+
+    def iterations():
+        out = []
+        for name in (ckpt.CHECKPOINT, ckpt.PREVIOUS):
+            with h5py.File(run / name) as f:
+                out.append(int(f.attrs["iteration"]))
+        return out
+
+    assert main(["invert", str(cfg), "-q", "-o", str(run)]) == 0
+    last = history(run)[-1]["iteration"]
+    assert iterations() == [last, last - 1]
+    assert main(["invert", "--restart", str(run), "-q"]) == 0
+    assert iterations() == [last, last - 1]

@@ -206,7 +206,9 @@ class LevelledInversion:
                 term = comm.allreduce(signals.flag, op=MPI.MAX)
                 every = self.cfg.inversion.checkpoint_every
                 inv.iteration, inv.history = iteration, history
-                inv.extra_attrs = self._attrs(level, first, done)
+                ends = level == last and (bool(stop) or iteration - first >= self.iterations[
+                    level])                  # as the final checkpoint will say: one write
+                inv.extra_attrs = self._attrs(level, first, done or ends)
                 if term or (every and iteration % every == 0):
                     inv.save_checkpoint()
                 if term:

@@ -346,6 +346,8 @@ class Inversion:
             self.inner.check(rec)                       # unconverged inner solves
         self.history = history                          # copied into checkpoints
         stop = ""
+        # The iteration checkpoint.h5 holds: written once (checkpoint.prev.h5 must stay older)
+        saved = self.iteration if self.restart and self._latest_loaded() else None
         # SIGTERM (SLURM's warning before the time limit) / Ctrl-C: checkpoint, clean stop
         with Deferred() as signals:
             while self.iteration < inv.iterations and not stop:
@@ -362,17 +364,24 @@ class Inversion:
                 every = inv.checkpoint_every
                 if term or (every and self.iteration % every == 0):
                     self.save_checkpoint()
+                    saved = self.iteration
                 if term:
                     self.reporter.message(stop_message(term, f"iteration {self.iteration}",
                                                        self.dir.path))
                     return {**rec, "terminated": term}
             if stop:
                 self.reporter.message(f"stopping: {stop}")
-            self.save_checkpoint()
+            if saved != self.iteration:
+                self.save_checkpoint()
         self.reporter.final_evaluation(self.dir / "model_final.h5")
         final = finish(self.opt, history)
         self.write_model("model_final.h5", final)
         return history.lines[-1]
+
+    def _latest_loaded(self) -> bool:
+        """Whether a restart loaded ``checkpoint.h5`` (not the fallback ``checkpoint.prev.h5``,
+        after which ``checkpoint.h5`` must be written again)."""
+        return Path(self.ckpt_path or CHECKPOINT).name == CHECKPOINT
 
     def _stop_reason(self, rec) -> str:
         inv = self.settings
