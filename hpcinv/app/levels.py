@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 from mpi4py import MPI
 
@@ -169,6 +170,9 @@ class LevelledInversion:
             self.reporter.iteration(rec, self.total)
             inv.inner.check(rec)
         stop = ""
+        # What checkpoint.h5 holds: written once (checkpoint.prev.h5 must stay older)
+        saved = ((iteration, self._attrs(level, first, done))
+                 if self.restart and Path(self.ckpt[0]).name == ckpt.CHECKPOINT else None)
         with Deferred() as signals:          # SIGTERM / Ctrl-C: checkpoint, clean stop
             while True:
                 n_done = iteration - first
@@ -211,6 +215,7 @@ class LevelledInversion:
                 inv.extra_attrs = self._attrs(level, first, done or ends)
                 if term or (every and iteration % every == 0):
                     inv.save_checkpoint()
+                    saved = (iteration, inv.extra_attrs)
                 if term:
                     self.reporter.message(stop_message(
                         term, f"iteration {iteration} (level {level})", self.dir.path))
@@ -221,7 +226,8 @@ class LevelledInversion:
                 self.reporter.message(f"stopping: {stop}")
             inv.iteration, inv.history = iteration, history
             inv.extra_attrs = self._attrs(level, first, True)
-            inv.save_checkpoint()
+            if saved != (iteration, inv.extra_attrs):
+                inv.save_checkpoint()
         self.reporter.final_evaluation(self.dir / "model_final.h5")
         final = finish(inv.opt, history)     # the final model at the user's tolerances
         inv.write_model("model_final.h5", final)
