@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -241,3 +242,26 @@ def test_cli_reports_compiler_failure_on_one_line(tmp_path, monkeypatch, capsys)
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert err.startswith("hpcinv: error: host compiler failed") and ".log" in err
+
+
+FSIZE_LIMITED = """import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+from hpcinv.backend.host import compile_library
+src = sys.argv[1]
+resource.setrlimit(resource.RLIMIT_FSIZE, (len(src) // 2,) * 2)
+try:
+    compile_library(src)
+except OSError as exc:
+    print(f"I/O error: {exc}")
+"""
+
+
+def test_an_io_error_in_the_cache_names_the_file(tmp_path):
+    """Issue 22: a full disk or a file-size limit printed ``I/O error: [Errno 27] File too
+    large`` without saying which file (writes carry no file name)."""
+    env = {**os.environ, "HPCINV_CACHE_DIR": str(tmp_path / "cache")}
+    p = subprocess.run([sys.executable, "-c", FSIZE_LIMITED, SRC], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "[Errno 27] File too large: " in p.stdout, p.stdout
+    assert str(tmp_path / "cache") in p.stdout and "kernel.cpp" in p.stdout, p.stdout

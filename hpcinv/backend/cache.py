@@ -160,11 +160,23 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def _naming(path: Path):
+    """An ``OSError`` without a file name (a failed write: ``EFBIG``, ``ENOSPC``) names ``path``
+    (issue 22: ``I/O error: [Errno 27] File too large`` said nothing of which file)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
 def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` atomically: a new file (``O_EXCL``), fsynced, renamed over."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with _naming(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
@@ -263,7 +275,8 @@ def compile_and_install(key: str, cmd: list[str], flags, source: str) -> Path:
             return lib
         with tempfile.TemporaryDirectory(dir=d, prefix=".build-") as tmp:   # mode 0700
             src = Path(tmp) / "kernel.cpp"
-            src.write_text(source)
+            with _naming(src):
+                src.write_text(source)
             out = Path(tmp) / "kernel.so"
             argv = list(cmd) + list(flags) + [str(src), "-o", str(out)]
             try:
@@ -286,7 +299,7 @@ def compile_and_install(key: str, cmd: list[str], flags, source: str) -> Path:
             data = _read_owned(out)
             if data is None:
                 raise BackendError(f"host compiler ({' '.join(cmd)}) wrote no library {out}")
-            with open(out, "rb") as f:
+            with _naming(lib), open(out, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(out, lib)
         _write_atomic(manifest_path(lib),
