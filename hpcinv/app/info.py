@@ -4,7 +4,9 @@ the optional extras' versions and the rank layout of an example problem."""
 from __future__ import annotations
 
 import json
+import re
 import sys
+from pathlib import Path
 
 
 def cmd_info(args) -> int:
@@ -40,7 +42,8 @@ def cmd_info(args) -> int:
                    "numpy": numpy.__version__, "mpi4py": mpi4py.__version__,
                    "backend": chosen, "cupy": cupy_status(),
                    "h5py": _h5py_text(), "h5_mode": h5_mode, "h5_mode_reason": h5_why,
-                   "mpi_library": lib, "mpi_standard": "%d.%d" % MPI.Get_version(),
+                   "mpi_library": lib, "mpi_library_file": mpi_library_file(),
+                   "mpi_standard": "%d.%d" % MPI.Get_version(),
                    "cuda_aware_mpi": aware, "cuda_aware_reason": why,
                    "backend_cuda_aware": backend.cuda_aware,
                    "backend_cuda_aware_reason": backend.cuda_aware_reason,
@@ -56,6 +59,29 @@ def cmd_info(args) -> int:
         for r in everyone:
             print("  " + json.dumps(r))
     return 0
+
+
+_LIBMPI = re.compile(r"(/\S*/lib(?:mpi|mpich)[\w.-]*\.so[\w.]*)$")
+
+
+def mpi_library_file(maps: str | None = None, prefix: str = sys.prefix) -> str:
+    """The MPI library this process loaded (from ``/proc/self/maps``, or ``maps``' text), and
+    whether it is the pip wheel's (under this Python environment's ``prefix``) or another
+    (the system's, a module's): ``MPICH Version: 4.0.2`` reads the same for both."""
+    if maps is None:
+        try:
+            maps = Path("/proc/self/maps").read_text()
+        except OSError:
+            return "unknown (no /proc/self/maps)"
+    for line in maps.splitlines():
+        m = _LIBMPI.search(line.strip())
+        if m:
+            path = m.group(1)
+            where = ("pip wheel, in this Python environment"
+                     if Path(path).resolve().is_relative_to(Path(prefix).resolve())
+                     else "outside this Python environment: the system's or a module's")
+            return f"{path} ({where})"
+    return "unknown (no libmpi/libmpich mapped)"
 
 
 def _halo_decision(backend) -> str:
