@@ -5,7 +5,7 @@
 # Modules (names differ per site):
 #   module load gcc cuda mvapich2-gdr   # or mvapich2 built --enable-cuda, or mvapich-plus
 # mpi4py must be built against it: MPICC=$(which mpicc) pip install --no-binary mpi4py mpi4py
-# srun needs the PMI MVAPICH was built for: HPCINV_LAUNCHER="srun --mpi=pmi2" (or pmix).
+# srun needs the PMI MVAPICH was built for: export SLURM_MPI_TYPE=pmi2 (or pmix) before sbatch.
 #
 # CUDA-aware or staged: hpcinv decides from MV2_USE_CUDA (set to 1 here for GPU runs unless you
 # set it; MV2_USE_CUDA=0 stages through host memory). Force hpcinv's choice with
