@@ -245,6 +245,11 @@ def scaling_main(argv, doc: str, kind: str, size_option: str, default_sizes: str
     args = p.parse_args(argv)
     if args.out is None:
         args.out = default_out
+    from hpcinv.parallel.launcher import RankCountError, check_rank_count
+    try:                  # issue 22: a "2-rank" step as two 1-rank copies, each a 1-rank record
+        check_rank_count()
+    except RankCountError as exc:
+        raise SystemExit(f"{kind}_scaling: error: {exc}") from None
     world, backend, dims = setup(args)
     for size in parse_sizes(args.sizes):
         nd = len(size)

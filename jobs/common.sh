@@ -260,6 +260,15 @@ run_scaling() {
             echo "$JOB_NAME: the launcher returned 0 but no record was added to $jsonl" >&2
             rc=1
         fi
+        # A step of N ranks whose records say another MPI size: N copies of a 1-rank MPI
+        # (srun without the PMI the MPI needs), not one N-rank run.
+        if [[ $rc -eq 0 && -n "$ntasks" ]] && tail -n +"$((lines + 1))" "$jsonl" \
+                | grep -v -q "\"ranks\": $ntasks[,}]"; then
+            echo "$JOB_NAME: records of this step have an MPI size other than its $ntasks" \
+                 "rank(s) (separate 1-rank copies?): choose srun's PMI with SLURM_MPI_TYPE" \
+                 "(jobs/README.md)" >&2
+            rc=1
+        fi
         if [[ $rc -ne 0 ]]; then
             echo "$JOB_NAME: step failed with status $rc" >&2
             status=$rc

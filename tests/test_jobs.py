@@ -672,3 +672,32 @@ def test_a_rank_that_never_answers_aborts_and_the_run_directory_decides(tmp_path
     out = p.stdout + p.stderr
     assert "launcher exit status 137" in out and "rank 0 did not answer" in out, out
     assert p.returncode == 0 and "scontrol requeue 4242" in log.read_text(), out
+
+
+@needs_mpi
+def test_a_scaling_step_run_as_separate_1_rank_copies_fails(tmp_path):
+    """Issue 22: srun without the PMI the MPI needs starts N 1-rank copies; the "2-rank" step
+    wrote 1-rank records and the job ended COMPLETED. The benchmark refuses (rank check), and
+    with the check off the script refuses records whose MPI size is not the step's."""
+    bindir, log = fake_slurm(tmp_path)
+    (bindir / "srun").write_text("""#!/usr/bin/env bash
+n=1
+while [[ $# -gt 0 && $1 == -* ]]; do
+    case $1 in --ntasks=*) n=${1#--ntasks=} ;; esac
+    shift
+done
+for ((i = 0; i < n; i++)); do
+    SLURM_STEP_ID=0 SLURM_PROCID=$i SLURM_STEP_NUM_TASKS=$n "$@" &
+done
+rc=0
+for ((i = 0; i < n; i++)); do wait -n || rc=$?; done
+exit $rc
+""")
+    out = tmp_path / "scaling"
+    env = slurm_env(bindir, SLURM_JOB_NUM_NODES=1, SLURM_NTASKS=2, SLURM_NTASKS_PER_NODE=2,
+                    HPCINV_SINGLE_RANK=0, HPCINV_OUTPUT=out, HPCINV_ARGS=BENCH)
+    p = run_script("strong_scaling.sbatch", "--size", "32x16", env=env, cwd=tmp_path)
+    assert p.returncode != 0 and "MPI did not start as 2 ranks" in p.stderr, p.stderr
+    p = run_script("strong_scaling.sbatch", "--size", "32x16", cwd=tmp_path,
+                   env={**env, "HPCINV_RANK_CHECK": "0"})
+    assert p.returncode != 0 and "MPI size other than its 2 rank(s)" in p.stderr, p.stderr
