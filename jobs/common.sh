@@ -83,8 +83,10 @@ hpcinv_caches() {
                | md5sum | cut -c1-8)
         base=$root/hpcinv-cache/$cpu
     else
+        # This job's by its name, also when an earlier attempt of a requeued job left it (the
+        # requeue can kill the batch shell before its EXIT trap): removed when the chain ends.
         base=${TMPDIR:-/tmp}/hpcinv-cache-${USER:-$(id -u)}-$SLURM_JOB_ID
-        if [[ ! -d "$base" ]]; then HPCINV_CACHE_TMP=$base; fi
+        HPCINV_CACHE_TMP=$base
     fi
     export HPCINV_CACHE_DIR=${HPCINV_CACHE_DIR:-$base/hpcinv}
     export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-$base/cupy}

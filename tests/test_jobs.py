@@ -506,6 +506,10 @@ def test_kernel_caches_per_job_or_scratch(tmp_path):
     assert got["HPCINV_CACHE_DIR"] == f"{tmp_path}/hpcinv-cache-me-77/hpcinv"
     assert got["CUPY_CACHE_DIR"] == f"{tmp_path}/hpcinv-cache-me-77/cupy"
     assert not (tmp_path / "hpcinv-cache-me-77").exists()
+    # Left by an earlier attempt of the requeued job (issue 22): removed as well.
+    (tmp_path / "hpcinv-cache-me-77" / "hpcinv").mkdir(parents=True)
+    sourced_common(env)
+    assert not (tmp_path / "hpcinv-cache-me-77").exists()
     # $SCRATCH: kept between jobs, one per CPU model.
     got = sourced_common({**env, "SCRATCH": str(tmp_path / "scratch")})
     base = Path(got["HPCINV_CACHE_DIR"]).parent
