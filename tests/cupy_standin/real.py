@@ -19,7 +19,11 @@ def real_cupy():
         try:
             _real["cupy"] = importlib.import_module("cupy")
             _real["cupyx"] = importlib.import_module("cupyx")
-            _real["_kernel"] = importlib.import_module("cupy._core._kernel")
+            # submodules by import, not as attributes: when the real CuPy was imported before
+            # (e.g. by the conformance test), this second import re-runs only its Python
+            # modules, and the cached extension modules are not bound to their packages again
+            for name in ("_kernel", "_carray", "_scalar"):
+                _real[name] = importlib.import_module(f"cupy._core.{name}")
         finally:
             for k in list(sys.modules):
                 if k.split(".")[0] in ("cupy", "cupyx"):
@@ -40,8 +44,8 @@ def arginfos(inout, params, types, n) -> tuple:
             out.append(K._ArgInfo(1, cp.ndarray, np.dtype(t), a.ndim if p.raw else 1,
                                   True, i32))
         else:
-            out.append(K._ArgInfo(3, cp._core._scalar.CScalar, np.dtype(t), 0, True, True))
-    out.append(K._ArgInfo(2, cp._core._carray.Indexer, None, 1, True, n <= 2 ** 31 - 1))
+            out.append(K._ArgInfo(3, _real["_scalar"].CScalar, np.dtype(t), 0, True, True))
+    out.append(K._ArgInfo(2, _real["_carray"].Indexer, None, 1, True, n <= 2 ** 31 - 1))
     return tuple(out)
 
 
