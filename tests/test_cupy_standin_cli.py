@@ -11,6 +11,7 @@ and CUDA-aware halos (``HPCINV_CUDA_AWARE``), overlap on and off; a small, fast 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,12 +133,16 @@ def test_the_launcher_really_runs_the_standin(tmp_path):
     assert "CuPy stand-in (CPU)" in p.stdout
 
 
-def test_selftest_under_the_standin():
-    """``hpcinv selftest --quick --backend cupy`` passes under the stand-in on one rank (9 s;
-    2 ranks sharing the stand-in device, ``--allow-shared-device``, take 50 s and ``--full``
-    minutes: run those by hand)."""
-    p = hpcinv(["selftest", "--quick", "--backend", "cupy"], standin=True)
+def test_selftest_full_under_the_standin():
+    """``hpcinv selftest --quick --full --backend cupy`` passes under the stand-in on one rank,
+    its checks sized as for the host (``HPCINV_STANDIN_SIZES=host``: at GPU sizes ``--full``
+    exhausts the CPU's memory), CUDA-aware so that ``exchange-device`` runs too; 2 ranks
+    sharing the stand-in device (``--allow-shared-device``) pass as well (55 s: by hand)."""
+    p = hpcinv(["selftest", "--quick", "--full", "--backend", "cupy"], standin=True,
+               env={"HPCINV_STANDIN_SIZES": "host", "HPCINV_CUDA_AWARE": "1"})
     assert "selftest PASS" in p.stdout and "CuPy stand-in (CPU)" in p.stdout
+    for check in ("exchange-device", "halo-ordering", "overlap-bitwise", "pool-memory"):
+        assert re.search(rf"^{check} +PASS", p.stdout, re.M), (check, p.stdout)
 
 
 def test_launcher_is_importable_as_a_module():

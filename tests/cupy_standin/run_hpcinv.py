@@ -9,9 +9,14 @@ visible to its race tracker, as the test fixture does), then calls
 :func:`hpcinv.app.cli.main` with the arguments and exits with its status. Each rank of an
 ``mpiexec`` job is its own process with its own stand-in device. For tests only: nothing under
 ``hpcinv/`` imports this.
+
+``HPCINV_STANDIN_SIZES=host``: ``hpcinv selftest`` sizes its checks as for the host backend
+(``--full`` at GPU sizes, 512^3 fields and 10^5-iteration kernels, exhausts a CPU's memory and
+time under the stand-in) and the pool-memory check runs a 16^3 gradient.
 """
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -29,6 +34,17 @@ def _tests_on_path():
         sys.path.insert(0, str(TESTS))
 
 
+def _host_sizes():
+    """``selftest``'s :class:`Sizes` as for the host backend, whatever the backend."""
+    from hpcinv.app.selftest import runner
+    init = runner.Sizes.__init__
+
+    def host_sized(self, quick, gpu, ranks=1):
+        init(self, quick, False, ranks)
+        self.pool_shape = (16, 16, 16)
+    runner.Sizes.__init__ = host_sized
+
+
 def main(argv=None) -> int:
     """Install the stand-in, then run ``hpcinv ARGV``; the CLI's exit status."""
     _tests_on_path()
@@ -36,6 +52,8 @@ def main(argv=None) -> int:
     from cupy_standin.mpi_spy import spy_on_halos
     cupy_standin.install()
     spy_on_halos(types.SimpleNamespace(setattr=setattr))    # for the process's lifetime
+    if os.environ.get("HPCINV_STANDIN_SIZES") == "host":
+        _host_sizes()
     from hpcinv.app.cli import main as cli_main
     return cli_main(sys.argv[1:] if argv is None else argv)
 
