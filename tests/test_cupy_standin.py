@@ -36,12 +36,13 @@ PARAMS = PTParams(tol=1e-6, ncheck=10)
 def standin(monkeypatch):
     """The stand-in as ``cupy`` (whatever ``HPCINV_CUPY_STANDIN`` says), a fresh device, and
     MPI's accesses to pinned buffers made visible."""
-    installed = sys.modules.get("cupy") is cupy_standin.install()
+    # through monkeypatch, so that its undo (last in, first out) also restores the names after
+    # a test that put the real CuPy back for a while: the stand-in never outlives this module
+    for name, mod in cupy_standin.modules().items():
+        monkeypatch.setitem(sys.modules, name, mod)
     cupy_standin.reset()
     spy_on_halos(monkeypatch)
     yield sys.modules["cupy"]
-    if not installed and "HPCINV_CUPY_STANDIN" not in __import__("os").environ:
-        cupy_standin.uninstall()
 
 
 def _cupy(cuda_aware=None, comm=None):

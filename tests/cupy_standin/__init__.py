@@ -67,6 +67,14 @@ _modules: dict = {}
 _saved: dict = {}
 
 
+def modules() -> dict:
+    """The stand-in's modules by ``sys.modules`` name (``cupy``, ``cupy.cuda``, ..., built once),
+    for a caller that installs them itself (e.g. with ``monkeypatch.setitem``)."""
+    if not _modules:
+        _modules.update(_build())
+    return dict(_modules)
+
+
 def install():
     """Make ``import cupy`` / ``import cupyx`` give the stand-in (idempotent)."""
     if not _modules:
