@@ -48,7 +48,8 @@ _state = {"deferred": 0, "pending": 0, "installed": False, "advice": None, "dire
 
 STOP_RECORD = ".hpcinv-stop.json"      # in the run directory: {"signal", "time", "rank"}
 STOP_TAG = 32031                       # point-to-point tag of the stop agreement (<= 32767)
-STOP_WAIT_S = 30.0                     # HPCINV_STOP_WAIT: seconds to wait for the other ranks
+STOP_WAIT_S = 10.0     # HPCINV_STOP_WAIT: seconds to wait for the other ranks (well inside
+#                        SLURM's KillWait, 30 s by default, between SIGTERM and SIGKILL)
 
 
 def _handler(signum, frame):
