@@ -20,7 +20,7 @@ from mpi4py import MPI
 from test_gpu_selection import CUDARuntimeError, fake_cupy
 
 from hpcinv.app.cli import main
-from hpcinv.backend import cuda, cupy_backend, make_backend
+from hpcinv.backend import cuda_compile, cupy_backend, make_backend
 from hpcinv.backend.host_backend import HostBackend
 from hpcinv.errors import BackendError, GpuUnusableError
 
@@ -47,7 +47,7 @@ def gpu_setup_raises(monkeypatch):
     """``gpu_setup_raises(exc)``: install a fake CuPy whose backend set-up raises ``exc``."""
     def install(exc):
         monkeypatch.setitem(sys.modules, "cupy", _fake_cupy_failing_in_setup(exc))
-        monkeypatch.setattr(cuda, "_driver_present", lambda: True)
+        monkeypatch.setattr(cuda_compile, "_driver_present", lambda: True)
     monkeypatch.delenv("HPCINV_STREAM_CHECK", raising=False)
     return install
 

@@ -1,4 +1,4 @@
-"""The CuPy backend's own code (``CupyBackend``, ``backend/cuda.py``) run on the CPU stand-in of
+"""The CuPy backend's own code (``CupyBackend``, ``backend/cuda_compile.py``) run on the CPU stand-in of
 ``tests/cupy_standin`` (issue 19): it constructs, its results are bitwise the host backend's
 (forward, gradient, 3 GD steps; overlap on and off; staged and CUDA-aware halos; 1 rank here,
 2-4 ranks in the MPI tests), CuPy's preconditions are enforced, and a missing sync before MPI

@@ -2,7 +2,7 @@
 
 CuPy 14 loads NVRTC and the CUDA runtime at run time; on a node with only a driver, ``import
 cupy`` and ``getDeviceCount()`` succeed and the first kernel fails. hpcinv compiles and runs a
-test kernel when it selects the backend (:func:`hpcinv.backend.cuda.check_cupy_usable`):
+test kernel when it selects the backend (:func:`hpcinv.backend.cuda_compile.check_cupy_usable`):
 ``--backend cupy`` stops with one line naming the fix, ``--backend auto`` falls back to the host
 backend and records why. No GPU is needed: a fake ``cupy`` module (installed in ``sys.modules``
 for one test) plays a CuPy that counts a GPU and fails the way the real one does; one test
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from hpcinv.app.cli import main
-from hpcinv.backend import cuda, make_backend
+from hpcinv.backend import cuda_compile, make_backend
 from hpcinv.backend.host_backend import HostBackend
 from hpcinv.errors import BackendError, GpuUnusableError
 
@@ -78,7 +78,7 @@ def fake_cupy(ndev=1, nvrtc=None, compile_error=None, run_error=None, result=Non
             return False
 
     def elementwise_kernel(in_params, out_params, operation, name, **kw):
-        assert kw.get("options") == cuda.NVRTC_OPTIONS     # hpcinv's NVRTC options
+        assert kw.get("options") == cuda_compile.NVRTC_OPTIONS     # hpcinv's NVRTC options
         if compile_error is not None:
             raise compile_error
 
@@ -102,7 +102,7 @@ def with_cupy(monkeypatch):
     """Install a fake CuPy for this test: ``with_cupy(**fake_cupy_args)``."""
     def install(**kw):
         monkeypatch.setitem(sys.modules, "cupy", fake_cupy(**kw))
-        monkeypatch.setattr(cuda, "_driver_present", lambda: True)
+        monkeypatch.setattr(cuda_compile, "_driver_present", lambda: True)
     monkeypatch.delenv("HPCINV_STREAM_CHECK", raising=False)
     return install
 
@@ -117,7 +117,7 @@ def _one_line_fix(msg: str):
 def test_nvrtc_missing_is_one_line_naming_the_fix(with_cupy):
     with_cupy(nvrtc=NVRTC_MISSING)
     with pytest.raises(GpuUnusableError) as e:
-        cuda.check_cupy_usable()
+        cuda_compile.check_cupy_usable()
     assert "NVRTC" in str(e.value) and "libnvrtc" in str(e.value)
     _one_line_fix(str(e.value))
 
@@ -132,7 +132,7 @@ def test_kernel_that_does_not_compile_or_run(with_cupy, error, words):
     phase = "compile_error" if isinstance(error, CompileException) else "run_error"
     with_cupy(**{phase: error})
     with pytest.raises(GpuUnusableError) as e:
-        cuda.check_cupy_usable(0)
+        cuda_compile.check_cupy_usable(0)
     assert words in str(e.value), str(e.value)
     _one_line_fix(str(e.value))
 
@@ -140,21 +140,21 @@ def test_kernel_that_does_not_compile_or_run(with_cupy, error, words):
 def test_wrong_result_is_unusable(with_cupy):
     with_cupy(result=[0.0, 0.0, 0.0, 0.0])
     with pytest.raises(GpuUnusableError, match="returned"):
-        cuda.check_cupy_usable(0)
+        cuda_compile.check_cupy_usable(0)
 
 
 def test_usable_fake_gpu_passes(with_cupy):
     with_cupy()
-    assert cuda.check_cupy_usable(0) is sys.modules["cupy"]
+    assert cuda_compile.check_cupy_usable(0) is sys.modules["cupy"]
 
 
 def test_no_gpu_is_not_a_warning(with_cupy, monkeypatch):
     """No driver: an ordinary BackendError (auto falls back silently), never GpuUnusable."""
     with_cupy(ndev=CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is "
                                     "insufficient for CUDA runtime version"))
-    monkeypatch.setattr(cuda, "_driver_present", lambda: False)
+    monkeypatch.setattr(cuda_compile, "_driver_present", lambda: False)
     with pytest.raises(BackendError) as e:
-        cuda.check_cupy_usable()
+        cuda_compile.check_cupy_usable()
     assert not isinstance(e.value, GpuUnusableError)
     assert "no usable GPU" in str(e.value) and "no NVIDIA driver" in str(e.value)
     bk = make_backend("auto")
@@ -165,7 +165,7 @@ def test_no_gpu_is_not_a_warning(with_cupy, monkeypatch):
 def test_runtime_library_missing_with_a_driver(with_cupy):
     with_cupy(ndev=DynamicLibNotFoundError('Failure finding "libcudart.so.13"'))
     with pytest.raises(GpuUnusableError) as e:
-        cuda.check_cupy_usable()
+        cuda_compile.check_cupy_usable()
     assert "CUDA runtime" in str(e.value)
     _one_line_fix(str(e.value))
 
@@ -194,11 +194,11 @@ def test_real_cupy_with_a_counted_gpu_is_not_a_traceback(monkeypatch):
     """The installed CuPy, told there is a GPU where there is none (or no NVRTC): the check
     ends in a one-line GpuUnusableError, whichever step fails first."""
     cupy = pytest.importorskip("cupy")
-    if cuda.cupy_status().split(", ")[-1].startswith("driver for CUDA"):
+    if cuda_compile.cupy_status().split(", ")[-1].startswith("driver for CUDA"):
         pytest.skip("this machine has a GPU: nothing to simulate")
     monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
     with pytest.raises(GpuUnusableError) as e:
-        cuda.check_cupy_usable(0)
+        cuda_compile.check_cupy_usable(0)
     assert "\n" not in str(e.value) and "fix:" in str(e.value)
 
 

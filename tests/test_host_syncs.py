@@ -23,7 +23,7 @@ import pytest
 from mpi4py import MPI
 from test_gpu_selection import fake_cupy
 
-from hpcinv.backend import HostBackend, cuda
+from hpcinv.backend import HostBackend, cuda_compile
 from hpcinv.inverse import AdjointGradient, Observations
 from hpcinv.model.problems import geothermal2d
 from hpcinv.model.problems import periodic_block as periodic_problem
@@ -155,8 +155,8 @@ def test_geometry_uploaded_once_per_box_list(monkeypatch):
         ek_calls.append(kw["preamble"])
         return lambda *a, **k: None
     cp.ElementwiseKernel = elementwise_kernel
-    monkeypatch.setattr(cuda, "import_cupy", lambda: cp)
-    ck = cuda.CudaKernel(apt_step_kernel(2, False), 2, np.float64,
+    monkeypatch.setattr(cuda_compile, "import_cupy", lambda: cp)
+    ck = cuda_compile.CudaKernel(apt_step_kernel(2, False), 2, np.float64,
                          count_sync=lambda: synced.append(1))
     s = DarcySolver(periodic_problem((6, 5)), HostBackend(threads=1), PARAMS)
     args = dict(Pf=s.Pf, q=s.q, Pf_new=s.Pf_new, q_new=s.q_new, K=s.K, Qf=s.Qf, R=s.R,

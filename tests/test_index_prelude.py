@@ -1,6 +1,6 @@
 """The CUDA prelude's index unravelling, run on the host (issue 19, finding 5).
 
-The prelude of :mod:`hpcinv.backend.cuda` turns CuPy's flat launch index ``i`` into the box
+The prelude of :mod:`hpcinv.backend.cuda_compile` turns CuPy's flat launch index ``i`` into the box
 number and the padded-array indices ``ix, iy, iz, idx``. It divides in 32-bit unsigned
 arithmetic where the arrays have fewer than 2**31 cells (GPUs emulate 64-bit division), else
 in 64 bits. Here the very prelude text is compiled by the host C++ compiler inside a loop over
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from hpcinv.backend.cache import load_library
-from hpcinv.backend.cuda import _PRELUDE, index32, index_type
-from hpcinv.backend.host import compile_library
+from hpcinv.backend.cuda_compile import _PRELUDE, index32, index_type
+from hpcinv.backend.host_compile import compile_library
 from hpcinv.backend.kernel import BOX_INTS, launch_geometry
 
 _HARNESS = r"""

@@ -17,7 +17,7 @@ import pytest
 
 from hpcinv.backend import make_backend
 from hpcinv.backend.cache import load_library, manifest_path, read_verified
-from hpcinv.backend.host import compile_library, find_compiler, host_source
+from hpcinv.backend.host_compile import compile_library, find_compiler, host_source
 from hpcinv.backend.kernel import Kernel
 from hpcinv.errors import BackendError
 
@@ -246,7 +246,7 @@ def test_cli_reports_compiler_failure_on_one_line(tmp_path, monkeypatch, capsys)
 
 FSIZE_LIMITED = """import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-from hpcinv.backend.host import compile_library
+from hpcinv.backend.host_compile import compile_library
 src = sys.argv[1]
 resource.setrlimit(resource.RLIMIT_FSIZE, (len(src) // 2,) * 2)
 try:

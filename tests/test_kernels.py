@@ -11,7 +11,7 @@ import pytest
 from mpi4py import MPI
 
 from hpcinv.backend import make_backend
-from hpcinv.backend.host import compile_library, host_source
+from hpcinv.backend.host_compile import compile_library, host_source
 from hpcinv.backend import KernelArgumentError
 from hpcinv.backend.kernel import Kernel
 from hpcinv.errors import BackendError

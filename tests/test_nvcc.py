@@ -22,8 +22,8 @@ import pytest
 
 import hpcinv.physics
 from hpcinv.backend import nvcc_check
-from hpcinv.backend.cuda import elementwise_parts
-from hpcinv.backend.host import DEFAULT_FLAGS, find_compiler, host_source
+from hpcinv.backend.cuda_compile import elementwise_parts
+from hpcinv.backend.host_compile import DEFAULT_FLAGS, find_compiler, host_source
 from hpcinv.backend.kernel import Kernel
 
 NDIMS = (2, 3)
@@ -136,7 +136,7 @@ def test_cuda_call_order_matches_params():
     """CudaKernel passes values in the order of the ElementwiseKernel's parameters (no GPU)."""
     import numpy as np
     cupy = _import_cupy()
-    from hpcinv.backend.cuda import CudaKernel
+    from hpcinv.backend.cuda_compile import CudaKernel
     from hpcinv.backend.kernel import launch_geometry
     _, ndim, kernel = next(c for c in KERNELS if c[2].name.startswith("darcy_apt_step_3d"))
     calls = []

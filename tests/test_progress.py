@@ -93,7 +93,7 @@ def test_a_cold_kernel_cache_is_announced(tmp_path, monkeypatch):
     about one it already holds (the real compiler, one small kernel)."""
     import numpy as np
     from hpcinv.backend import cache
-    from hpcinv.backend.host import HostKernel
+    from hpcinv.backend.host_compile import HostKernel
     from hpcinv.backend.kernel import Kernel
     copy = Kernel("issue22_copy", ("dst", "src"), (), "dst[idx] = src[idx];", writes=("dst",),
                   reach=0)

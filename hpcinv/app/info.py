@@ -15,7 +15,7 @@ def cmd_info(args) -> int:
     from ..model import geothermal, problems
     from ..backend import make_backend
     from ..parallel import Decomposition, cuda_aware_mpi
-    from ..backend.cuda import cupy_status
+    from ..backend.cuda_compile import cupy_status
     from ..io.h5mode import describe_mode
     from .cli import warn_fallback
     world = MPI.COMM_WORLD

@@ -37,7 +37,7 @@ def cpu_model() -> str:
 def cupy_available() -> bool:
     """True when CuPy imports, sees a GPU, and compiles (NVRTC) and runs a kernel on it."""
     try:
-        from .cuda import check_cupy_usable
+        from .cuda_compile import check_cupy_usable
         check_cupy_usable()
         return True
     except BackendError:
@@ -50,7 +50,7 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
     """Backend by name: ``auto`` (GPU if CuPy finds one, else host), ``host`` or ``cupy``.
 
     The GPU backend is used only once CuPy has compiled (NVRTC) and run a test kernel on the
-    rank's device (:func:`~hpcinv.backend.cuda.check_cupy_usable`). ``cupy`` raises a one-line
+    rank's device (:func:`~hpcinv.backend.cuda_compile.check_cupy_usable`). ``cupy`` raises a one-line
     :class:`~hpcinv.errors.BackendError` naming the fix where it cannot; ``auto`` then returns
     the host backend and records why in ``backend.fallback_reason`` (``""`` when nothing fell
     back) and ``backend.fallback_warning`` (True when a GPU is there but unusable, e.g. NVRTC
@@ -117,7 +117,7 @@ def _try_gpu(local_rank: int):
     except BackendError as exc:
         return None, exc
     except Exception as exc:            # noqa: BLE001 - CuPy's errors, whatever their type
-        from .cuda import _why
+        from .cuda_compile import _why
         return None, GpuUnusableError(f"backend 'cupy': CuPy failed while setting up the GPU "
                                       f"backend ({_why(exc)})")
 

@@ -26,7 +26,7 @@ class CupyBackend(Backend):
     device_memory = True
 
     def __init__(self, local_rank: int = 0):
-        from .cuda import check_cupy_usable, import_cupy
+        from .cuda_compile import check_cupy_usable, import_cupy
         cp = import_cupy()
         self.xp = cp
         self.devices = ndev = cp.cuda.runtime.getDeviceCount()
@@ -74,7 +74,7 @@ class CupyBackend(Backend):
         return CudaStream(name, cp.cuda.Stream(non_blocking=True, priority=prio))
 
     def _compile(self, kernel, ndim, dtype):
-        from .cuda import CudaKernel
+        from .cuda_compile import CudaKernel
         return CudaKernel(kernel, ndim, dtype, count_sync=self.count_sync)
 
     def _issue(self, stream, fn, reads=(), writes=(), kind="copies", what=""):

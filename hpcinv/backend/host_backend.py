@@ -97,7 +97,7 @@ class HostBackend(Backend):
     name = "host"
 
     def __init__(self, threads: int | None = None, local_size: int = 1):
-        from .host import find_compiler
+        from .host_compile import find_compiler
         find_compiler()   # fail early with a clear message
         self.threads = host_threads(threads, local_size)
         self.local_size = max(1, local_size)
@@ -112,7 +112,7 @@ class HostBackend(Backend):
         return WorkerStream(name) if name == "interior" else Stream(name)
 
     def _compile(self, kernel, ndim, dtype):
-        from .host import HostKernel
+        from .host_compile import HostKernel
         return HostKernel(kernel, ndim, dtype, self.threads)
 
     def _issue(self, stream, fn, reads=(), writes=(), kind="copies", what=""):

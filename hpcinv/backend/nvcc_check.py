@@ -3,7 +3,7 @@
 CuPy builds an ElementwiseKernel's CUDA source only when it is called, which needs device
 arrays. :func:`cuda_source` asks the installed CuPy to generate the very same translation unit
 without a device: it constructs the real ``cupy.ElementwiseKernel`` exactly as
-:class:`~hpcinv.backend.cuda.CudaKernel` does, describes the launch arguments the way
+:class:`~hpcinv.backend.cuda_compile.CudaKernel` does, describes the launch arguments the way
 ``ElementwiseKernel.__call__`` does (every array ``raw``, flattened to 1-D and C-contiguous; the
 scalars; a 1-D ``CIndexer``) and calls CuPy's own code generator
 (``cupy._core._kernel._get_elementwise_kernel_code``) and header list. :func:`nvcc_command`
@@ -25,7 +25,7 @@ import subprocess
 
 import numpy as np
 
-from .cuda import NVRTC_OPTIONS, elementwise_parts
+from .cuda_compile import NVRTC_OPTIONS, elementwise_parts
 from .kernel import Kernel
 
 # cupy/_core/_kernel.pxd: cdef enum _ArgKind { ARG_KIND_NDARRAY = 1, _INDEXER, _SCALAR, ... }
@@ -42,7 +42,7 @@ def cuda_source(kernel: Kernel, ndim: int, dtype, index_32_bits: bool = True) ->
     ``index_32_bits`` is CuPy's choice for arrays of at most 2**31 bytes and launches of at
     most 2**31 threads (``CArray<T, 1, true, true>``, ``CIndexer<1, true>``); larger ones get
     the 64-bit variants; hpcinv's prelude unravels in 32 bits with them
-    (:func:`~hpcinv.backend.cuda.index32`: fewer than 2**31 cells), so both of its variants
+    (:func:`~hpcinv.backend.cuda_compile.index32`: fewer than 2**31 cells), so both of its variants
     are compiled too.
     """
     import cupy

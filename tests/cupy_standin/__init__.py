@@ -1,5 +1,5 @@
 """A CPU stand-in for exactly the CuPy subset hpcinv uses, so that ``CupyBackend`` and
-``hpcinv/backend/cuda.py`` run in tests on machines without a GPU (issue 19).
+``hpcinv/backend/cuda_compile.py`` run in tests on machines without a GPU (issue 19).
 
 :func:`install` puts module objects named ``cupy``, ``cupy.cuda``, ``cupy.cuda.runtime``,
 ``cupy.cuda.nvrtc`` and ``cupyx`` into ``sys.modules`` (``tests/conftest.py`` calls it when

@@ -23,7 +23,7 @@ import re
 import numpy as np
 
 from hpcinv.backend.cache import load_library
-from hpcinv.backend.host import compile_library
+from hpcinv.backend.host_compile import compile_library
 
 from . import array as _array
 from .streams import get_current_stream
