@@ -180,3 +180,24 @@ def test_this_machines_library_is_recognised():
     """The pip MPICH wheel (or whatever MPI the tests run on) is not 'unknown'."""
     info = ca.library_info(ca._library_version())
     assert info["family"] != "unknown", info
+
+
+def test_the_parallel_layer_decides_for_device_memory(monkeypatch):
+    """``make_backend`` leaves the decision for arrays in device memory open (the backend layer
+    does not import MPI's knowledge, issue 21 item 4); the first halo exchange makes it, and
+    ``decide_cuda_aware`` makes it where the caller says. Host memory is decided at once."""
+    import numpy as np
+    from mpi4py import MPI
+
+    from hpcinv.backend import make_backend
+    from hpcinv.parallel import Decomposition, HaloExchange, decide_cuda_aware
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert make_backend("host", threads=1).cuda_aware is True        # host memory
+    monkeypatch.setenv("HPCINV_STREAM_CHECK", "1")                   # device memory, emulated
+    bk = make_backend("host", threads=1)
+    assert bk.device_memory and bk.cuda_aware is None
+    halo = HaloExchange(Decomposition((8, 6), MPI.COMM_SELF), bk, np.float64)
+    assert halo.staged and bk.cuda_aware is False and "stream checker" in bk.cuda_aware_reason
+    decide_cuda_aware(bk, True)
+    assert bk.cuda_aware is True and "config" in bk.cuda_aware_reason

@@ -27,6 +27,7 @@ from hpcinv.inverse.optimise import GradientDescent, OptimiserSettings
 from hpcinv.inverse.regularisation import GradientSmoother
 from hpcinv.model.problems import geothermal2d, geothermal3d
 from hpcinv.model.problems import periodic_block as periodic_problem
+from hpcinv.parallel import decide_cuda_aware
 from hpcinv.solvers import DarcySolver, PTParams
 
 PARAMS = PTParams(tol=1e-6, ncheck=10)
@@ -46,7 +47,8 @@ def standin(monkeypatch):
 
 
 def _cupy(cuda_aware=None, comm=None):
-    bk = make_backend("cupy", cuda_aware=cuda_aware, comm=comm)
+    bk = make_backend("cupy", comm=comm)
+    decide_cuda_aware(bk, cuda_aware)
     assert isinstance(bk, CupyBackend)
     return bk
 

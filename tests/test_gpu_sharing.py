@@ -17,7 +17,7 @@ from hpcinv import config as config_mod
 from hpcinv.app.memory import check_memory
 from hpcinv.backend import cupy_backend, make_backend
 from hpcinv.backend.cupy_backend import CupyBackend
-from hpcinv.parallel.node import count_sharing, ranks_sharing
+from hpcinv.backend.device_sharing import count_sharing, ranks_sharing
 
 
 def fake_cuda(bus, free=None):
@@ -81,7 +81,7 @@ def _make_with_buses(monkeypatch, bus_of_rank):
         def __init__(self, local_rank=0):
             self.xp, self.devices, self.device_id = fake_cuda(bus_of_rank(rank)), 1, 0
     monkeypatch.setattr(cupy_backend, "CupyBackend", OneVisibleGpu)
-    return make_backend("cupy", comm=MPI.COMM_WORLD, cuda_aware=False)
+    return make_backend("cupy", comm=MPI.COMM_WORLD)
 
 
 @pytest.mark.mpi(min_size=2)

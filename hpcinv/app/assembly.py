@@ -31,6 +31,7 @@ from ..model.grid import Grid
 from ..model.problems import Problem
 from ..solvers import PTParams, make_darcy_solver
 from . import scenario
+from ..parallel import decide_cuda_aware
 from .coarsening import level_config, prediction_factor
 from .fingerprint import config_fingerprint
 from .memory import check_memory
@@ -96,9 +97,10 @@ class Setup:
 def backend_of(cfg, comm=None) -> Backend:
     """The backend of a validated config on ``comm`` (device from the node-local rank)."""
     p = cfg.parallel
-    return make_backend(p.backend, comm=comm if comm is not None else MPI.COMM_WORLD,
-                        threads=p.threads or None,
-                        cuda_aware=None if p.cuda_aware == "auto" else p.cuda_aware)
+    bk = make_backend(p.backend, comm=comm if comm is not None else MPI.COMM_WORLD,
+                      threads=p.threads or None)
+    decide_cuda_aware(bk, None if p.cuda_aware == "auto" else p.cuda_aware)
+    return bk
 
 
 def solver_options(cfg) -> dict:

@@ -14,12 +14,13 @@ def cmd_info(args) -> int:
 
     from ..model import geothermal, problems
     from ..backend import make_backend
-    from ..parallel import Decomposition, cuda_aware_mpi
+    from ..parallel import Decomposition, cuda_aware_mpi, decide_cuda_aware
     from ..backend.cuda_compile import cupy_status
     from ..io.h5mode import describe_mode
     from .cli import warn_fallback
     world = MPI.COMM_WORLD
     backend = make_backend(args.backend, comm=world)
+    decide_cuda_aware(backend)
     warn_fallback(backend)
     aware, why = cuda_aware_mpi(gpu=backend.device_memory and backend.name != "host")
     h5_mode, h5_why = describe_mode(world)

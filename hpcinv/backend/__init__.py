@@ -21,19 +21,6 @@ __all__ = ["BACKENDS", "Backend", "BackendError", "CheckedHostBackend", "HostBac
            "KernelArgumentError", "Stream", "StreamRaceError", "make_backend"]
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else the machine type."""
-    import platform
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cupy_available() -> bool:
     """True when CuPy imports, sees a GPU, and compiles (NVRTC) and runs a kernel on it."""
     try:
@@ -45,8 +32,7 @@ def cupy_available() -> bool:
 
 
 def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None,
-                 local_size: int | None = None, threads: int | None = None,
-                 cuda_aware: bool | None = None) -> Backend:
+                 local_size: int | None = None, threads: int | None = None) -> Backend:
     """Backend by name: ``auto`` (GPU if CuPy finds one, else host), ``host`` or ``cupy``.
 
     The GPU backend is used only once CuPy has compiled (NVRTC) and run a test kernel on the
@@ -66,9 +52,11 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
     (``backend.ranks_per_device()``, for the memory check). Without it,
     ``local_rank``/``local_size`` (default 0 and 1) are used.
     ``HPCINV_STREAM_CHECK=1`` gives the host backend with checked asynchronous streams
-    (:mod:`hpcinv.backend.checker`). ``cuda_aware`` (``None``: decide) is the run's one
-    CUDA-aware-MPI decision for backends whose arrays live in device memory, kept as
-    ``backend.cuda_aware`` (and ``backend.cuda_aware_reason``) for every halo exchange.
+    (:mod:`hpcinv.backend.checker`). Whether MPI takes this backend's arrays is not decided
+    here: host memory is handed over directly (``backend.cuda_aware`` True); for arrays in
+    device memory ``backend.cuda_aware`` is ``None`` until the run's one CUDA-aware-MPI
+    decision (:func:`hpcinv.parallel.decide_cuda_aware`, by the caller or by the first halo
+    exchange), which the parallel layer makes from MPI's abilities.
     """
     if name not in BACKENDS:
         import difflib
@@ -97,12 +85,13 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
         bk = host(threads=threads, local_size=local_size)
     bk.local_rank, bk.local_size = local_rank, local_size
     if node is not None:    # collective, every rank: the node's ranks on my GPU, by PCI bus id
-        from ..parallel.node import ranks_sharing
+        from .device_sharing import ranks_sharing
         bus = bk.pci_bus_id() if hasattr(bk, "pci_bus_id") else None
         bk.device_sharing = ranks_sharing(node, bus)
         node.Free()
     bk.fallback_reason, bk.fallback_warning = reason, warn
-    decide_cuda_aware(bk, cuda_aware)
+    if bk.device_memory:            # decided by the parallel layer (decide_cuda_aware)
+        bk.cuda_aware, bk.cuda_aware_reason = None, "not decided yet"
     return bk
 
 
@@ -155,19 +144,3 @@ def _ranks(ranks, limit: int = 8) -> str:
     """``0, 3, 5`` (the first ``limit``, then ``...``)."""
     text = ", ".join(map(str, ranks[:limit]))
     return text + (", ..." if len(ranks) > limit else "")
-
-
-def decide_cuda_aware(bk: Backend, setting: bool | None = None):
-    """Set ``bk.cuda_aware`` and ``bk.cuda_aware_reason`` once for the run (after the device
-    was selected and CUDA initialised, which Open MPI 5's query needs)."""
-    if not bk.device_memory:
-        bk.cuda_aware, bk.cuda_aware_reason = True, "host memory: MPI reads the arrays directly"
-        return
-    from ..parallel.cuda_aware import cuda_aware_mpi
-    if setting is None and bk.name == "host":    # the stream checker: staged unless told
-        import os
-        env = os.environ.get("HPCINV_CUDA_AWARE", "").strip()
-        if not env:
-            bk.cuda_aware, bk.cuda_aware_reason = False, CheckedHostBackend.cuda_aware_reason
-            return
-    bk.cuda_aware, bk.cuda_aware_reason = cuda_aware_mpi(setting, gpu=bk.name != "host")

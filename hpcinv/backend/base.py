@@ -61,7 +61,8 @@ class Backend:
     xp = np
     #: True where MPI cannot read backend arrays directly (GPU memory without CUDA-aware MPI).
     device_memory = False
-    #: The run's one CUDA-aware-MPI decision (set by ``make_backend``) and why.
+    #: The run's one CUDA-aware-MPI decision and why: True for host memory; for device
+    #: memory ``None`` until :func:`hpcinv.parallel.decide_cuda_aware` decides.
     cuda_aware = True
     cuda_aware_reason = "host memory: MPI reads the arrays directly"
     #: This rank's place on its node (set by ``make_backend``).

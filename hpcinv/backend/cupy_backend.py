@@ -42,7 +42,7 @@ class CupyBackend(Backend):
         return int(self.xp.cuda.runtime.memGetInfo()[0])
 
     #: Ranks of this node on this rank's GPU, counted by PCI bus id over the node's ranks
-    #: (:func:`~hpcinv.parallel.node.ranks_sharing`, by ``make_backend`` given a
+    #: (:func:`~hpcinv.backend.device_sharing.ranks_sharing`, by ``make_backend`` given a
     #: communicator); None: not counted.
     device_sharing = None
 

@@ -146,7 +146,17 @@ class HostBackend(Backend):
                       f"rank(s) x {self.threads} thread(s)): the interior thread would compete"
 
     def describe(self):
-        from . import cpu_model
         return {"backend": "host", "device": cpu_model(), "threads": self.threads}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else the machine type."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,8 +1,8 @@
 """Whether the MPI library can take GPU device buffers (CUDA-aware MPI), and why.
 
-One decision per run: :func:`cuda_aware_mpi` is called once (by the assembly, or by the first
-halo exchange of a GPU backend when nothing was decided), and the answer is passed to every
-exchange.
+One decision per run: :func:`decide_cuda_aware` calls :func:`cuda_aware_mpi` once (by the
+caller of ``make_backend``, or by the first halo exchange of a GPU backend when nothing was
+decided) and keeps the answer on the backend for every exchange.
 
 The order of evidence, strongest first:
 
@@ -36,6 +36,30 @@ from mpi4py import MPI
 
 _ON = ("1", "true", "yes", "on", "enabled")
 _OFF = ("0", "false", "no", "off", "disabled")
+
+
+def decide_cuda_aware(bk, setting=None):
+    """Set ``bk.cuda_aware`` and ``bk.cuda_aware_reason`` once for the run (after the device
+    was selected and CUDA initialised, which Open MPI 5's query needs); ``setting`` as for
+    :func:`cuda_aware_mpi`. Host memory: True (MPI reads the arrays directly)."""
+    if not bk.device_memory:
+        bk.cuda_aware, bk.cuda_aware_reason = True, "host memory: MPI reads the arrays directly"
+        return
+    if setting is None and bk.name == "host":    # the stream checker: staged unless told
+        env = os.environ.get("HPCINV_CUDA_AWARE", "").strip()
+        if not env:
+            from ..backend.checker import CheckedHostBackend
+            bk.cuda_aware, bk.cuda_aware_reason = False, CheckedHostBackend.cuda_aware_reason
+            return
+    bk.cuda_aware, bk.cuda_aware_reason = cuda_aware_mpi(setting, gpu=bk.name != "host")
+
+
+def decided_cuda_aware(bk) -> bool:
+    """``bk``'s CUDA-aware decision, made now (:func:`decide_cuda_aware`, detected) where the
+    caller of ``make_backend`` made none; False for a backend without the attribute."""
+    if getattr(bk, "cuda_aware", False) is None:
+        decide_cuda_aware(bk)
+    return bool(getattr(bk, "cuda_aware", False))
 
 
 def cuda_aware_mpi(setting=None, gpu: bool = True) -> tuple[bool, str]:

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from mpi4py import MPI
 
+from .cuda_aware import decided_cuda_aware
 from .pack import PACK, UNPACK
 
 
@@ -73,7 +74,8 @@ class HaloExchange:
         backend: the compute backend (streams, kernels, host syncs).
         dtype: field dtype.
         cuda_aware: hand device buffers to MPI; ``None``: the backend's one decision for the
-            run (``backend.cuda_aware``). Host memory is always handed over directly.
+            run (``backend.cuda_aware``, decided here if nobody did). Host memory is always
+            handed over directly.
     """
 
     def __init__(self, decomp, backend, dtype, cuda_aware: bool | None = None):
@@ -81,7 +83,7 @@ class HaloExchange:
         self.comm = decomp.comm
         shape = decomp.padded_shape
         if cuda_aware is None:
-            cuda_aware = getattr(backend, "cuda_aware", False)
+            cuda_aware = decided_cuda_aware(backend)
         self.staged = backend.device_memory and not cuda_aware
         links, offset = [], 0
         for axis in range(decomp.ndim):

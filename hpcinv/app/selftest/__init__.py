@@ -88,9 +88,11 @@ def run(args) -> int:
     from mpi4py import MPI
 
     from ...backend import make_backend
+    from ...parallel import decide_cuda_aware
     comm = MPI.COMM_WORLD
     t_start = time.perf_counter()
     bk = make_backend(args.backend, comm=comm)
+    decide_cuda_aware(bk)
     if comm.Get_rank() == 0 and bk.fallback_warning:       # stderr: also with --json
         import sys
         print(f"hpcinv: warning: GPU not used, running on the host backend: "
