@@ -358,7 +358,7 @@ def test_config_cuda_aware_goes_to_the_backend():
     cfg = config_mod.Config()
     cfg.parallel.backend = "host"
     cfg.parallel.cuda_aware = False
-    cfg.validate()
+    config_mod.validate_config(cfg)
     assert "cuda_aware" not in solver_options(cfg)
     bk = backend_of(cfg)
     if bk.device_memory:              # the stream checker: device-like memory

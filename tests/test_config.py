@@ -15,7 +15,7 @@ except ImportError:  # Python < 3.11
     import tomli as tomllib
 
 from hpcinv import config as config_mod
-from hpcinv.config import Config, dumps, from_dict, load, schema
+from hpcinv.config import Config, dumps, from_dict, load, schema, validate_config
 from hpcinv.errors import ConfigError, HpcinvError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_fixture_covers_every_key():
 
 
 def test_defaults():
-    cfg = Config().validate()
+    cfg = validate_config(Config())
     assert cfg.problem.name == "geothermal2d"
     assert (cfg.problem.k_background, cfg.problem.k_barrier) == (1.0, 1e-6)
     assert (cfg.grid.nx, cfg.grid.ny, cfg.grid.nz) == (None, None, None)

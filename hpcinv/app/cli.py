@@ -17,9 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import validate_config
 from ..errors import HpcinvError, Interrupted, OutputDirError
 from ..solvers import make_darcy_solver
 from .assembly import backend_of, build, build_forward
+from .console import backend_text, rank0, say, warn_fallback
 from .info import cmd_info
 from .progress import CompileNotice, Progress
 from .run import Reporter
@@ -98,32 +100,6 @@ def _inversion_options(p):
     p.add_argument("--json", action="store_true", help="progress as JSON lines")
 
 
-def _rank0():
-    from mpi4py import MPI
-    return MPI.COMM_WORLD.Get_rank() == 0
-
-
-def say(*args, **kw):
-    """Print on rank 0 only (flushed: progress must show up under srun)."""
-    if _rank0():
-        print(*args, **kw, flush=True)
-
-
-def backend_text(bk) -> str:
-    """The backend's name for run headers, with why ``auto`` fell back where a GPU is unusable."""
-    if getattr(bk, "fallback_warning", False):
-        return f"{bk.name} (GPU unusable: {bk.fallback_reason})"
-    return bk.name
-
-
-def warn_fallback(bk):
-    """One line on stderr (rank 0) where ``--backend auto`` left a GPU unused because CuPy
-    cannot compile or run kernels on it; the library itself stays quiet."""
-    if getattr(bk, "fallback_warning", False):
-        say(f"hpcinv: warning: GPU not used, running on the host backend: "
-            f"{bk.fallback_reason}", file=sys.stderr)
-
-
 def _apply_overrides(cfg, args):
     if args.problem:
         cfg.problem.name = args.problem
@@ -146,7 +122,7 @@ def _apply_overrides(cfg, args):
         cfg.parallel.overlap = False
     if args.output:
         cfg.output.dir = args.output
-    return cfg.validate()
+    return validate_config(cfg)
 
 
 def cmd_forward(args) -> int:
@@ -284,7 +260,7 @@ def cmd_invert(args, demo=False) -> int:
     for key in ("iterations", "method"):
         if getattr(args, key) is not None:
             setattr(cfg.inversion, key, getattr(args, key))
-    cfg.validate()
+    validate_config(cfg)
     if not args.restart:          # a restart's config.toml is as its run wrote it (fingerprint)
         cfg = resolved(cfg)       # config.toml: the complete problem, rerunnable bitwise
     # one run per directory, its owner; the config is recorded before any work
@@ -406,7 +382,7 @@ def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)
     except UsageError as exc:           # argparse: one line, exit 2, on rank 0 only
-        if _rank0():
+        if rank0():
             print(f"hpcinv: error: {one_line(str(exc))}", file=sys.stderr, flush=True)
         return exc.exit_code
     run = args.command in RUN_COMMANDS            # SIGTERM/SIGINT handled from here on
@@ -425,7 +401,7 @@ def _main(args) -> int:
     except Interrupted as exc:
         return _interrupted(exc)
     except HpcinvError as exc:
-        if _rank0() and getattr(exc, "first", True):     # one line, not one per copy
+        if rank0() and getattr(exc, "first", True):     # one line, not one per copy
             print(f"hpcinv: error: {one_line(config_words(str(exc)))}", file=sys.stderr,
                   flush=True)
         return exc.exit_code          # 2 bad input; 1, 4, 5: see errors.py and the README

@@ -17,7 +17,7 @@ def cmd_info(args) -> int:
     from ..parallel import Decomposition, cuda_aware_mpi, decide_cuda_aware
     from ..backend.cuda_compile import cupy_status
     from ..io.h5mode import describe_mode
-    from .cli import warn_fallback
+    from .console import warn_fallback
     world = MPI.COMM_WORLD
     backend = make_backend(args.backend, comm=world)
     decide_cuda_aware(backend)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .plot import _Skip, _plane, _read_h5, _say, finite_range, panels_figure, symmetric_range
+from .plot_draw import (_plane, _read_h5, _say, _Skip, finite_range, panels_figure,
+                        symmetric_range)
 
 GRADIENT_LABEL = "dJ/dlogK  (logK = ln K; dimensionless)"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 
 from ..config.schema import PermeabilityConfig, WellConfig
+from ..config.validate import validate_config
 from ..inverse.regularisation import default_smoothing_coefficient
 from ..model import geothermal
 from .coarsening import prediction_factor
@@ -63,7 +64,7 @@ def resolved(cfg):
         i.forward_memory = forward_memory(cfg)
     if i.gradient_accuracy is None:
         i.gradient_accuracy = gradient_accuracy(cfg)
-    return c.validate()
+    return validate_config(c)
 
 
 def _resolve_permeability(p, problem, nd):

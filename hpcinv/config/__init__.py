@@ -54,9 +54,10 @@ from .schema import (AdjointConfig, BoundaryConfig, Config, GridConfig, Inversio
                      ObservationsConfig, OutputConfig, ParallelConfig, PermeabilityConfig,
                      ProblemConfig, RegularisationConfig, SolverConfig, WellConfig)
 from .toml_io import dumps, resolve_paths, save
-from .validate import check_type, hint
+from .validate import check_type, hint, validate_config
 
 __all__ = ["Config", "ConfigError", "dumps", "from_dict", "load", "read_toml", "save",
+           "validate_config",
            "AdjointConfig", "BoundaryConfig", "GridConfig", "InversionConfig",
            "ObservationsConfig", "OutputConfig", "ParallelConfig", "PermeabilityConfig",
            "ProblemConfig", "RegularisationConfig", "SolverConfig", "WellConfig"]
@@ -93,7 +94,7 @@ def from_dict(data: dict, source: str = "config") -> Config:
         if not isinstance(sval, dict):
             raise ConfigError(f"{source}: [{sname}] must be a table of keys")
         _fill(getattr(cfg, sname), sval, sname, source)
-    return cfg.validate()
+    return validate_config(cfg)
 
 
 def read_toml(path) -> dict:

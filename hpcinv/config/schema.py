@@ -249,12 +249,6 @@ class Config:
         nd = self.ndim()
         return not any(getattr(self.boundary, s) != "no-flux" for s in SIDES[:2 * nd])
 
-    # --- validation (in hpcinv.config.validate) --------------------------------------------
-    def validate(self) -> "Config":
-        """Check value ranges and combinations; raises :class:`ConfigError`."""
-        from .validate import validate
-        return validate(self)
-
     def pt_params(self):
         from ..solvers import PTParams
         s = self.solver

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .schema import Config
 
 
-def validate(cfg: Config) -> Config:
+def validate_config(cfg: Config) -> Config:
     """Check value ranges and combinations of ``cfg`` (returned); raises :class:`ConfigError`."""
     from ..backend import BACKENDS
     names = (*PROBLEM_EXTENTS, "custom")
