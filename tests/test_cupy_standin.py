@@ -1,8 +1,8 @@
-"""The CuPy backend's own code (``CupyBackend``, ``backend/cuda_compile.py``) run on the CPU stand-in of
-``tests/cupy_standin`` (issue 19): it constructs, its results are bitwise the host backend's
-(forward, gradient, 3 GD steps; overlap on and off; staged and CUDA-aware halos; 1 rank here,
-2-4 ranks in the MPI tests), CuPy's preconditions are enforced, and a missing sync before MPI
-or a missing event wait is reported as a named :class:`StreamRaceError`.
+"""The CuPy backend's own code (``CupyBackend``, ``backend/cuda_compile.py``) run on the CPU
+stand-in of ``tests/cupy_standin`` (issue 19): it constructs, its results are bitwise the host
+backend's (forward, gradient, 3 GD steps; overlap on and off; staged and CUDA-aware halos;
+1 rank here, 2-4 ranks in the MPI tests), CuPy's preconditions are enforced, and a missing sync
+before MPI or a missing event wait is reported as a named :class:`StreamRaceError`.
 
 What the stand-in cannot show (a real GPU must): NVRTC's own parsing and options (``-ftz``,
 ``-fmad`` on device), device timing and occupancy, the driver, CuPy's own reductions (their

@@ -36,10 +36,10 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
     """Backend by name: ``auto`` (GPU if CuPy finds one, else host), ``host`` or ``cupy``.
 
     The GPU backend is used only once CuPy has compiled (NVRTC) and run a test kernel on the
-    rank's device (:func:`~hpcinv.backend.cuda_compile.check_cupy_usable`). ``cupy`` raises a one-line
-    :class:`~hpcinv.errors.BackendError` naming the fix where it cannot; ``auto`` then returns
-    the host backend and records why in ``backend.fallback_reason`` (``""`` when nothing fell
-    back) and ``backend.fallback_warning`` (True when a GPU is there but unusable, e.g. NVRTC
+    rank's device (:func:`~hpcinv.backend.cuda_compile.check_cupy_usable`). ``cupy`` raises a
+    one-line :class:`~hpcinv.errors.BackendError` naming the fix where it cannot; ``auto`` then
+    returns the host backend and records why in ``backend.fallback_reason`` (``""`` when
+    nothing fell back) and ``backend.fallback_warning`` (True when a GPU is there but unusable, e.g. NVRTC
     missing: callers should warn; False for the ordinary "no CuPy / no GPU"). The library
     prints nothing: ``hpcinv`` commands print the warning once, on rank 0. With ``comm`` the
     choice is collective (:func:`agree_on_gpu`): if any rank cannot use its GPU, ``cupy``
