@@ -39,12 +39,12 @@ def make_backend(name: str = "auto", *, comm=None, local_rank: int | None = None
     rank's device (:func:`~hpcinv.backend.cuda_compile.check_cupy_usable`). ``cupy`` raises a
     one-line :class:`~hpcinv.errors.BackendError` naming the fix where it cannot; ``auto`` then
     returns the host backend and records why in ``backend.fallback_reason`` (``""`` when
-    nothing fell back) and ``backend.fallback_warning`` (True when a GPU is there but unusable, e.g. NVRTC
-    missing: callers should warn; False for the ordinary "no CuPy / no GPU"). The library
-    prints nothing: ``hpcinv`` commands print the warning once, on rank 0. With ``comm`` the
-    choice is collective (:func:`agree_on_gpu`): if any rank cannot use its GPU, ``cupy``
-    raises the same error on every rank and ``auto`` falls back on every rank, the reason
-    naming the ranks that could not.
+    nothing fell back) and ``backend.fallback_warning`` (True when a GPU is there but
+    unusable, e.g. NVRTC missing: callers should warn; False for the ordinary "no CuPy / no
+    GPU"). The library prints nothing: ``hpcinv`` commands print the warning once, on rank 0.
+    With ``comm`` the choice is collective (:func:`agree_on_gpu`): if any rank cannot use its
+    GPU, ``cupy`` raises the same error on every rank and ``auto`` falls back on every rank,
+    the reason naming the ranks that could not.
 
     ``comm``: the run's communicator; the node-local rank and rank count (GPU choice, threads
     per rank) are taken from it once, here (``MPI_Comm_split_type(COMM_TYPE_SHARED)``,
