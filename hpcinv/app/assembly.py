@@ -29,9 +29,9 @@ from ..inverse.tolerance import TolerancePolicy, ToleranceSettings
 from ..inverse.regularisation import GradientSmoother, Tikhonov
 from ..model.grid import Grid
 from ..model.problems import Problem
+from ..parallel import decide_cuda_aware
 from ..solvers import PTParams, make_darcy_solver
 from . import scenario
-from ..parallel import decide_cuda_aware
 from .coarsening import level_config, prediction_factor
 from .fingerprint import config_fingerprint
 from .memory import check_memory
