@@ -137,17 +137,22 @@ hpcinv_launcher() {
 # once: it is relayed to the ranks, which finish their current iteration. Relaying through srun
 # would not work: srun answers SIGTERM by SIGKILLing its tasks, so under srun the relay asks
 # slurmd instead (scancel --signal=TERM signals every step of the job, not the batch shell).
+# The handler returns 0 on every path: a bare `return` in a trap handler returns the status of
+# the command the trap interrupted (1 inside `if ! scontrol requeue`, 143 from an interrupted
+# `wait`), and under `set -e` that status ends the script from inside the handler; bash < 5.3
+# then also logs "pop_var_context: head of shell_variables not a function context".
 STEP_PID=
 HPCINV_GOT_TERM=0
 _hpcinv_on_term() {
     HPCINV_GOT_TERM=1
-    echo "$JOB_NAME: $(date -Is) batch shell got SIGTERM; asking the ranks to stop" >&2
-    if [[ -z "$STEP_PID" ]]; then return; fi
+    echo "$JOB_NAME: $(date -Is) batch shell got SIGTERM; asking the ranks to stop" >&2 || :
+    if [[ -z "$STEP_PID" ]]; then return 0; fi
     if [[ "${LAUNCH[0]##*/}" == srun ]] && under_slurm && command -v scancel >/dev/null; then
         scancel --signal=TERM "$SLURM_JOB_ID" || kill -TERM "$STEP_PID" 2>/dev/null || true
     else
         kill -TERM "$STEP_PID" 2>/dev/null || true
     fi
+    return 0
 }
 trap _hpcinv_on_term TERM
 

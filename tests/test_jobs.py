@@ -705,3 +705,128 @@ exit $rc
     p = run_script("strong_scaling.sbatch", "--size", "32x16", cwd=tmp_path,
                    env={**env, "HPCINV_RANK_CHECK": "0"})
     assert p.returncode != 0 and "MPI size other than its 2 rank(s)" in p.stderr, p.stderr
+
+
+# --------------------------------------------------------------------- continuation command
+
+SHOW_JOB_2205 = """JobId=4242 JobName=big-inv
+   Priority=1 Nice=0 Account=proj42 QOS=long
+   RunTime=00:00:10 TimeLimit=12:00:00 TimeMin=N/A
+   Partition=gpu AllocNode:Sid=login1:123
+   NumNodes=8 NumCPUs=256 NumTasks=32 CPUs/Task=8 ReqB:S:C:T=0:0:*:*
+   TRES=cpu=256,mem=400G,node=8,billing=256,gres/gpu=32
+   Socks/Node=* NtasksPerN:B:S:C=4:0:*:* CoreSpec=*
+   MinCPUsNode=32 MinMemoryNode=0 MinTmpDiskNode=0
+   Features=a100&ib DelayBoot=00:00:00
+   Command=/home/alice/hpcinv/jobs/invert.sbatch run.toml
+   TresPerNode={tres}
+"""
+
+
+def continuation(tmp_path, show_job: str | None, **env) -> str:
+    """What jobs/continuation.sh prints for run directory runs/x, script S and arguments
+    'my run.toml' --iterations 500, with a fake scontrol printing ``show_job`` (None: none)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "scontrol").unlink(missing_ok=True)
+    if show_job is not None:
+        (bindir / "show.txt").write_text(show_job)
+        (bindir / "scontrol").write_text(f'#!/bin/sh\ncat "{bindir}/show.txt"\n')
+        (bindir / "scontrol").chmod(0o755)
+    script = ('set -euo pipefail\nunder_slurm() { [[ -n "${SLURM_JOB_ID:-}" ]]; }\n'
+              f'source "{JOBS}/continuation.sh"\n'
+              "continuation_command runs/x S 'my run.toml' --iterations 500\n")
+    p = subprocess.run([BASH, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                       env=base_env(PATH=f"{bindir}{os.pathsep}/usr/bin:/bin",
+                                    SLURM_JOB_ID=4242, HPCINV_LAUNCHER="", HPCINV_PYTHON="",
+                                    HPCINV_BACKEND="", **env))
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+@needs_bash
+@pytest.mark.parametrize("tres", ["gres:gpu:4", "gres/gpu:4", "gpu:4"])
+def test_continuation_repeats_the_jobs_options(tmp_path, tres):
+    """Issue 22: the continuation command had none of the job's options (a new job would run
+    on the script's defaults: 2 nodes, 4 GPUs per node, 2 hours). TRES formats of Slurm 20.11
+    (gpu:4), 22.05 (gres:gpu:4) and 23.02+ (gres/gpu:4)."""
+    out = continuation(tmp_path, SHOW_JOB_2205.format(tres=tres), HPCINV_ARGS="-q --json")
+    first, *rest = out.splitlines()
+    assert first == (f"HPCINV_OUTPUT={tmp_path}/runs/x HPCINV_ARGS=-q\\ --json "
+                     "sbatch --job-name=big-inv --nodes=8 --ntasks=32 --ntasks-per-node=4 "
+                     "--cpus-per-task=8 --gpus-per-node=4 --partition=gpu --account=proj42 "
+                     "--qos=long --time=12:00:00 --constraint=a100\\&ib "
+                     "S my\\ run.toml --iterations 500"), out
+    assert rest == [], out
+
+
+@needs_bash
+def test_continuation_of_a_cpu_job_and_without_scontrol(tmp_path):
+    """A job without GPUs gets --gpus-per-node=0 (the script asks for 4); a typed GPU and
+    another generic resource are kept. Without scontrol the job's environment gives what it
+    has, and the rest is named."""
+    show = SHOW_JOB_2205.format(tres="").replace(",gres/gpu=32", "")
+    out = continuation(tmp_path, show.replace("TresPerNode=\n", ""))
+    assert " --gpus-per-node=0 " in out and "not recovered" not in out, out
+    out = continuation(tmp_path, SHOW_JOB_2205.format(tres="gres/gpu:a100:4,gres/nvme:1"))
+    assert " --gpus-per-node=a100:4 --gres=nvme:1 " in out, out
+    out = continuation(tmp_path, None, SLURM_JOB_NUM_NODES=3, SLURM_NTASKS_PER_NODE="4(x3)",
+                       SLURM_CPUS_PER_TASK=8, SLURM_GPUS_PER_NODE=4)
+    first, second = out.splitlines()
+    assert " sbatch --nodes=3 --ntasks-per-node=4 --cpus-per-task=8 --gpus-per-node=4 S " \
+        in first, out
+    assert second.startswith("(not recovered from scontrol show job or the job's environment:"
+                             " --constraint --reservation --time;"), out
+
+
+def scontrol_that(bindir: Path, log: Path, on_requeue: str) -> None:
+    """Replace the fake scontrol: ``show job`` prints SHOW_JOB_2205 (GPUs gres:gpu:4),
+    ``requeue`` runs the shell text ``on_requeue`` (after logging the call)."""
+    (bindir / "show.txt").write_text(SHOW_JOB_2205.format(tres="gres:gpu:4"))
+    (bindir / "scontrol").write_text(f"""#!/usr/bin/env bash
+echo "scontrol $*" >> "{log}"
+if [[ $1 == show ]]; then cat "{bindir}/show.txt"; fi
+if [[ $1 == requeue ]]; then {on_requeue}; fi
+""")
+
+
+def stopped_job(tmp_path, on_requeue: str):
+    """(config, run directory, environment, slurm-call log) of an invert.sbatch job under the
+    fake SLURM whose ranks get SIGTERM during start-up (so it asks for a requeue at once)."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.format(it=2))
+    run = tmp_path / "invert-4242"
+    bindir, log = fake_slurm(tmp_path)
+    scontrol_that(bindir, log, on_requeue)
+    env = slurm_env(bindir, SLURM_NTASKS=2, HPCINV_OUTPUT=run, HPCINV_ARGS="-q",
+                    **python_that_signals(tmp_path, "build"))
+    return cfg, run, env, log
+
+
+@needs_mpi
+def test_a_refused_requeue_prints_the_continuation_with_the_jobs_options(tmp_path):
+    """Issue 22: the continuation command repeats the job's sbatch options and arguments."""
+    cfg, run, env, _ = stopped_job(tmp_path, "exit 1")
+    p = run_script("invert.sbatch", cfg, "--iterations", 7, env=env, cwd=tmp_path)
+    assert p.returncode == 3, p.stdout + p.stderr
+    lines = p.stderr.splitlines()
+    i = lines.index("invert.sbatch: requeue refused (site policy?). Continue with:")
+    assert lines[i + 1].startswith(f"HPCINV_OUTPUT={run} HPCINV_ARGS=-q "), p.stderr
+    assert lines[i + 1].endswith(
+        " sbatch --job-name=big-inv --nodes=8 --ntasks=32 --ntasks-per-node=4 --cpus-per-task=8"
+        " --gpus-per-node=4 --partition=gpu --account=proj42 --qos=long --time=12:00:00"
+        f" --constraint=a100\\&ib {JOBS}/invert.sbatch {cfg} --iterations 7"), p.stderr
+
+
+@needs_mpi
+def test_sigterm_to_the_batch_shell_during_the_requeue(tmp_path):
+    """Issue 22: SLURM answers scontrol requeue by signalling the job, the batch shell too. The
+    TERM handler ran in the middle of 'if ! scontrol requeue' and returned the status it found
+    there (1), so errexit ended the script with 1 from inside the handler (bash < 5.3 then logs
+    'pop_var_context: head of shell_variables not a function context'). Now: the requeue
+    completes, the script exits 0, and stderr carries no shell noise."""
+    cfg, run, env, log = stopped_job(tmp_path, "kill -TERM $PPID; sleep 0.3")
+    p = run_script("invert.sbatch", cfg, env=env, cwd=tmp_path)
+    assert "batch shell got SIGTERM" in p.stderr and "scontrol requeue 4242" in log.read_text()
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "pop_var_context" not in p.stderr and "continue with" not in p.stderr.lower()
