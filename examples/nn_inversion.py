@@ -41,7 +41,7 @@ from mpi4py import MPI
 
 from hpcinv import config as config_mod
 from hpcinv.app.assembly import build
-from hpcinv.app.cli import say
+from hpcinv.app.console import say
 from hpcinv.app.run import History, RunDirectory, write_model_file, write_setup_file
 from hpcinv.errors import ConfigError, HpcinvError
 from hpcinv.model import geothermal, problems
@@ -147,7 +147,7 @@ def run(args) -> dict:
         cfg.parallel.threads = args.threads
     cfg.output.dir = args.output
     cfg.inversion.iterations = args.iterations
-    cfg.validate()
+    config_mod.validate_config(cfg)
     if cfg.problem.name != "geothermal2d":
         raise ConfigError(f"{PROG} runs geothermal2d, not {cfg.problem.name}")
     if args.iterations < 1 or not args.lr > 0 or args.hidden < 1:
