@@ -43,7 +43,9 @@ file driver reports such errors unreliably: a failed write of a dataset's buffer
 only printed, "Exception ignored", and the broken file state it leaves can crash the process
 later.) ``mpio`` and ``sequential`` write through HDF5 (there is no in-memory alternative for a
 shared file); callers that need certainty re-read what they wrote (see
-:mod:`hpcinv.io.checkpoint`).
+:mod:`hpcinv.io.checkpoint`). A rank-local failure inside ``mpio``'s collective calls cannot be
+combined over the ranks; it ends the job with one line and exit status 4
+(:mod:`hpcinv.io.watchdog`).
 
 Reading back: :mod:`hpcinv.io.h5read`; XDMF sidecars: :mod:`hpcinv.io.xdmf`.
 """
@@ -61,6 +63,7 @@ import numpy as np
 
 from .h5mode import choose_mode
 from .h5util import _fsync_dir, _fsync_path, _h5py, write_all
+from .watchdog import collective_region, io_timeout_s
 from .xdmf import view_block, view_name
 
 PART_DIR_RE = r"\.parts-[0-9a-f]{12}$"
@@ -256,7 +259,10 @@ def _write_shared(path, comm, items, attrs, replicated, mode) -> None:
         _sync(comm, err, "write_h5 (preparing the blocks)")
     try:
         if mode == "mpio":
-            _write_mpio(tmp, comm, items, create, replicated)
+            # a rank failing inside cannot tell the others: one line and exit 4, no hang
+            nbytes = sum(int(np.prod(it.global_shape)) * it.block.itemsize for it in items)
+            with collective_region(path, io_timeout_s(nbytes), rank):
+                _write_mpio(tmp, comm, items, create, replicated)
         elif err is None and rank == 0:
             def build(f):
                 dsets, reps = create(f)
@@ -308,12 +314,14 @@ def _check_block(it: _Item) -> None:
 
 
 def _write_mpio(tmp, comm, items, create, replicated) -> None:
-    """The ``mpio`` writer as a sequence of collective steps. Every rank-local failure is
-    detected before the collective region (:func:`_check_block`, combined by the caller); each
-    step's outcome is combined over the ranks (:func:`_sync`) before the next one starts, so an
-    error raised by HDF5 on some ranks raises on every rank and all ranks still close the file
-    together (H5Fclose is collective). The open is assumed to fail or succeed on every rank
-    together (MPI_File_open is collective)."""
+    """The ``mpio`` writer as a sequence of collective steps. Every rank-local failure that can
+    be foreseen is detected before the collective region (:func:`_check_block`, combined by the
+    caller); each step's outcome is combined over the ranks (:func:`_sync`) before the next one
+    starts. An error that HDF5 raises on some ranks only, inside a collective call, leaves the
+    others in HDF5's next collective MPI call, where no ``_sync`` reaches them: the caller runs
+    this function inside :class:`~hpcinv.io.watchdog.collective_region`, which ends the job
+    with one line and exit status 4 (at once on the failing rank; after ``HPCINV_IO_TIMEOUT``
+    on a rank that never leaves the region)."""
     h5py = _h5py()
     rank = comm.Get_rank()
     f = h5py.File(tmp, "w", driver="mpio", comm=comm)
