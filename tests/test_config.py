@@ -389,22 +389,24 @@ def test_boundary_from_toml(tmp_path):
 
 
 def test_pt_params():
+    from hpcinv.config.library import pt_params
     cfg = from_dict({"solver": {"cfl": 0.4, "re": 3.0, "tol": 1e-5, "maxiter": 9,
                                 "ncheck": 3}})
-    p = cfg.pt_params()
+    p = pt_params(cfg.solver)
     assert (p.cfl, p.re, p.tol, p.maxiter, p.ncheck) == (0.4, 3.0, 1e-5, 9, 3)
 
 
 def test_adjoint_pt_params():
+    from hpcinv.config.library import pt_params
     cfg = from_dict({"solver": {"cfl": 0.4, "tol": 1e-5},
                      "adjoint": {"cfl": 0.3, "re": 4.0, "tol": 1e-9, "maxiter": 11,
                                  "ncheck": 5}})
-    a = cfg.adjoint_pt_params()
+    a = pt_params(cfg.adjoint)
     assert (a.cfl, a.re, a.tol, a.maxiter, a.ncheck) == (0.3, 4.0, 1e-9, 11, 5)
-    p = cfg.pt_params()                      # independent of [solver]
+    p = pt_params(cfg.solver)                # independent of [solver]
     assert (p.cfl, p.tol) == (0.4, 1e-5)
-    d = Config().adjoint_pt_params()         # defaults as the forward's
-    f = Config().pt_params()
+    d = pt_params(Config().adjoint)          # defaults as the forward's
+    f = pt_params(Config().solver)
     assert (d.cfl, d.re, d.tol, d.maxiter, d.ncheck) == (f.cfl, f.re, f.tol, f.maxiter, f.ncheck)
 
 

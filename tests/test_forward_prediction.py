@@ -161,7 +161,7 @@ def test_no_change_no_correction_and_coarse_pressures_are_functions_of_the_model
 def test_the_automatic_factor(shape, adaptive, warm, want):
     from types import SimpleNamespace
 
-    from hpcinv.app.coarsening import prediction_factor
+    from hpcinv.app.resolve import prediction_factor
     cfg = SimpleNamespace(
         inversion=SimpleNamespace(adaptive_tolerance=adaptive, warm_start=warm,
                                   forward_prediction=None),

@@ -20,6 +20,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..backend import Backend, make_backend
+from ..config.library import pt_params
 from ..errors import ConfigError
 from ..inverse.gradient import AdjointGradient
 from ..inverse.observations import Observations
@@ -32,9 +33,10 @@ from ..model.problems import Problem
 from ..parallel import decide_cuda_aware
 from ..solvers import PTParams, make_darcy_solver
 from . import scenario
-from .coarsening import level_config, prediction_factor
+from .coarsening import level_config
 from .fingerprint import config_fingerprint
 from .memory import check_memory
+from .resolve import FORWARD_MEMORY, GRADIENT_ACCURACY, adaptive, prediction_factor
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,6 @@ def solver_options(cfg) -> dict:
     return dict(method=cfg.solver.method, overlap=cfg.parallel.overlap, dtype=cfg.solver.dtype)
 
 
-def pt_params(section) -> PTParams:
-    """:class:`PTParams` of ``[solver]`` or ``[adjoint]``."""
-    return PTParams(cfl=section.cfl, re=section.re, tol=section.tol, maxiter=section.maxiter,
-                    ncheck=section.ncheck)
-
-
 def optimiser_settings(cfg) -> OptimiserSettings:
     i = cfg.inversion
     return OptimiserSettings(method=i.method, dgamma=i.dgamma, line_search=i.line_search,
@@ -127,11 +123,7 @@ def run_settings(cfg) -> RunSettings:
                        cfg.output.figures)
 
 
-def adaptive(cfg) -> bool:
-    """Whether the inversion adapts its solve tolerances (APT solves only)."""
-    return cfg.inversion.adaptive_tolerance and cfg.solver.method == "apt"
-
-
+# TODO: the None default: resolved in resolve.py from issue 21
 def adjoint_memory(cfg) -> int:
     """Adjoint solutions kept for warm starts (``inversion.adjoint_memory``; unset: 6 with
     adaptive tolerances and warm starts, else 0, the rescaled previous solution)."""
@@ -174,11 +166,9 @@ def make_predictor(cfg, fine_grid, comm, backend, params, opts):
                   file=sys.stderr, flush=True)
         return None
     return CoarsePrediction(fine_grid.decomp, coarse, backend, params, cfg.solver.tol, **opts)
-#: Earlier forward solutions kept by default for the forward warm start (adaptive runs):
-#: measured in docs/performance.md, section "Inversion cost".
-FORWARD_MEMORY = 3
 
 
+# TODO: the None default: resolved in resolve.py from issue 21
 def forward_memory(cfg) -> int:
     """Earlier forward solutions kept for warm starts (``inversion.forward_memory``; unset:
     :data:`FORWARD_MEMORY` with adaptive tolerances and warm starts, else 0, the previous
@@ -203,6 +193,7 @@ def tolerance_policy(cfg) -> TolerancePolicy | None:
                                              gradient_accuracy=gradient_accuracy(cfg)))
 
 
+# TODO: the None default: resolved in resolve.py from issue 21
 def gradient_accuracy(cfg) -> float:
     """The adaptive gradient check's bound (``inversion.gradient_accuracy``; unset:
     :data:`GRADIENT_ACCURACY` of the method: gradient descent steps along the smoothed gradient
@@ -210,10 +201,6 @@ def gradient_accuracy(cfg) -> float:
     target without the check at 25 % less cost: docs/performance.md)."""
     v = cfg.inversion.gradient_accuracy
     return GRADIENT_ACCURACY[cfg.inversion.method] if v is None else v
-
-
-#: Default of ``inversion.gradient_accuracy`` per method (0: no check).
-GRADIENT_ACCURACY = {"gd": 0.1, "lbfgs": 0.0}
 
 
 def build_forward(cfg, comm=None, backend: Backend | None = None,

@@ -24,11 +24,15 @@ from .assembly import backend_of, build, build_forward
 from .console import backend_text, rank0, say, warn_fallback
 from .info import cmd_info
 from .progress import CompileNotice, Progress
+from .resolve import resolved
 from .run import Reporter
 from . import interrupt
 
 RUN_COMMANDS = ("forward", "gradient", "invert", "demo")
-from .resolve import resolved
+#: Where a run command writes when neither ``--output`` nor the config file's ``output.dir``
+#: says.
+DEFAULT_OUTPUT = {"forward": "runs/forward", "gradient": "runs/gradient",
+                  "invert": "runs/invert", "demo": "runs/demo"}
 
 
 class UsageError(HpcinvError):
@@ -122,15 +126,68 @@ def _apply_overrides(cfg, args):
         cfg.parallel.overlap = False
     if args.output:
         cfg.output.dir = args.output
+    for key in ("iterations", "method"):          # invert and demo only
+        if getattr(args, key, None) is not None:
+            setattr(cfg.inversion, key, getattr(args, key))
     return validate_config(cfg)
+
+
+def prepare_run(args, command: str):
+    """What every run command (``forward``, ``gradient``, ``invert``, ``demo``) does first:
+    its config (the file read once, else the defaults, with the command's default output
+    directory where the file names none; ``--restart``: the run directory's), the command
+    line's overrides, every default resolved (:mod:`hpcinv.app.resolve`; a restart's
+    config.toml stays as its run wrote it, the fingerprint's), then the output directory
+    claimed for the command before any work (an inversion records its config.toml there now).
+    Returns ``(cfg, claim)``."""
+    from .. import config as config_mod
+    restart = bool(getattr(args, "restart", None))
+    cfg = _apply_overrides(_restart_config(args) if restart else _config(args, command), args)
+    if not restart:
+        cfg = resolved(cfg)           # config.toml: the complete problem, rerunnable bitwise
+    kind = "invert" if command == "demo" else command
+    text = config_mod.dumps(cfg) if kind == "invert" and not restart else None
+    return cfg, _claim_output(cfg, kind, args, restart=restart, config_text=text)
+
+
+def _config(args, command: str):
+    """The config file of ``args`` (parsed once) or the defaults, its ``output.dir`` the
+    command's default (:data:`DEFAULT_OUTPUT`) where the file gives none."""
+    from .. import config as config_mod
+    if command == "invert" and not args.config:
+        raise UsageError("hpcinv invert needs a CONFIG file (e.g. examples/invert2d.toml) or "
+                         "--restart DIR; 'hpcinv demo' runs the built-in demo inversion "
+                         "without one")
+    data = config_mod.read_toml(args.config) if args.config else {}
+    output = data.get("output", {})
+    if isinstance(output, dict) and "dir" not in output:     # else: from_dict's one line
+        data["output"] = {**output, "dir": DEFAULT_OUTPUT[command]}
+    if args.config:
+        return config_mod.from_toml(data, args.config)
+    return config_mod.from_dict(data)
+
+
+def _restart_config(args):
+    """The config.toml of the run ``--restart DIR`` continues (checked: one line each for a
+    CONFIG file or another ``--output`` given too, and for a directory it cannot continue)."""
+    from .. import config as config_mod
+    if args.config:
+        raise HpcinvError("--restart takes its config from the run directory; "
+                          "give no CONFIG file")
+    if args.output and Path(args.output).resolve() != Path(args.restart).resolve():
+        raise HpcinvError(f"--restart {args.restart} continues that run in its own "
+                          f"directory; give no --output {args.output} (to continue "
+                          f"elsewhere, copy the directory first and restart the copy)")
+    _check_restart_dir(Path(args.restart))
+    cfg = config_mod.load(Path(args.restart) / "config.toml")
+    cfg.output.dir = args.restart
+    return cfg
 
 
 def cmd_forward(args) -> int:
     from .. import config as config_mod
     from ..io import write_fields
-    cfg = config_mod.load(args.config) if args.config else config_mod.Config()
-    cfg = resolved(_apply_overrides(cfg, args))          # config.toml: the complete problem
-    claim = _claim_output(cfg, "forward", args)          # one run per directory, its owner
+    cfg, claim = prepare_run(args, "forward")
     with claim.setup(), CompileNotice(Reporter(say, args.quiet)) as compiling:
         setup = build_forward(cfg)
         warn_fallback(setup.backend)
@@ -185,11 +242,7 @@ def cmd_gradient(args) -> int:
 
     from .. import config as config_mod
     from ..io.fields import grid_attrs, write_viewable
-    cfg = config_mod.load(args.config) if args.config else config_mod.Config()
-    if not args.output and not (args.config and "dir" in _raw_output(args.config)):
-        cfg.output.dir = "runs/gradient"
-    cfg = resolved(_apply_overrides(cfg, args))          # config.toml: the complete problem
-    claim = _claim_output(cfg, "gradient", args)         # one run per directory, its owner
+    cfg, claim = prepare_run(args, "gradient")
     progress = Progress(say, args.quiet, label="synthetic observations (true model)")
     with claim.setup(), CompileNotice(Reporter(say, args.quiet)) as compiling:
         backend = backend_of(cfg)
@@ -226,46 +279,12 @@ def _world_size() -> int:
     return MPI.COMM_WORLD.Get_size()
 
 
-def _raw_output(path) -> dict:
-    from .. import config as config_mod
-    return config_mod.read_toml(path).get("output", {})
-
-
 def cmd_invert(args, demo=False) -> int:
     """``hpcinv invert`` / ``hpcinv demo``: run or continue an inversion."""
     from mpi4py import MPI
 
-    from .. import config as config_mod
     from .run import RunDirectory
-    if not (demo or args.restart or args.config):
-        raise UsageError("hpcinv invert needs a CONFIG file (e.g. examples/invert2d.toml) or "
-                         "--restart DIR; 'hpcinv demo' runs the built-in demo inversion "
-                         "without one")
-    if args.restart:
-        if args.config:
-            raise HpcinvError("--restart takes its config from the run directory; "
-                              "give no CONFIG file")
-        if args.output and Path(args.output).resolve() != Path(args.restart).resolve():
-            raise HpcinvError(f"--restart {args.restart} continues that run in its own "
-                              f"directory; give no --output {args.output} (to continue "
-                              f"elsewhere, copy the directory first and restart the copy)")
-        _check_restart_dir(Path(args.restart))
-        cfg = config_mod.load(Path(args.restart) / "config.toml")
-        cfg.output.dir = args.restart
-    else:
-        cfg = config_mod.load(args.config) if args.config else config_mod.Config()
-        if not args.output and not (args.config and "dir" in _raw_output(args.config)):
-            cfg.output.dir = "runs/demo" if demo else "runs/invert"
-    cfg = _apply_overrides(cfg, args)
-    for key in ("iterations", "method"):
-        if getattr(args, key) is not None:
-            setattr(cfg.inversion, key, getattr(args, key))
-    validate_config(cfg)
-    if not args.restart:          # a restart's config.toml is as its run wrote it (fingerprint)
-        cfg = resolved(cfg)       # config.toml: the complete problem, rerunnable bitwise
-    # one run per directory, its owner; the config is recorded before any work
-    claim = _claim_output(cfg, "invert", args, restart=bool(args.restart),
-                          config_text=None if args.restart else config_mod.dumps(cfg))
+    cfg, claim = prepare_run(args, "demo" if demo else "invert")
     run_dir = RunDirectory(cfg.output.dir, MPI.COMM_WORLD, checked=True)
     reporter = Reporter(say, args.quiet, args.json)
     with CompileNotice(reporter) as compiling:       # to the end: kernels compiled late too

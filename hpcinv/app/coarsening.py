@@ -1,16 +1,12 @@
 """The same problem on a coarser grid: the configs of coarse-to-fine levels
 (:mod:`hpcinv.app.levels`) and of the coarse grid that corrects forward warm starts
-(:mod:`hpcinv.inverse.forward_prediction`)."""
+(:mod:`hpcinv.inverse.forward_prediction`; its automatic factor is a default, chosen in
+:func:`hpcinv.app.resolve.prediction_factor`)."""
 from __future__ import annotations
 
 import copy
 
 from ..parallel.transfer import coarse_shape
-
-#: The automatic forward-prediction factor keeps at least this many coarse cells per axis.
-PREDICTION_MIN_CELLS = 8
-#: Factors tried, in order, by the automatic choice.
-PREDICTION_FACTORS = (4, 2)
 
 
 def level_shapes(cfg) -> list[tuple]:
@@ -42,24 +38,3 @@ def level_config(cfg, factor: int):
             c.inversion.forward_prediction = None
     return c
 
-
-def prediction_factor(cfg, forward_memory: int = 0) -> int:
-    """The coarsening factor of the forward warm-start correction
-    (``inversion.forward_prediction``; 0: off) of a run whose forward subspace keeps
-    ``forward_memory`` solutions. Unset: off when the subspace is on (the two are alternatives:
-    docs/performance.md); else, with adaptive tolerances, warm starts and APT solves, the first
-    of :data:`PREDICTION_FACTORS` that leaves at least :data:`PREDICTION_MIN_CELLS` cells on
-    every axis, else off; off otherwise (so ``adaptive_tolerance = false`` stays today's run).
-    Off without warm starts."""
-    inv = cfg.inversion
-    if not inv.warm_start:
-        return 0
-    f = inv.forward_prediction
-    if f is not None:
-        return f
-    if forward_memory > 0 or not (inv.adaptive_tolerance and cfg.solver.method == "apt"):
-        return 0
-    for f in PREDICTION_FACTORS:
-        if min(coarse_shape(cfg.grid_shape(), f)) >= PREDICTION_MIN_CELLS:
-            return f
-    return 0

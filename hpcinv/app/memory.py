@@ -22,7 +22,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..errors import ConfigError
-from .coarsening import prediction_factor
+from .resolve import prediction_factor
 
 HOST_FIELDS_FORWARD = 5         # float64 host arrays per cell of a forward run
 HOST_FIELDS_INVERSION = 12      # ... of a gradient or an inversion

@@ -1,13 +1,16 @@
-"""The fully resolved config of a run (issue 13): every default the run takes from elsewhere --
-the built-in problem's grid, domain, permeability model and wells, the workshop's observation
-points, the PT solvers' ``cfl`` and ``maxiter``, the smoothing coefficient, the initial model,
-the adjoint memory, the gradient check -- written into the config, so that a run directory's
-``config.toml`` is the complete problem and ``hpcinv invert RUN/config.toml -o OTHER`` reruns
-the same run bitwise.
+"""The fully resolved config of a run (issue 13), and every rule that fills in a default the
+config leaves open (issue 21: here only). Resolving writes into the config every default the
+run takes from elsewhere -- the built-in problem's grid, domain, permeability model and wells,
+the workshop's observation points, the PT solvers' ``cfl`` and ``maxiter``, the smoothing
+coefficient, the initial model, the warm starts' memories and coarse prediction, the gradient
+check -- so that a run directory's ``config.toml`` is the complete problem and ``hpcinv invert
+RUN/config.toml -o OTHER`` reruns the same run bitwise; :func:`~hpcinv.app.assembly.build`
+reads the resolved values.
 
 Left as given: ``[parallel]`` (the machine's: backend, dims, threads, overlap), ``[output]``, and
 ``solver.maxiter``/``adjoint.maxiter`` of a coarse-to-fine run (unset, each level's budget is
-1000 x its own largest size). Resolving is idempotent.
+1000 x its own largest size; a level's automatic ``forward_prediction`` is chosen on its own grid
+by :func:`prediction_factor`). Resolving is idempotent.
 """
 from __future__ import annotations
 
@@ -17,8 +20,20 @@ from ..config.schema import PermeabilityConfig, WellConfig
 from ..config.validate import validate_config
 from ..inverse.regularisation import default_smoothing_coefficient
 from ..model import geothermal
-from .coarsening import prediction_factor
-from .assembly import adjoint_memory, forward_memory, gradient_accuracy, pt_params
+from ..parallel.transfer import coarse_shape
+from ..solvers import PTParams
+
+#: Adjoint solutions kept by default for the adjoint warm start (adaptive runs).
+ADJOINT_MEMORY = 6
+#: Earlier forward solutions kept by default for the forward warm start (adaptive runs):
+#: measured in docs/performance.md, section "Inversion cost".
+FORWARD_MEMORY = 3
+#: Default of ``inversion.gradient_accuracy`` per method (0: no check).
+GRADIENT_ACCURACY = {"gd": 0.1, "lbfgs": 0.0}
+#: The automatic forward-prediction factor keeps at least this many coarse cells per axis.
+PREDICTION_MIN_CELLS = 8
+#: Factors tried, in order, by the automatic choice.
+PREDICTION_FACTORS = (4, 2)
 
 
 def resolved(cfg):
@@ -46,24 +61,14 @@ def resolved(cfg):
     if c.solver.method == "apt":
         levels = len(c.inversion.level_factors()) > 1
         for section in (c.solver, c.adjoint):
-            p = pt_params(section).resolved(shape)
+            p = PTParams(cfl=section.cfl, maxiter=section.maxiter).resolved(shape)
             section.cfl = p.cfl
             if not levels:
                 section.maxiter = p.maxiter
     r = c.regularisation
     if r.smoothing_coefficient is None:
         r.smoothing_coefficient = default_smoothing_coefficient(nd)
-    i = c.inversion
-    if i.initial_file is None and i.initial_logK is None:
-        i.initial_logK = 0.0
-    if i.adjoint_memory is None:
-        i.adjoint_memory = adjoint_memory(cfg)
-    if i.forward_prediction is None:
-        i.forward_prediction = prediction_factor(cfg, forward_memory(cfg))
-    if i.forward_memory is None:
-        i.forward_memory = forward_memory(cfg)
-    if i.gradient_accuracy is None:
-        i.gradient_accuracy = gradient_accuracy(cfg)
+    _resolve_inversion(c.inversion, cfg)
     return validate_config(c)
 
 
@@ -73,6 +78,55 @@ def _resolve_permeability(p, problem, nd):
     if p.type in ("constant", "barrier", "layered") and p.value is None:
         p.value = p.background(problem)
     if p.type == "barrier":
+        bounds = geothermal.barrier_bounds(nd).items()
         box = p.barrier if p.barrier is not None else {
-            "xyz"[ax]: [float(a), float(b)] for ax, (a, b) in geothermal.barrier_bounds(nd).items()}
+            "xyz"[ax]: [float(a), float(b)] for ax, (a, b) in bounds}
         p.barrier = {**box, "value": float(box.get("value", problem.k_barrier))}
+
+
+def _resolve_inversion(i, cfg):
+    """``[inversion]`` ``i`` (of the copy) from ``cfg`` (as given): the initial model and the
+    warm starts' defaults. Without warm starts the memories and the prediction are 0."""
+    if i.initial_file is None and i.initial_logK is None:
+        i.initial_logK = 0.0
+    auto = adaptive(cfg) and i.warm_start      # adaptive: APT solves only
+    if i.adjoint_memory is None:
+        i.adjoint_memory = ADJOINT_MEMORY if auto else 0
+    fm = i.forward_memory
+    if fm is None:
+        fm = FORWARD_MEMORY if auto else 0
+    if not (i.warm_start and cfg.solver.method == "apt"):
+        fm = 0          # the forward subspace starts from the APT solver's fields
+    if i.forward_prediction is None:
+        i.forward_prediction = prediction_factor(cfg, fm)
+    if i.forward_memory is None:
+        i.forward_memory = fm
+    if i.gradient_accuracy is None:
+        i.gradient_accuracy = GRADIENT_ACCURACY[i.method]
+
+
+def adaptive(cfg) -> bool:
+    """Whether the inversion adapts its solve tolerances (APT solves only)."""
+    return cfg.inversion.adaptive_tolerance and cfg.solver.method == "apt"
+
+
+def prediction_factor(cfg, forward_memory: int = 0) -> int:
+    """The coarsening factor of the forward warm-start correction
+    (``inversion.forward_prediction``; 0: off) of a run whose forward subspace keeps
+    ``forward_memory`` solutions. Unset: off when the subspace is on (the two are alternatives:
+    docs/performance.md); else, with adaptive tolerances, warm starts and APT solves, the first
+    of :data:`PREDICTION_FACTORS` that leaves at least :data:`PREDICTION_MIN_CELLS` cells on
+    every axis, else off; off otherwise (so ``adaptive_tolerance = false`` stays today's run).
+    Off without warm starts."""
+    inv = cfg.inversion
+    if not inv.warm_start:
+        return 0
+    f = inv.forward_prediction
+    if f is not None:
+        return f
+    if forward_memory > 0 or not adaptive(cfg):
+        return 0
+    for f in PREDICTION_FACTORS:
+        if min(coarse_shape(cfg.grid_shape(), f)) >= PREDICTION_MIN_CELLS:
+            return f
+    return 0

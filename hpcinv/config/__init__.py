@@ -56,7 +56,7 @@ from .schema import (AdjointConfig, BoundaryConfig, Config, GridConfig, Inversio
 from .toml_io import dumps, resolve_paths, save
 from .validate import check_type, hint, validate_config
 
-__all__ = ["Config", "ConfigError", "dumps", "from_dict", "load", "read_toml", "save",
+__all__ = ["Config", "ConfigError", "dumps", "from_dict", "from_toml", "load", "read_toml", "save",
            "validate_config",
            "AdjointConfig", "BoundaryConfig", "GridConfig", "InversionConfig",
            "ObservationsConfig", "OutputConfig", "ParallelConfig", "PermeabilityConfig",
@@ -124,5 +124,11 @@ def read_toml(path) -> dict:
 def load(path) -> Config:
     """Load and validate a TOML config file. Relative data-file paths are taken relative to
     the file's directory and stored absolute."""
+    return from_toml(read_toml(path), path)
+
+
+def from_toml(data: dict, path) -> Config:
+    """:func:`from_dict` of ``data``, the parsed TOML of the file ``path`` (:func:`read_toml`):
+    relative data-file paths taken relative to the file's directory and stored absolute."""
     path = Path(path)
-    return resolve_paths(from_dict(read_toml(path), str(path)), path.parent)
+    return resolve_paths(from_dict(data, str(path)), path.parent)

@@ -32,6 +32,15 @@ class library_names:
         return False
 
 
+def pt_params(section):
+    """The :class:`~hpcinv.solvers.PTParams` of ``[solver]`` or ``[adjoint]`` (the section's
+    ``cfl``, ``re``, ``tol``, ``maxiter``, ``ncheck``; ``None`` left for the solver's own
+    default)."""
+    from ..solvers import PTParams
+    return PTParams(cfl=section.cfl, re=section.re, tol=section.tol, maxiter=section.maxiter,
+                    ncheck=section.ncheck)
+
+
 def check_optimiser_settings(v):
     """The ``[inversion]`` keys the optimisers themselves check, with the config's names."""
     from ..inverse.optimise import OptimiserSettings

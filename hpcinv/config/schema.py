@@ -249,16 +249,6 @@ class Config:
         nd = self.ndim()
         return not any(getattr(self.boundary, s) != "no-flux" for s in SIDES[:2 * nd])
 
-    def pt_params(self):
-        from ..solvers import PTParams
-        s = self.solver
-        return PTParams(cfl=s.cfl, re=s.re, tol=s.tol, maxiter=s.maxiter, ncheck=s.ncheck)
-
-    def adjoint_pt_params(self):
-        from ..solvers import PTParams
-        a = self.adjoint
-        return PTParams(cfl=a.cfl, re=a.re, tol=a.tol, maxiter=a.maxiter, ncheck=a.ncheck)
-
     def to_dict(self) -> dict:
         """Nested dicts (``None`` values left out); ``wells`` is a list of dicts."""
         out = {}

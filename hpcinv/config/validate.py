@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..solvers.fields import log_range
-from .library import PT_KEYS, check_optimiser_settings, library_names
+from .library import PT_KEYS, check_optimiser_settings, library_names, pt_params
 from .schema import (AXES, OBS_FILE_SUFFIXES, PATH_KEYS, PERMEABILITY_TYPES,
                      POINT_KINDS, PRECONDITIONERS, PROBLEM_EXTENTS, SIDES, WellConfig, is_number)
 
@@ -42,7 +42,7 @@ def validate_config(cfg: Config) -> Config:
                           f"got {cfg.solver.dtype!r}")
     for section in ("solver", "adjoint"):
         with library_names(section, PT_KEYS):
-            getattr(cfg, f"{'adjoint_' if section == 'adjoint' else ''}pt_params")().validate()
+            pt_params(getattr(cfg, section)).validate()
     for name in SIDES:
         v = getattr(cfg.boundary, name)
         if not (v == "no-flux" or (isinstance(v, (int, float)) and not isinstance(v, bool)
