@@ -69,7 +69,7 @@ class AuditedObjective:
         ref.adjoint_gradient(ref._latest, f.obs.spread(f._w, bk, dtype=f.dtype))
         if getattr(self, "_wr", None) is None:
             self._wr = WeightedResidual(f.solver)
-        exact = self._wr(ref.warm["adjoint"][0])
+        exact = self._wr(ref.adjoint_start.solution.P)
         return {"signed_true": signed_true, "first_order_exact_psi": exact,
                 "second_order": signed_true - exact}
 

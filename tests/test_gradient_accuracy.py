@@ -57,8 +57,9 @@ def test_refine_gradient_is_the_tight_gradient(backend, warm_start):
     assert (info["adjoint_iterations"] == NCHECK) == warm_start
     assert _relative(backend, g_again, g_ref) < 1e-5
     if warm_start:      # the adjoint subspace keeps the refined solution, not the loose one
-        np.testing.assert_array_equal(backend.to_host(G.subspace.fields[-1][0]),
-                                      backend.to_host(G.warm["adjoint"][0]))
+        start = G.adjoint_start
+        np.testing.assert_array_equal(backend.to_host(start.subspace.fields[-1][0]),
+                                      backend.to_host(start.solution.P))
 
 
 def test_refine_gradient_needs_the_gradients_adjoint(backend):

@@ -211,7 +211,7 @@ def test_estimate_does_not_disturb_the_continued_solve(backend):
     P = backend.to_host(G.Pf_forward)
     H, _, _ = _objective_with_adjoint(backend)
     H.load_state(state)
-    H._psi_w = None                                # no adjoint: the two-stage path
+    H.adjoint_start.psi_w = None                   # no adjoint: the two-stage path
     assert not H.has_adjoint
     K1, f1, _ = H.misfit_estimate(x, 1e-3)
     K2, f2, _ = H.refine_misfit(1e-4)

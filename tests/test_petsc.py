@@ -27,6 +27,7 @@ from conftest import owned, owned_faces, problem_from_global
 from hpcinv.io import gather_cells
 from hpcinv.model.problems import geothermal2d, geothermal3d
 from hpcinv.solvers import PTParams, solve_forward
+from hpcinv.inverse.warm_start import warm_starts
 from hpcinv.solvers.petsc import PetscDarcySolver
 from hpcinv.solvers.petsc_setup import PetscParams, global_ids, petsc_available
 from reference import fluxes, solve_reference
@@ -277,10 +278,8 @@ def test_adjoint_gradient_warm_start_with_petsc(backend):
     cold = _swap_in_petsc(G, backend, 1e-12)
     _, g_cold, _ = cold(m_loc * 1.01)
     G2, *_ = setup(shape, fixed, backend=backend)
-    shp, dt = G2.Pf_forward.shape, G2.Pf_forward.dtype
-    G2.warm = {k: (backend.zeros(shp, dt), [backend.zeros(shp, dt) for _ in range(len(shape))])
-               for k in ("forward", "adjoint")}
     warm = _swap_in_petsc(G2, backend, 1e-12)
+    G2.use_warm_starts(*warm_starts(True))
     _, _, i1 = warm(m_loc)
     _, g_warm, i2 = warm(m_loc * 1.01)
     own = G.problem.grid.decomp.owned()

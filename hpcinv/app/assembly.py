@@ -28,6 +28,7 @@ from ..inverse.adaptive import make_adaptive
 from ..inverse.optimise import OptimiserSettings, make_optimiser
 from ..inverse.tolerance import TolerancePolicy, ToleranceSettings
 from ..inverse.regularisation import GradientSmoother, Tikhonov
+from ..inverse.warm_start import warm_starts
 from ..model.grid import Grid
 from ..model.problems import Problem
 from ..parallel import decide_cuda_aware
@@ -141,10 +142,6 @@ def make_predictor(cfg, fine_grid, comm, backend, params, opts):
     f = prediction_factor(cfg, forward_memory(cfg))
     if f == 0:
         return None
-    if forward_memory(cfg) > 0:
-        raise ConfigError(f"inversion.forward_prediction = {f} and inversion.forward_memory = "
-                          f"{forward_memory(cfg)} are alternatives (together the misfit error "
-                          f"estimates become unreliable); set one of them to 0")
     from ..errors import DecompositionError
     from ..inverse.forward_prediction import CoarsePrediction
     coarse_cfg = level_config(cfg, f)
@@ -240,11 +237,12 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
     tikhonov = Tikhonov(grid, bk, reg.tikhonov, dt) if reg.tikhonov > 0 else None
     smoother = (GradientSmoother(grid, bk, reg.smoothing_steps, reg.smoothing_coefficient, dt)
                 if reg.smoothing_steps > 0 else None)
+    fm = forward_memory(cfg)
+    forward_start, adjoint_start = warm_starts(
+        cfg.inversion.warm_start, adjoint_memory(cfg), fm, prediction_factor(cfg, fm),
+        lambda: make_predictor(cfg, grid, base.comm, bk, fwd, opts))
     objective = AdjointGradient(true.copy(), obs, bk, fwd, adj, tikhonov,
-                                warm_start=cfg.inversion.warm_start,
-                                adjoint_memory=adjoint_memory(cfg),
-                                predictor=make_predictor(cfg, grid, base.comm, bk, fwd, opts),
-                                forward_memory=forward_memory(cfg), **opts)
+                                forward_start=forward_start, adjoint_start=adjoint_start, **opts)
     settings = optimiser_settings(cfg)
     precondition = smoother
     if cfg.inversion.method == "lbfgs" and cfg.inversion.precondition == "none":

@@ -15,6 +15,8 @@ forward solve, independent of the iteration count.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..physics.residuals import flux_residual_adjoint_kernel, pressure_residual_adjoint_kernel
@@ -22,10 +24,9 @@ from ..solvers import make_darcy_solver
 from ..errors import PermeabilityRangeError
 from ..solvers.apt import PTParams, PTResult
 from ..solvers.fields import log_range, owned_range
-from .adjoint_warm import AdjointSubspace
-from .forward_warm import ForwardSubspace
-from .misfit_error import MisfitEstimates
-from .state import ForwardSolution, LifecycleError, StateField
+from .misfit_error import MisfitError
+from .state import ForwardSolution, LifecycleError
+from .warm_start import warm_starts
 
 __all__ = ["AdjointGradient", "ForwardSolution", "LifecycleError", "check_logK_range"]
 
@@ -45,13 +46,13 @@ def check_logK_range(logK, dtype, decomp):
             f"[{low:.4g}, {high:.4g}])", lo, hi, name, log=True, overflow=over)
 
 
-class AdjointGradient(MisfitEstimates):
+class AdjointGradient:
     """Misfit and gradient w.r.t. log K for a problem and its observations.
 
     It is the objective the optimisers use (:class:`~hpcinv.inverse.optimise.Objective`:
     :meth:`value`, :meth:`value_and_gradient`, :attr:`backend`, :attr:`decomp`, :attr:`dtype`),
-    and, through :class:`~.misfit_error.MisfitEstimates`, the adaptive optimisers' misfits with
-    error estimates.
+    and the adaptive evaluator's (:class:`~.objective.AdaptiveObjective`: misfits with error
+    estimates by its :class:`~.misfit_error.MisfitError`, refinements, tolerances).
 
     Args:
         problem: the :class:`~hpcinv.model.problems.Problem`; its ``K`` is replaced per
@@ -61,27 +62,19 @@ class AdjointGradient(MisfitEstimates):
         params, adjoint_params: :class:`PTParams` of the forward and adjoint solves.
         tikhonov: optional :class:`~hpcinv.inverse.regularisation.Tikhonov` term added to J and
             its gradient.
-        warm_start: start each forward and adjoint solve from the previous call's solution
-            (the model changes little between outer iterations); costs ``2 (ndim + 1)`` fields.
-        adjoint_memory: with warm starts, start each adjoint solve from the least-squares mix
-            of the last ``adjoint_memory`` adjoint solutions
-            (:class:`~hpcinv.inverse.adjoint_warm.AdjointSubspace`; ``adjoint_memory (ndim + 1)``
-            fields more); 0: the previous solution rescaled to the new source.
-        predictor: with warm starts, a
-            :class:`~hpcinv.inverse.forward_prediction.CoarsePrediction` that corrects each
-            forward warm start by the coarse-grid change of the pressure (``None``: none).
-        forward_memory: with warm starts, start each forward solve from the previous solution
-            plus the Galerkin mix of its differences to the last ``forward_memory`` earlier
-            solutions (:class:`~hpcinv.inverse.forward_warm.ForwardSubspace`, guarded by the
-            energy; ``forward_memory (ndim + 1) + 1`` fields and 3 float64 fields more);
-            0: the previous solution.
+        warm_start, adjoint_memory: shorthand for the strategies of
+            :func:`~.warm_start.warm_starts` (``warm_start``: each forward and adjoint solve
+            starts from the previous call's solution, ``2 (ndim + 1)`` fields; with
+            ``adjoint_memory`` > 0 the adjoint's from the mix of that many earlier solutions).
+        forward_start, adjoint_start: the warm-start strategies
+            (:mod:`~hpcinv.inverse.warm_start`, not yet attached; they replace the shorthand's).
         solver_kwargs: passed to :func:`~hpcinv.solvers.make_darcy_solver` (``method`` "apt"
             or "petsc", ``overlap``, ``dtype``).
     """
 
     def __init__(self, problem, observations, backend=None, params=None, adjoint_params=None,
                  tikhonov=None, warm_start: bool = False, adjoint_memory: int = 0,
-                 predictor=None, forward_memory: int = 0, **solver_kwargs):
+                 forward_start=None, adjoint_start=None, **solver_kwargs):
         self.problem, self.obs, self.tikhonov = problem, observations, tikhonov
         if problem.gauge_free and not getattr(observations, "demean", True):
             from ..errors import ConfigError
@@ -97,24 +90,11 @@ class AdjointGradient(MisfitEstimates):
         self._bound = {}         # bound transposes per buffer set (see _transposes)
         shape = self.solver.K.shape
         self.Pf_forward = bk.zeros(shape, dt)
-        self.warm = None
-        if warm_start:   # the last forward and adjoint solutions: (Pf, q...) each
-            self.warm = {k: (bk.zeros(shape, dt), [bk.zeros(shape, dt) for _ in range(nd)])
-                         for k in ("forward", "adjoint")}
-        self._warm_valid = False
-        self.subspace = (AdjointSubspace(bk, shape, dt, nd, adjoint_memory)
-                         if warm_start and adjoint_memory > 0 else None)
-        if predictor is not None and forward_memory > 0:
-            from ..errors import ConfigError
-            raise ConfigError("forward_prediction and forward_memory are alternatives (together "
-                              "they make the misfit error estimates unreliable: "
-                              "docs/performance.md); set one of them to 0")
-        self.predictor = predictor if warm_start else None
-        self._warm_token, self._warm_logK = 0, None     # the forward warm start's model
-        self.forward_subspace = (ForwardSubspace(self.solver, forward_memory)
-                                 if warm_start and forward_memory > 0 else None)
+        fs, ad = warm_starts(warm_start, adjoint_memory)
+        self.use_warm_starts(forward_start or fs, adjoint_start or ad)
         self._holds = None       # "forward" while the solver holds the latest forward solve
-        self._stage = None       # (J, residual, psi . rho) of the latest forward solve
+        self.misfit_error = MisfitError(self.solver)   # the stages of the latest forward solve
+        self._w = None           # observation weights dJ/dP_k of the latest sampled misfit
         self._adjoint_of = None  # the forward solution of the latest gradient's adjoint
         own = problem.grid.decomp.owned()
         self.logK = np.zeros(problem.K.shape)
@@ -154,121 +134,48 @@ class AdjointGradient(MisfitEstimates):
         self.problem.validate()
         self.solver.set_permeability(self.problem.K)
 
+    def use_warm_starts(self, forward_start, adjoint_start):
+        """Solve with these warm-start strategies (:mod:`~hpcinv.inverse.warm_start`, not yet
+        attached) from the next call on; their fields are allocated here."""
+        for st in (forward_start, adjoint_start):
+            st.attach(self.solver)
+        self.forward_start, self.adjoint_start = forward_start, adjoint_start
+
+    @property
+    def predictor(self):
+        """The forward warm starts' :class:`~.forward_prediction.CoarsePrediction` (``None``:
+        the forward strategy is another)."""
+        return getattr(self.forward_start, "predictor", None)
+
     def state(self) -> dict:
-        """What a checkpoint must keep to continue bitwise: the warm-start fields (the last
-        forward and adjoint solutions) and the last adjoint source weights, as named
-        :class:`~hpcinv.inverse.state.StateField` records; empty when warm starts are off or nothing
-        was solved yet."""
-        if self.warm is None or not self._warm_valid:
-            return {}
-        out = {}
-        for kind, (P, q) in self.warm.items():
-            out[f"{kind}_Pf"] = StateField(P, "cell")
-            for a, qa in enumerate(q):
-                out[f"{kind}_q{'xyz'[a]}"] = StateField(qa, "face", a)
-        for key, w in (("adjoint_source_weights", getattr(self, "_w_old", None)),
-                       ("adjoint_weights", self._psi_w)):
-            if w is not None:
-                out[key] = StateField(w, "replicated")
-        if self.predictor is not None and self._warm_logK is not None:
-            out["forward_warm_logK"] = StateField(self._warm_logK, "cell")
-            out["forward_warm_cached"] = StateField(
-                np.array([float(self.predictor.cached(self._warm_token))]), "replicated")
-        for sub in (self.subspace, self.forward_subspace):
-            if sub is not None:
-                out.update(sub.state())
-        return out
+        """What a checkpoint must keep to continue bitwise: the warm-start strategies' named
+        :class:`~hpcinv.inverse.state.StateField` records (the last forward and adjoint
+        solutions, the adjoint source weights, the subspaces); empty when warm starts are off or
+        nothing was solved yet."""
+        return {**self.forward_start.state(), **self.adjoint_start.state()}
 
     def reset(self):
-        """Forget every solution kept between calls (the warm-start fields, both subspaces, the
-        coarse prediction's cache, the adjoint source weights, the latest forward solution), so
-        that the next call behaves as the first call of a new objective: a probe such as
+        """Forget every solution kept between calls (every warm-start strategy's fields and
+        weights, the coarse prediction's cache, the latest forward solution), so that the next
+        call behaves as the first call of a new objective: a probe such as
         ``value_and_gradient(logK0)`` before :meth:`Inversion.run` then leaves the run's
         results as they would be without it. The tolerances set by :meth:`set_tolerances` stay
         (the optimiser sets its own when it starts)."""
-        self._warm_valid = False
-        self._w_old = self._psi_w = None
-        self._latest = self._holds = self._stage = self._adjoint_of = None
-        self._warm_logK = None
-        self._warm_token = 0
+        self._latest = self._holds = self._adjoint_of = None
+        self.misfit_error.forget()
         self._serial = 0
-        if self.subspace is not None:
-            self.subspace.clear()
-        if self.forward_subspace is not None:
-            self.forward_subspace.clear()
-            self.forward_subspace.serial = 0
-        if self.predictor is not None:
-            self.predictor.forget()
-            self.predictor.take_work()
+        self.forward_start.reset()
+        self.adjoint_start.reset()
 
     def load_state(self, fields: dict):
         """Restore what :meth:`state` returned (arrays on the host or the backend)."""
-        if self.warm is None or not fields:
-            return
-        bk = self.backend
-        for kind, (P, q) in self.warm.items():
-            bk.copy(P, fields[f"{kind}_Pf"])
-            for a, qa in enumerate(q):
-                bk.copy(qa, fields[f"{kind}_q{'xyz'[a]}"])
-        if "adjoint_source_weights" in fields:
-            self._w_old = np.array(fields["adjoint_source_weights"], dtype=float)
-        if "adjoint_weights" in fields:
-            self._psi_w = np.array(fields["adjoint_weights"], dtype=float)
-        if "forward_warm_logK" in fields:
-            w = fields["forward_warm_logK"]
-            self._warm_logK = np.array(w if isinstance(w, np.ndarray) else bk.to_host(w),
-                                       dtype=float)
-            self._warm_token += 1
-            if self.predictor is not None:
-                cached = np.asarray(fields.get("forward_warm_cached", [0.0]), dtype=float)
-                self.predictor.forget(was_cached=bool(cached[0]))
-        for sub in (self.subspace, self.forward_subspace):
-            if sub is not None:
-                sub.load_state(fields)
-        self._warm_valid = True
+        self.forward_start.load_state(fields)
+        self.adjoint_start.load_state(fields)
 
-    def _solve(self, kind: str, progress, cold: bool = False):
-        """Forward or adjoint solve in the shared solver, warm-started when enabled (and not
-        ``cold``)."""
-        s = self.solver
-        homogeneous = kind == "adjoint"
-        s.set_params(self.adjoint_params if homogeneous else self.forward_params)
-        fsub = self.forward_subspace if kind == "forward" else None
-        if self.warm is not None and self._warm_valid and not cold:
-            P, q = self.warm[kind]
-            if fsub is not None:
-                fsub.start(P, q)
-            else:
-                if kind == "forward" and self.predictor is not None and \
-                        self._warm_logK is not None:
-                    P0 = self.predictor.predict(self.logK, self._warm_token, self._warm_logK,
-                                                P)
-                    P = P if P0 is None else P0
-                s.set_state(P, q, homogeneous=homogeneous)
-        else:
-            s.set_state(homogeneous=homogeneous)
-        result = s.solve(progress).result
-        self._holds = kind
-        if fsub is not None:
-            fsub.solved(*self.warm["forward"])
-        self._keep_warm(kind)
-        if kind == "forward" and self.predictor is not None:   # the warm start's model
-            self._warm_token += 1
-            self._warm_logK = self.logK.copy()
-            self.predictor.commit(self._warm_token)
-        return result
-
-    def take_prediction_work(self) -> float:
-        """The coarse-grid corrections' cost since the last call, in fine PT iterations (0
-        without a predictor)."""
-        return self.predictor.take_work() if self.predictor is not None else 0.0
-
-    def _keep_warm(self, kind):
-        if self.warm is not None:
-            P, q = self.warm[kind]
-            self.backend.copy(P, self.solver.Pf)
-            for qa, sa in zip(q, self.solver.q):
-                self.backend.copy(qa, sa)
+    def take_prediction_work(self) -> float | None:
+        """The forward warm start's extra cost since the last call, in fine PT iterations
+        (``None``: it does no extra work)."""
+        return self.forward_start.take_work()
 
     def gradient(self, progress=None):
         """``(dJ/dlogK, info)`` at the latest forward solution (an adjoint solve only)."""
@@ -297,30 +204,81 @@ class AdjointGradient(MisfitEstimates):
         bk.sync()
         return J_reg
 
-    def _rescale_adjoint_warm_start(self, w):
-        """Scale the previous adjoint solution to the new source.
-
-        The adjoint solution is linear in its source ``S^T w``; the best multiple of the old
-        source, ``alpha = <w, w_old> / <w_old, w_old>``, makes ``alpha psi_old`` the best start
-        along it (without it the warm start can be worse than a cold one, as the source shrinks
-        while the misfit falls). ``w`` is replicated on every rank, so alpha is bitwise the same
-        for any decomposition and costs no reduction."""
-        w_old, self._w_old = getattr(self, "_w_old", None), np.array(w, dtype=float)
-        if self.warm is None or not self._warm_valid or w_old is None:
-            return
-        den = float(w_old @ w_old)
-        alpha = float(w @ w_old) / den if den > 0 else 0.0
-        P, q = self.warm["adjoint"]
-        for a in (P, *q):
-            self.backend.elementwise(lambda xp, v, alpha=alpha: v * alpha, a, out=a)
-
     def misfit(self, logK=None, progress=None):
         """``(J, info)``: the misfit alone (one forward solve), e.g. for line-search trials."""
         fwd = self.forward_solve(logK, progress).result
         J = self._sampled_misfit()
-        self._stage = (J, fwd.residual, None)
+        self.misfit_error.first_stage(J, fwd.residual)
         return J, {"forward_iterations": fwd.iterations, "adjoint_iterations": 0,
                    "forward_converged": fwd.converged, "adjoint_converged": True}
+
+    def set_tolerances(self, forward: float | None = None, adjoint: float | None = None):
+        """Solve the next forward / adjoint solves to these tolerances (``None``: unchanged);
+        the other PT parameters stay."""
+        if forward is not None:
+            self.forward_params = replace(self.forward_params, tol=float(forward))
+        if adjoint is not None:
+            self.adjoint_params = replace(self.adjoint_params, tol=float(adjoint))
+
+    def _sampled_misfit(self):
+        s, bk = self.solver, self.backend
+        J, _, self._w = self.obs.misfit_from_values(self.obs.sample(s.Pf, bk))
+        if self.tikhonov is not None:
+            J += self.tikhonov.value(bk.upload(self.logK, dtype=s.dtype))
+        return J
+
+    @property
+    def has_adjoint(self) -> bool:
+        """Whether a dual-weighted residual error estimate is possible: the last gradient's
+        adjoint solution and its source's weights are kept (by the adjoint warm start)."""
+        return self.adjoint_start.kept() is not None
+
+    @property
+    def dwr_signed(self):
+        """The latest dual-weighted error estimate with its sign (:class:`MisfitError`)."""
+        return self.misfit_error.dwr_signed
+
+    def misfit_estimate(self, logK=None, tol: float | None = None, refine: float = 10.0,
+                        progress=None):
+        """``(J, error, info)``: the misfit at ``logK`` from a forward solve to ``tol * refine``
+        continued to ``tol``, and an estimate of its solve error from the two stages
+        (:mod:`.misfit_error`: with the dual-weighted residual when an adjoint is held,
+        :attr:`has_adjoint`). ``info`` as :meth:`misfit`'s plus ``forward_residual`` and
+        ``forward_tol``."""
+        tol = self.forward_params.tol if tol is None else tol
+        self.set_tolerances(forward=min(tol * refine, 0.5))
+        J1, info = self.misfit(logK, progress)
+        J2, err, more = self.refine_misfit(tol, progress)
+        info["forward_iterations"] += more["forward_iterations"]
+        info["forward_converged"] = more["forward_converged"]
+        info.update(forward_residual=more["forward_residual"], forward_tol=tol)
+        return J2, err, info
+
+    def refine_misfit(self, tol: float, progress=None):
+        """``(J, error, info)``: continue the latest forward solve (which the solver must
+        still hold: no adjoint solve since) to ``tol``; ``error`` as in :meth:`misfit_estimate`
+        (two stages: this one and the previous). The forward solution handle stays the
+        latest."""
+        if self._holds != "forward" or self._latest is None:
+            raise LifecycleError("refine_misfit: the solver no longer holds the latest forward "
+                                 "solve (an adjoint solve came after it)")
+        adjoint = self.adjoint_start.kept()
+        self.misfit_error.before_refining(adjoint, self._w)
+        s = self.solver
+        self.set_tolerances(forward=tol)
+        s.set_params(self.forward_params)
+        s.cold = False                                    # continue from the current fields
+        res = s.solve(progress).result
+        self.forward_start.continued(s)
+        self.backend.copy(self.Pf_forward, s.Pf)
+        J = self._sampled_misfit()
+        prev = self._latest.result
+        total = PTResult(prev.iterations + res.iterations, res.residual, res.converged,
+                         prev.history + res.history, prev.wall_time + res.wall_time)
+        self._latest = ForwardSolution(self.Pf_forward, total, self._latest.serial)
+        err = self.misfit_error.refined(J, res.residual, adjoint, self._w)
+        return J, err, {"forward_iterations": res.iterations, "forward_converged": res.converged,
+                        "forward_residual": res.residual}
 
     def forward_solve(self, logK=None, progress=None) -> ForwardSolution:
         """Forward solve at ``logK`` (default: the current model); the pressure is kept in
@@ -330,7 +288,11 @@ class AdjointGradient(MisfitEstimates):
             self.set_logK(logK)
         s = self.solver
         s.set_source(self.problem.Qf)
-        fwd = self._solve("forward", progress)
+        s.set_params(self.forward_params)
+        self.forward_start.start(s, self.logK)
+        fwd = s.solve(progress).result
+        self._holds = "forward"
+        self.forward_start.solved(s, self.logK)
         self.backend.copy(self.Pf_forward, s.Pf)
         return self._new_forward(fwd)
 
@@ -380,21 +342,13 @@ class AdjointGradient(MisfitEstimates):
                 "forward_solve (or restore_forward) first and pass its result")
         s = self.solver
         s.set_source(source)
-        cold = w is None
-        if self.subspace is not None:
-            cold = cold or self.subspace.start(w, *self.warm["adjoint"]) is None
-        elif w is not None:
-            self._rescale_adjoint_warm_start(w)
-        else:                    # a source of unknown shape: no basis for the next rescale
-            self._w_old = None
-        adj = self._solve("adjoint", progress, cold=cold)
-        if self.subspace is not None:
-            if w is None:
-                self.subspace.clear()
-            else:
-                self.subspace.push(w, s.Pf, s.q)
-        self._warm_valid = self.warm is not None
-        self._psi_w = None if w is None else np.array(w, dtype=float)   # the kept psi's weights
+        s.set_params(self.adjoint_params)
+        self.adjoint_start.start(s, w)
+        adj = s.solve(progress).result
+        self._holds = "adjoint"
+        self.adjoint_start.solved(s, w)
+        for st in (self.forward_start, self.adjoint_start):   # both start warm from now on
+            st.arm()
         self._adjoint_of = forward
         return self._assemble_gradient(), adj
 
@@ -412,14 +366,9 @@ class AdjointGradient(MisfitEstimates):
         s = self.solver
         self.set_tolerances(adjoint=tol)
         s.set_params(self.adjoint_params)
-        if self.warm is not None:
-            s.set_state(*self.warm["adjoint"], homogeneous=True)
-        else:
-            s.set_state(homogeneous=True)
+        self.adjoint_start.resume(s)
         adj = s.solve(progress).result
-        self._keep_warm("adjoint")
-        if self.subspace is not None and len(self.subspace) and self._psi_w is not None:
-            self.subspace.replace_last(s.Pf, s.q)
+        self.adjoint_start.continued(s)
         g = self._assemble_gradient()
         self._add_tikhonov(g)
         return g, {"forward_iterations": 0, "adjoint_iterations": adj.iterations,

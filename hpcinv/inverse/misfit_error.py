@@ -46,14 +46,10 @@ that decay at APT's slowest rate), so that estimate is often low (``docs/theory.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-
 import numpy as np
 
 from ..parallel.reduce import reproducible_sum
 from ..physics.residuals import weighted_reduced_residual_kernel
-from ..solvers.apt import PTResult
-from .state import ForwardSolution, LifecycleError
 
 
 class WeightedResidual:
@@ -84,109 +80,81 @@ class WeightedResidual:
                                 self._work)
 
 
-class MisfitEstimates:
-    """Misfits with error estimates for :class:`~.gradient.AdjointGradient` (mixed in): the
-    protocol of :mod:`.adaptive` (``set_tolerances``, ``misfit_estimate``, ``refine_misfit``).
-    Uses its ``solver``, ``obs``, ``warm`` (the last adjoint solution) and forward-solve state."""
+class MisfitError:
+    """The error estimate of a misfit solved in two stages (see the module doc), a component of
+    :class:`~.gradient.AdjointGradient`: it records each forward solve's stages and estimates
+    the error of the latest from the stages and, when one is held, the last gradient's adjoint.
 
-    _dwr = None           # the WeightedResidual, made on first use
-    _psi_w = None         # observation weights of the kept adjoint solution's source
-    _w = None             # observation weights dJ/dP_k of the latest sampled misfit
-    #: The latest dual-weighted estimate with its sign: ``J(P*) - J(P_h)`` to first order.
-    dwr_signed = None
+    Args:
+        solver: the objective's :class:`~hpcinv.solvers.DarcySolver` (its current pressure,
+            K and source are read; its residual field is scratch between solves).
 
-    def set_tolerances(self, forward: float | None = None, adjoint: float | None = None):
-        """Solve the next forward / adjoint solves to these tolerances (``None``: unchanged);
-        the other PT parameters stay."""
-        if forward is not None:
-            self.forward_params = replace(self.forward_params, tol=float(forward))
-        if adjoint is not None:
-            self.adjoint_params = replace(self.adjoint_params, tol=float(adjoint))
+    Each ``adjoint`` argument is ``(psi_P, w_psi)``: the last gradient's adjoint pressure
+    (padded local backend array) and its source's observation weights (``(nobs,)``,
+    replicated), or ``None`` (not held: the estimate falls back to the residuals' max-norms);
+    each ``w`` the observation weights ``dJ/dP_k`` of the stage's misfit.
+    """
 
-    def _sampled_misfit(self):
-        s, bk = self.solver, self.backend
-        J, _, self._w = self.obs.misfit_from_values(self.obs.sample(s.Pf, bk))
-        if self.tikhonov is not None:
-            J += self.tikhonov.value(bk.upload(self.logK, dtype=s.dtype))
-        return J
+    def __init__(self, solver):
+        self.solver = solver
+        self._dwr = None          # the WeightedResidual, made on first use
+        self._stage = None        # (J, residual, weighted residual) of the latest stage
+        self._previous = None
+        #: The latest dual-weighted estimate with its sign: ``J(P*) - J(P_h)`` to first order.
+        self.dwr_signed = None
 
-    @property
-    def has_adjoint(self) -> bool:
-        """Whether a dual-weighted residual estimate is possible: the last gradient's adjoint
-        solution (kept as the adjoint warm start) and its source's weights are held."""
-        return self.warm is not None and self._warm_valid and self._psi_w is not None
+    def forget(self):
+        """No stage is known (a new objective, or the forward solve was replaced)."""
+        self._stage = None
 
-    def _weighted_residual(self) -> tuple[float, float]:
+    def first_stage(self, J, residual):
+        """A forward solve's first stage: misfit ``J`` at its final ``residual``."""
+        self._stage = (J, residual, None)
+
+    def before_refining(self, adjoint, w):
+        """The solver still holds the latest stage's pressure (``w``: its misfit's weights),
+        which is about to be continued: its weighted residual, if not yet known. Collective."""
+        previous = self._stage
+        if previous is not None and previous[2] is None and adjoint is not None:
+            previous = self._stage_error(None, *previous[:2], adjoint, w)[1]
+        self._previous = previous
+
+    def refined(self, J, residual, adjoint, w) -> float:
+        """The estimated error of the stage just solved (misfit ``J``, weights ``w``, at
+        ``residual``), after the one :meth:`before_refining` saw. Collective."""
+        err, self._stage = self._stage_error(self._previous, J, residual, adjoint, w)
+        self._previous = None
+        return err
+
+    def _weighted_residual(self, adjoint, w) -> tuple[float, float]:
         """``(psi . (Qf - A P_h), alpha)`` for the solver's current (forward) pressure ``P_h``,
-        ``psi`` the last gradient's adjoint and ``alpha`` its scale to the latest misfit's
-        weights: ``alpha`` times the first is the first-order error (module doc). Collective."""
+        ``psi`` the adjoint and ``alpha`` its scale to the weights ``w``: ``alpha`` times the
+        first is the first-order error (module doc). Collective."""
         if self._dwr is None:
             self._dwr = WeightedResidual(self.solver)
-        w_psi = self._psi_w
+        psi, w_psi = adjoint
         den = float(w_psi @ w_psi)
-        alpha = float(self._w @ w_psi) / den if den > 0 else 0.0
-        return self._dwr(self.warm["adjoint"][0]), alpha
-
-    def misfit_estimate(self, logK=None, tol: float | None = None, refine: float = 10.0,
-                        progress=None):
-        """``(J, error, info)``: the misfit at ``logK`` from a forward solve to ``tol * refine``
-        continued to ``tol``, and an estimate of its solve error from the two stages (module
-        doc: with the dual-weighted residual when an adjoint is held, :attr:`has_adjoint`).
-        ``info`` as :meth:`misfit`'s plus ``forward_residual`` and ``forward_tol``."""
-        tol = self.forward_params.tol if tol is None else tol
-        self.set_tolerances(forward=min(tol * refine, 0.5))
-        J1, info = self.misfit(logK, progress)
-        J2, err, more = self.refine_misfit(tol, progress)
-        info["forward_iterations"] += more["forward_iterations"]
-        info["forward_converged"] = more["forward_converged"]
-        info.update(forward_residual=more["forward_residual"], forward_tol=tol)
-        return J2, err, info
+        alpha = float(w @ w_psi) / den if den > 0 else 0.0
+        return self._dwr(psi), alpha
 
     @staticmethod
-    def _error(J1, r1, J2, r2) -> float:
+    def error(J1, r1, J2, r2) -> float:
         """``|J1 - J2| r2 / (r1 - r2)``: the error of ``J2`` if it falls like ``r`` (module
         doc)."""
         if not (r1 > r2 > 0) or r1 < 1.05 * r2:      # no measurable progress: be pessimistic
             return abs(J1 - J2)
         return abs(J1 - J2) * r2 / (r1 - r2)
 
-    def _stage_error(self, previous, J, residual):
+    def _stage_error(self, previous, J, residual, adjoint, w):
         """The error estimate of the stage ``(J, residual)`` after ``previous`` (``(J, residual,
         weighted residual)`` or ``None``); returns it and this stage's record."""
         J1, r1, d1 = previous if previous is not None else (None, None, None)
-        if not self.has_adjoint:
-            err = self._error(J1, r1, J, residual) if J1 is not None else math.inf
+        if adjoint is None:
+            err = self.error(J1, r1, J, residual) if J1 is not None else math.inf
             return err, (J, residual, None)
-        d, alpha = self._weighted_residual()
+        d, alpha = self._weighted_residual(adjoint, w)
         self.dwr_signed = alpha * d
         err = abs(self.dwr_signed)
         if d1 is not None:
-            err = max(err, self._error(J1, abs(d1), J, abs(d)))
+            err = max(err, self.error(J1, abs(d1), J, abs(d)))
         return err, (J, residual, d)
-
-    def refine_misfit(self, tol: float, progress=None):
-        """``(J, error, info)``: continue the latest forward solve (which the solver must
-        still hold: no adjoint solve since) to ``tol``; ``error`` as in :meth:`misfit_estimate`
-        (two stages: this one and the previous). The forward solution handle stays the
-        latest."""
-        if self._holds != "forward" or self._latest is None:
-            raise LifecycleError("refine_misfit: the solver no longer holds the latest forward "
-                                 "solve (an adjoint solve came after it)")
-        previous = self._stage
-        if previous is not None and previous[2] is None and self.has_adjoint:
-            previous = self._stage_error(None, *previous[:2])[1]   # the first stage's psi . rho
-        s = self.solver
-        self.set_tolerances(forward=tol)
-        s.set_params(self.forward_params)
-        s.cold = False                                    # continue from the current fields
-        res = s.solve(progress).result
-        self._keep_warm("forward")
-        self.backend.copy(self.Pf_forward, s.Pf)
-        J = self._sampled_misfit()
-        prev = self._latest.result
-        total = PTResult(prev.iterations + res.iterations, res.residual, res.converged,
-                         prev.history + res.history, prev.wall_time + res.wall_time)
-        self._latest = ForwardSolution(self.Pf_forward, total, self._latest.serial)
-        err, self._stage = self._stage_error(previous, J, res.residual)
-        return J, err, {"forward_iterations": res.iterations, "forward_converged": res.converged,
-                        "forward_residual": res.residual}
