@@ -20,6 +20,7 @@ helpers ``HPCINV_INLINE``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -76,6 +77,25 @@ def cuda_source(kernel: Kernel, ndim: int, dtype, index_32_bits: bool = True) ->
     # cupy/_core/core.pyx compile_with_cache: prepend_cupy_headers.
     header = "".join(f"#include <{h}>\n" for h in core._cupy_header_list)
     return header + code
+
+
+def combined_source(sources: list[str]) -> str:
+    """One translation unit holding several :func:`cuda_source` units (kernels of distinct
+    names), so that nvcc parses CuPy's headers once for all of them: the shared ``#include``
+    lines first, then each unit's code in a namespace of its own (its ``extern "C"`` kernel
+    keeps its name) followed by ``#undef`` of every macro it defined (``NDIM`` differs
+    between units). A unit compiles in it exactly as alone, or the whole fails (then compile
+    the units one by one to tell which)."""
+    out, includes = [], []
+    for n, src in enumerate(sources):
+        lines = src.splitlines()
+        head = [ln for ln in lines if ln.startswith("#include <")]
+        includes += [ln for ln in head if ln not in includes]
+        body = "\n".join(ln for ln in lines if not ln.startswith("#include <"))
+        macros = dict.fromkeys(re.findall(r"^\s*#\s*define\s+(\w+)", body, re.M))
+        out.append(f"namespace hpcinv_unit_{n} {{\n{body}\n}}\n"
+                   + "".join(f"#undef {m}\n" for m in macros))
+    return "\n".join(includes) + "\n" + "".join(out)
 
 
 def find_nvcc() -> str | None:
