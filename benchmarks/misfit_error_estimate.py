@@ -134,7 +134,7 @@ def main(argv=None):
     comm = MPI.COMM_WORLD
     setup = build(cfg, comm)
     opt = setup.optimiser
-    if getattr(opt, "policy", None) is None:
+    if getattr(opt.evaluator, "policy", None) is None:
         sys.exit("misfit_error_estimate: the run has no adaptive tolerances to audit")
     tight = replace(setup.forward_params, tol=a.tight)
     reference = AdjointGradient(setup.true.copy(), setup.observations, setup.backend, tight,
@@ -148,8 +148,9 @@ def main(argv=None):
         if a.verbose:
             for r in audited.rows:
                 print(json.dumps(r))
-        print(json.dumps({"case": a.case, "tight": a.tight, "safety": opt.policy.s.safety,
-                          **summary(audited.rows, opt.policy.s.safety), "machine": machine()}))
+        safety = opt.evaluator.policy.s.safety
+        print(json.dumps({"case": a.case, "tight": a.tight, "safety": safety,
+                          **summary(audited.rows, safety), "machine": machine()}))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from ..config.library import pt_params
 from ..errors import ConfigError
 from ..inverse.gradient import AdjointGradient
 from ..inverse.observations import Observations
-from ..inverse.adaptive import make_adaptive
+from ..inverse.adaptive import AdaptiveTolerance
 from ..inverse.optimise import OptimiserSettings, make_optimiser
 from ..inverse.tolerance import TolerancePolicy, ToleranceSettings
 from ..inverse.regularisation import GradientSmoother, Tikhonov
@@ -249,8 +249,8 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
         precondition = None          # L-BFGS directly on logK with the raw gradient
     try:
         policy = tolerance_policy(cfg)
-        optimiser = (make_adaptive(objective, precondition, settings, policy)
-                     if policy is not None else make_optimiser(objective, precondition, settings))
+        optimiser = make_optimiser(objective, precondition, settings, evaluator=(
+            AdaptiveTolerance(policy) if policy is not None else None))
     except ConfigError as exc:
         raise ConfigError(f"inversion.{exc}") from None
     return Setup(base.comm, bk, grid, true, obs, logK0, objective, smoother, tikhonov,

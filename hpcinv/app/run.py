@@ -151,10 +151,11 @@ def finish(opt, history) -> dict | None:
     (``opt.finish()``) and amend the history's last line with that accurate misfit (the loose
     values are kept under ``before_final``). Runs after the final checkpoint, so a restart
     continues from the state before it (:func:`unfinalise`). ``None`` for other optimisers."""
-    fin = getattr(opt, "finish", None)
-    if fin is None or not history.lines:
+    if not history.lines:
         return None
-    final = fin()
+    final = opt.finish()
+    if final is None:
+        return None
     last = history.lines[-1]
     before = {k: last.get(k) for k in final}
     history.lines[-1] = {**last, **final, "before_final": before}

@@ -15,20 +15,25 @@ thousands of PT iterations of a gradient.
 All state lives in :attr:`Optimiser.arrays` (padded local arrays, saved as global datasets in
 checkpoints) and :attr:`Optimiser.scalars`, so a restart (on any rank count) continues exactly.
 
-The optimisers see the objective only through the small :class:`Objective` protocol (in the
-spirit of pyadjoint's ReducedFunctional): ``value``, ``value_and_gradient``, ``backend``,
-``decomp``, ``dtype``.
+Each optimiser is written once; how it evaluates the objective is its evaluator's business:
+:class:`~.objective.FixedTolerance` (every solve to the objective's tolerances) or
+:class:`~.adaptive.AdaptiveTolerance` (loose solves, trials by their misfit with error
+estimates, the gradient at accepted points only). The optimisers see the objective through the
+:class:`~.objective.Objective` protocol (in the spirit of pyadjoint's ReducedFunctional); the
+adaptive evaluator needs the extended :class:`~.objective.AdaptiveObjective`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from typing import Protocol
-
 from mpi4py import MPI
 
 from ..errors import ConfigError
+from .objective import AdaptiveObjective, FixedTolerance, Objective
+
+__all__ = ["Objective", "AdaptiveObjective", "FixedTolerance", "OptimiserSettings",
+           "GradientDescent", "LBFGS", "make_optimiser", "logK_of"]
 
 #: Optimisation methods.
 METHODS = ("gd", "lbfgs")
@@ -40,20 +45,6 @@ def rejected_note(gamma) -> str:
     """The note of a rejected gradient-descent step (the trial's J/J0 filled in by
     :meth:`Optimiser.reject`), with the halved step."""
     return f"rejected trial J/J0 {{trial}} (misfit increased), dgamma halved to {gamma:.4g}"
-
-
-class Objective(Protocol):
-    """What an optimiser needs of the function it minimises over log K (padded local arrays)."""
-
-    backend: object        # the compute backend of the model arrays
-    decomp: object         # the decomposition (owned cells, communicator)
-    dtype: object          # the model arrays' dtype
-
-    def value(self, logK, progress=None):
-        """``(J, info)``."""
-
-    def value_and_gradient(self, logK, progress=None):
-        """``(J, dJ/dlogK, info)``; ``info`` has ``forward_iterations``/``adjoint_iterations``."""
 
 
 @dataclass
@@ -92,15 +83,21 @@ class Optimiser:
     """Common machinery: owned-cell reductions, bounds, evaluation bookkeeping.
 
     Args:
-        objective: :class:`~hpcinv.inverse.AdjointGradient` (``__call__`` and ``misfit``).
+        objective: an :class:`Objective` (:class:`~hpcinv.inverse.AdjointGradient`).
         smoother: :class:`~hpcinv.inverse.regularisation.GradientSmoother` or ``None``.
         settings: :class:`OptimiserSettings`.
         progress: optional PT progress callback passed to the solves.
+        evaluator: how the objective is evaluated (:class:`FixedTolerance`, the default, or
+            :class:`~.adaptive.AdaptiveTolerance`).
     """
 
-    def __init__(self, objective, smoother, settings: OptimiserSettings, progress=None):
+    def __init__(self, objective, smoother, settings: OptimiserSettings, progress=None,
+                 evaluator=None):
         settings.validate()
         self.f, self.S, self.settings, self.progress = objective, smoother, settings, progress
+        self.evaluator = evaluator if evaluator is not None else FixedTolerance()
+        self.evaluator.bind(self)
+        self._checked = None     # (g, preconditioned g) computed by the evaluator's check
         self.bk = objective.backend
         self.decomp = objective.decomp
         self.own = self.decomp.owned()
@@ -166,10 +163,6 @@ class Optimiser:
             (not info.get("adjoint_converged", True))
         return J, g, info
 
-    @staticmethod
-    def _pt(info) -> tuple[int, int]:
-        return info["forward_iterations"], info["adjoint_iterations"]
-
     def ratio(self, J) -> float:
         """``J / J0`` (1 before the first misfit is known)."""
         J0 = self.scalars["J0"]
@@ -181,9 +174,27 @@ class Optimiser:
                "max_grad": max_grad, "max_dlogK": max_dlogK, "forward_iterations": pts[0],
                "adjoint_iterations": pts[1], "evaluations": self.scalars["evaluations"],
                "unconverged_solves": unconverged, "note": note}
-        if getattr(self.f, "predictor", None) is not None:     # coarse-grid warm starts
-            rec["prediction_work"] = self.f.take_prediction_work()
+        work = self.f.take_prediction_work()
+        if work is not None:                                   # coarse-grid warm starts
+            rec["prediction_work"] = work
+        self.evaluator.annotate(rec)
         return rec
+
+    def finish(self) -> dict | None:
+        """The evaluator's final evaluation (:meth:`FixedTolerance.finish`)."""
+        return self.evaluator.finish()
+
+    def preconditioned(self, g):
+        """The gradient as the step uses it (a new array, or the one the evaluator's gradient
+        check computed for this ``g``: a smoothing is ``smoothing_steps`` halo exchanges)."""
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] is g:
+            return checked[1]
+        return self.precondition(g)
+
+    def precondition(self, g):
+        """The gradient as the step uses it (a new array)."""
+        raise NotImplementedError
 
     def reject(self, J_trial, step, max_grad, pts, note) -> dict:
         """The record of an iteration whose trial was rejected: ``misfit``/``misfit_ratio`` stay
@@ -204,18 +215,20 @@ class GradientDescent(Optimiser):
     """
 
     def start(self, logK0) -> dict:
+        self.evaluator.begin()
+        pts = [0, 0]
         x = self.clip(self.bk.upload(logK0, dtype=self.f.dtype))
-        J, g, info = self.evaluate(x)
+        J, g = self.evaluator.first(x, pts)
         self.scalars.update(J0=J, J=J, gamma=self.settings.dgamma)
         self.arrays = {"x": x, "d": self._direction(g)}
-        return self.record(J, 0.0, self.scalars["max_grad"], 0.0, self._pt(info))
+        return self.record(J, 0.0, self.scalars["max_grad"], 0.0, pts)
 
-    def _preconditioned(self, g):
+    def precondition(self, g):
         """The gradient as the step uses it: smoothed (a new array)."""
         return self.smooth(g)
 
     def _direction(self, g):
-        d = self._preconditioned(g)
+        d = self.preconditioned(g)
         m = self.max_abs(d)
         self.scalars["max_grad"] = m
         if m > 0:
@@ -227,21 +240,29 @@ class GradientDescent(Optimiser):
                                              self.arrays["x"], self.arrays["d"]))
 
     def step(self) -> dict:
-        sc, x_old = self.scalars, self.arrays["x"]
-        gamma, note, pts = sc["gamma"], "", [0, 0]
-        if self.settings.line_search:
+        E, sc = self.evaluator, self.scalars
+        E.begin()
+        x_old, gamma, note, pts, x_t = self.arrays["x"], sc["gamma"], "", [0, 0], None
+        if E.by_misfit(self.settings.line_search):      # trials by their misfit alone
             for _ in range(self.settings.max_trials):
-                J_t, _, info = self.evaluate(self._trial(gamma), with_gradient=False)
-                pts[0] += info["forward_iterations"]
-                if J_t <= sc["J"]:
+                x_t = self._trial(gamma)
+                J = E.misfit(x_t, sc["J"], pts)
+                if J <= sc["J"]:
                     break
                 gamma *= 0.5
+                E.backtracked(tighten=True)
                 note = "line search halved the step"
-        x_t = self._trial(gamma)
-        J, g, info = self.evaluate(x_t)
-        pts[0] += info["forward_iterations"]
-        pts[1] += info["adjoint_iterations"]
-        if J > sc["J"]:
+            else:
+                x_t = None
+                if E.decided:        # the misfits were decided: the step is too long
+                    sc["gamma"] = gamma
+                    return self.reject(J, gamma * 2, sc["max_grad"], pts, rejected_note(gamma))
+        if x_t is None:
+            x_t = self._trial(gamma)
+            J, g = E.value_and_gradient(x_t, pts)
+        else:
+            J, g = E.gradient_after(x_t, J, sc["J"], pts)
+        if not E.decided and J > sc["J"]:
             sc["gamma"] = gamma * 0.5
             return self.reject(J, gamma, sc["max_grad"], pts, rejected_note(sc["gamma"]))
         dlogK = self.max_abs(self.sub(x_t, x_old))
@@ -262,17 +283,19 @@ class LBFGS(Optimiser):
     def _x_of(self, z):
         return self.clip(self.S.apply(z) if self.S is not None else self.bk.clone(z))
 
-    def _preconditioned(self, g):
+    def precondition(self, g):
         """The gradient as the step uses it: with respect to ``z``."""
         return self.S.apply_transpose(g) if self.S is not None else g
 
     def start(self, logK0) -> dict:
+        self.evaluator.begin()
+        pts = [0, 0]
         z = self.bk.upload(logK0, dtype=self.f.dtype)    # S preserves constants
         x = self._x_of(z)
-        J, g, info = self.evaluate(x)
+        J, g = self.evaluator.first(x, pts)
         self.scalars.update(J0=J, J=J, npairs=0)
-        self.arrays = {"z": z, "x": x, "gz": self._preconditioned(g)}
-        return self.record(J, 0.0, self.max_abs(g), 0.0, self._pt(info))
+        self.arrays = {"z": z, "x": x, "gz": self.preconditioned(g)}
+        return self.record(J, 0.0, self.max_abs(g), 0.0, pts)
 
     def _pairs(self):
         n = self.scalars["npairs"]
@@ -302,7 +325,7 @@ class LBFGS(Optimiser):
         """Take the trial ``z_t`` (``x_t = S z_t``, misfit ``J``, gradient ``g``): the new
         curvature pair (if it satisfies the curvature condition) and the history record."""
         sc, A = self.scalars, self.arrays
-        gz = self._preconditioned(g)
+        gz = self.preconditioned(g)
         s, y = self.sub(z_t, A["z"]), self.sub(gz, A["gz"])
         dlogK = self.max_abs(self.sub(x_t, A["x"]))
         pairs = self._pairs()
@@ -336,30 +359,46 @@ class LBFGS(Optimiser):
         return p, slope, t, note
 
     def step(self) -> dict:
-        sc, A = self.scalars, self.arrays
+        E, sc, A = self.evaluator, self.scalars, self.arrays
+        E.begin()
         p, slope, t, note = self._search_direction()
-        pts = [0, 0]
+        pts, by_misfit = [0, 0], E.by_misfit(False)      # else each trial with its gradient
         for trial in range(self.settings.max_trials):
             z_t = self.axpy(A["z"], t, p)
             x_t = self._x_of(z_t)
-            J, g, info = self.evaluate(x_t)
-            pts[0] += info["forward_iterations"]
-            pts[1] += info["adjoint_iterations"]
-            if J <= sc["J"] + 1e-4 * t * slope:
+            target = sc["J"] + 1e-4 * t * slope
+            if by_misfit:
+                J, g = E.misfit(x_t, target, pts), None
+            else:
+                J, g = E.value_and_gradient(x_t, pts)
+            if J <= target:
                 break
             t *= 0.5
+            E.backtracked(tighten=False)
             note = f"Armijo backtracking ({trial + 1})"
         else:
+            again = E.reevaluate(A["x"], pts)
+            if again is not None:                # tighter tolerances at the accepted model
+                J_old, g = again
+                sc.update(J=J_old, npairs=0)
+                A["gz"] = self.preconditioned(g)
+                return self.record(J_old, t, self.max_abs(g), 0.0, pts, "no Armijo decrease "
+                                   "with loose solves: tolerances tightened, gradient "
+                                   "re-evaluated, memory reset")
             return self.reject(J, t, self.max_abs(A["gz"]), pts, LINE_SEARCH_FAILED)
+        if g is None:
+            J, g = E.gradient_after(x_t, J, sc["J"], pts)
         return self._accept(z_t, x_t, J, g, t, pts, note)
 
 
-def make_optimiser(objective, smoother, settings: OptimiserSettings, progress=None):
-    """The optimiser named by ``settings.method``."""
+def make_optimiser(objective, smoother, settings: OptimiserSettings, progress=None,
+                   evaluator=None):
+    """The optimiser named by ``settings.method`` with ``evaluator`` (default
+    :class:`FixedTolerance`)."""
     cls = {"gd": GradientDescent, "lbfgs": LBFGS}.get(settings.method)
     if cls is None:
         settings.validate()
-    return cls(objective, smoother, settings, progress)
+    return cls(objective, smoother, settings, progress, evaluator)
 
 
 def logK_of(opt) -> object:

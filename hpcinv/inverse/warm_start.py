@@ -278,16 +278,21 @@ class AdjointStart(_Strategy):
             return self.solution.P, self.psi_w
         return None
 
+    #: The replicated weights a checkpoint keeps: attribute -> dataset name.
+    weight_names = {"psi_w": "adjoint_weights"}
+
     def state(self) -> dict:
         out = super().state()
-        if self.ready and self.psi_w is not None:
-            out["adjoint_weights"] = StateField(self.psi_w, "replicated")
+        for attr, name in self.weight_names.items():
+            if self.ready and getattr(self, attr) is not None:
+                out[name] = StateField(getattr(self, attr), "replicated")
         return out
 
     def load_state(self, fields: dict):
         super().load_state(fields)
-        if self.solution is not None and "adjoint_weights" in fields:
-            self.psi_w = np.array(fields["adjoint_weights"], dtype=float)
+        for attr, name in self.weight_names.items():
+            if self.solution is not None and name in fields:
+                setattr(self, attr, np.array(fields[name], dtype=float))
 
     def reset(self):
         super().reset()
@@ -305,6 +310,7 @@ class RescaledAdjointStart(AdjointStart):
     rank and costs no reduction."""
 
     w_old = None          # the weights of the previous adjoint source
+    weight_names = {"w_old": "adjoint_source_weights", **AdjointStart.weight_names}
 
     def attach(self, solver):
         self.solution = KeptSolution(solver, "adjoint")
@@ -324,17 +330,6 @@ class RescaledAdjointStart(AdjointStart):
 
     def _prepare(self, w) -> bool:
         return w is None
-
-    def state(self) -> dict:
-        out = super().state()
-        if self.ready and self.w_old is not None:
-            out["adjoint_source_weights"] = StateField(self.w_old, "replicated")
-        return out
-
-    def load_state(self, fields: dict):
-        super().load_state(fields)
-        if "adjoint_source_weights" in fields:
-            self.w_old = np.array(fields["adjoint_source_weights"], dtype=float)
 
     def reset(self):
         super().reset()
