@@ -104,11 +104,23 @@ def _try_gpu(local_rank: int):
     try:
         return cupy_backend.CupyBackend(local_rank=local_rank), None
     except BackendError as exc:
-        return None, exc
+        return None, _detached(exc)
     except Exception as exc:            # noqa: BLE001 - CuPy's errors, whatever their type
         from .cuda_compile import _why
         return None, GpuUnusableError(f"backend 'cupy': CuPy failed while setting up the GPU "
                                       f"backend ({_why(exc)})")
+
+
+def _detached(exc: BaseException) -> BaseException:
+    """``exc`` with no traceback, nor its causes': a kept exception's traceback holds the
+    frames of the whole call stack, and with them every local of the callers (a synthetic-data
+    solver's fields, say) until the cyclic garbage collector happens to run."""
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return exc
 
 
 def agree_on_gpu(error, comm):

@@ -26,12 +26,18 @@ launches), ``copies`` (copies, uploads, fills), ``maps`` (element-wise arithmeti
 ``reductions``, ``syncs`` (host waits, all counted by :meth:`Backend.count_sync`) and ``plans``
 (launch plans made: a new binding's first launch over a box list; on GPUs the first plan of a
 kernel over a box list uploads its geometry, one host sync).
+
+Backends count the memory they allocate (:attr:`Backend.memory`, a
+:class:`~hpcinv.backend.memory_count.MemoryCounter`): bytes held and the high-water mark, by
+kind (device arrays, pinned buffers, temporaries of one call); frees are counted when Python
+frees an array's memory.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .kernel import Kernel
+from .memory_count import MemoryCounter
 
 STREAMS = ("compute", "boundary", "interior")
 
@@ -85,6 +91,7 @@ class Backend:
         self._kernels = {}
         self.streams = {n: self._make_stream(n) for n in STREAMS}
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self.memory = MemoryCounter()
 
     # --- streams and events -----------------------------------------------------------------
     def _make_stream(self, name: str) -> Stream:
@@ -176,11 +183,18 @@ class Backend:
 
     # --- allocation and copies --------------------------------------------------------------
     def empty(self, shape, dtype):
-        """An uninitialised backend array (no device work)."""
+        """An uninitialised backend array (no device work), counted in :attr:`memory`."""
+        return self.memory.track(self._empty(shape, dtype), "arrays")
+
+    def _empty(self, shape, dtype):
         return self.xp.empty(shape, dtype=dtype)
 
     def pinned(self, shape, dtype):
-        """A host buffer for staging device data to MPI (page-locked on GPUs)."""
+        """A host buffer for staging device data to MPI (page-locked on GPUs), counted in
+        :attr:`memory`."""
+        return self.memory.track(self._pinned(shape, dtype), "pinned")
+
+    def _pinned(self, shape, dtype):
         return np.empty(shape, dtype=dtype)
 
     def zeros(self, shape, dtype, stream=None):
@@ -243,7 +257,10 @@ class Backend:
         self.counters["maps"] += 1
 
         def run():
-            out[...] = fn(xp, *inputs)
+            value = fn(xp, *inputs)
+            if isinstance(value, xp.ndarray) and getattr(value, "base", None) is None:  # new
+                self.memory.transient(value.nbytes)
+            out[...] = value
         self._issue(self._s(stream), run, [(a, None) for a in inputs], [(out, None)], "maps",
                     getattr(fn, "__name__", "elementwise"))
         return out
@@ -286,6 +303,7 @@ class Backend:
 
         def run():
             v = a[region]
+            self.memory.transient(v.nbytes)                     # abs(v)
             return float(xp.max(xp.abs(v))) if v.size else 0.0
         return self._read(run, [(a, region)], stream, "max_abs")
 
@@ -293,8 +311,11 @@ class Backend:
         """Local ``sum(a[region] * b[region])`` as a float."""
         region = _region(region, a.ndim)
         xp = self.xp
-        return self._read(lambda: float(xp.sum(a[region] * b[region])),
-                          [(a, region), (b, region)], stream, "dot")
+
+        def run():
+            self.memory.transient(a[region].nbytes)             # the product
+            return float(xp.sum(a[region] * b[region]))
+        return self._read(run, [(a, region), (b, region)], stream, "dot")
 
     def sum(self, a, region=None, stream=None) -> float:
         """Local ``sum(a[region])`` as a float."""

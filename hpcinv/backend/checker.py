@@ -325,7 +325,7 @@ class CheckedHostBackend(HostBackend):
             raise err
 
     # --- allocation: device-like arrays ------------------------------------------------------
-    def empty(self, shape, dtype):
+    def _empty(self, shape, dtype):
         a = np.empty(shape, dtype=dtype).view(DeviceArray)
         self.tracker.forget(a, f"array allocated at {call_site()}")
         return a
@@ -333,7 +333,7 @@ class CheckedHostBackend(HostBackend):
     def _is_device(self, a) -> bool:
         return isinstance(a, DeviceArray)
 
-    def pinned(self, shape, dtype):
+    def _pinned(self, shape, dtype):
         return np.empty(shape, dtype=dtype)
 
     # --- issuing and ordering ---------------------------------------------------------------

@@ -93,7 +93,7 @@ class CupyBackend(Backend):
     def _sync(self, stream):
         stream.cp.synchronize()
 
-    def pinned(self, shape, dtype):
+    def _pinned(self, shape, dtype):
         import cupyx
         return cupyx.empty_pinned(shape, dtype=dtype)
 
