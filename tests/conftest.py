@@ -16,6 +16,43 @@ if os.environ.get("HPCINV_CUPY_STANDIN") == "1":   # CuPy on the CPU (tests/cupy
     cupy_standin.install()                          # never in a user's run
 
 
+#: Tests that must stay slow (whole inversions in subprocesses on several ranks, SIGKILL and
+#: SIGTERM restarts, the full demo): they carry the ``slow`` marker, ``tests/run_all.sh`` (the
+#: README's test command) leaves them out and ``tests/run_slow.sh`` runs them (CI runs both).
+#: Keys are node ids without parameters (every case) or with them (that case only).
+SLOW = {
+    "tests/test_inversion.py::test_sigkill_and_restart_on_other_rank_counts",
+    "tests/test_inversion.py::test_workshop_demo_recovers_the_barrier",
+    "tests/test_inversion.py::test_histories_and_models_identical_on_1_and_4_ranks",
+    "tests/test_adaptive.py::test_adaptive_bitwise_on_1_and_2_ranks_and_across_a_restart",
+    "tests/test_rundir.py::test_sigterm_before_the_first_checkpoint_is_restartable",
+    "tests/test_rundir.py::test_sigterm_once_the_lock_is_taken",
+    "tests/test_rundir.py::test_sigterm_at_once_leaves_nothing_or_a_rerunnable_directory",
+    "tests/test_rundir.py::test_sigterm_under_two_ranks_before_the_loop",
+    "tests/test_rundir.py::test_forward_and_gradient_refuse_an_existing_run_without_overwrite",
+    "tests/test_rundir.py::test_no_command_writes_into_another_commands_directory",
+    "tests/test_rundir.py::test_overwrite_removes_what_the_old_run_wrote_and_nothing_else",
+    "tests/test_levels.py::test_levels_bitwise_on_1_and_2_ranks",
+    "tests/test_levels.py::test_restart_with_levels_is_bitwise",
+    "tests/test_cupy_standin_cli.py::test_cli_inversion_bitwise_equal_to_host",
+    "tests/test_cupy_standin_cli.py::test_selftest_full_under_the_standin",
+    "tests/test_example_nn.py::test_same_history_on_1_and_2_ranks",
+    "tests/test_selftest.py::test_stream_checker_run_passes",
+    "tests/test_doc_snippets.py::test_snippet_runs",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the :data:`SLOW` tests ``slow``; a test cannot be both ``slow`` and ``mpi`` (the MPI
+    stages run every ``mpi`` test)."""
+    for item in items:
+        nodeid = item.nodeid if item.nodeid.startswith("tests/") else f"tests/{item.nodeid}"
+        if nodeid in SLOW or nodeid.split("[")[0] in SLOW:
+            if item.get_closest_marker("mpi") is not None:
+                raise pytest.UsageError(f"{nodeid}: an mpi test cannot be in conftest.SLOW")
+            item.add_marker(pytest.mark.slow)
+
+
 class _FailuresOnly:
     """Stands in for the terminal reporter on ranks > 0: prints a failure's report only."""
 

@@ -382,7 +382,7 @@ def test_info_under_mpiexec():
 
 # --------------------------------------------------------------------------- scripts, README
 
-SCRIPTS = ["tests/run_all.sh", ".ci/run", "jobs/forward.sbatch", "jobs/gpu_bind.sh"]
+SCRIPTS = ["tests/run_all.sh", "tests/run_slow.sh", "tests/stages.sh", ".ci/run", "jobs/forward.sbatch", "jobs/gpu_bind.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -400,7 +400,8 @@ def test_readme_commands():
     text = (ROOT / "README.md").read_text()
     assert 'pip install -e ".[mpich]" && hpcinv demo --output runs/demo' in text
     assert 'pip install -e ".[dev,mpich,cuda13]" && bash tests/run_all.sh' in text
-    assert "bash tests/run_all.sh" in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash tests/run_all.sh" in ci and "bash tests/run_slow.sh" in ci   # nothing lost
 
 
 def test_gpu_bind_picks_device_from_local_rank():

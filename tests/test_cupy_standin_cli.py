@@ -3,8 +3,9 @@ host backend's: ``history.jsonl`` (timings dropped) and every dataset of ``model
 
 Each run is a subprocess: ``python tests/cupy_standin/run_hpcinv.py ARGS`` (the stand-in as
 ``cupy``, then ``hpcinv.app.cli.main``) against ``python -m hpcinv ARGS --backend host`` on
-the same number of ranks (2 and 3 ranks through ``mpiexec``; no ``mpi`` marker, so this runs
-in the serial stage of ``tests/run_all.sh``). The cases cover L-BFGS and GD, a restart, staged
+the same number of ranks (2 and 3 ranks through ``mpiexec``; no ``mpi`` marker: the inversions
+and the selftest are in ``conftest.SLOW``, so ``tests/run_slow.sh`` runs them, the launcher
+checks run in the serial stage of ``tests/run_all.sh``). The cases cover L-BFGS and GD, a restart, staged
 and CUDA-aware halos (``HPCINV_CUDA_AWARE``), overlap on and off; a small, fast config
 (31 x 17, tolerance 1e-6, 5 smoothing steps) keeps each stand-in run to seconds.
 """
