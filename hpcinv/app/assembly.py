@@ -228,6 +228,7 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
     if data is None and scenario.needs_synthetic_values(cfg):
         solver = make_darcy_solver(true, bk, fwd, **opts)
         true_Pf = solver.solve(progress).Pf
+        del solver              # its fields go before the objective's solver allocates its own
     obs = scenario.make_observations(cfg, grid, bk, true_Pf, demean=true.gauge_free)
     if data is not None:
         obs.values, obs.sigma = np.array(data.values), np.array(data.sigma)

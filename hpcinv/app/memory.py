@@ -1,31 +1,43 @@
 """Will the run fit? An estimate of the memory a forward solve, a gradient or an inversion needs
-per node (host) and per GPU (device), checked against what is available before any field is
-allocated, so that a grid too large is one line naming the sizes, not a ``MemoryError``
-traceback from NumPy or CuPy minutes into the set-up.
+per rank: device memory (the backend's arrays) and host memory, checked against what is
+available before any field is allocated, so that a grid too large is one line naming the sizes,
+not a ``MemoryError`` traceback from NumPy or CuPy minutes into the set-up; the same estimate
+prints in ``hpcinv info --grid`` and in each run's header.
 
-The field counts are calibrated with ``tracemalloc`` on the host backend (2D and 3D, float64
-and float32; the counts of the largest rank's padded block): a forward solve holds about
-``6 + 2 ndim`` fields of the solver dtype and 5 of float64 on the host (the problem's K and
-Qf, set-up temporaries); a gradient or an inversion adds the warm-start copies
-(``2 (ndim + 1)``), the adjoint subspace (``adjoint_memory (ndim + 1)``), the forward subspace
-(``forward_memory (ndim + 1) + 1`` and 3 float64 fields), the L-BFGS pairs
-(``2 lbfgs_memory``), two scratch fields, with adaptive tolerances one float64 field (the misfit
-error estimate's reproducible sum, ``inverse/misfit_error.py``) and 7 more host fields (the
-objective's copy of the problem, log K, the optimiser's arrays). The estimate is a floor: runs refused by it cannot fit.
+The device part is itemised (:func:`estimate`) in fields of the solver dtype per padded cell of
+the largest rank's block, each item named after what holds it, and checked against the
+backend's own counter (:attr:`hpcinv.backend.Backend.memory`, high-water mark) within 10 % for
+2D/3D forward, gradient, GD and L-BFGS runs with and without the warm-start subspaces
+(``tests/test_memory_count.py``). Besides the per-cell fields, the halo buffers are O(surface)
+(bounded explicitly, :attr:`Estimate.surface_bytes`) and the observations O(nobs) (host arrays:
+not device memory). Host memory: 5 float64 fields per cell for a forward run (the problem's K
+and Qf, set-up temporaries), 12 for a gradient or an inversion (the objective's copy of the
+problem, log K, downloads), 13 with the coarse prediction (calibrated with ``tracemalloc``).
 """
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
 
 from ..errors import ConfigError
-from .resolve import prediction_factor
+from ..parallel.transfer import coarse_shape
+from .resolve import adaptive, prediction_factor
 
 HOST_FIELDS_FORWARD = 5         # float64 host arrays per cell of a forward run
 HOST_FIELDS_INVERSION = 12      # ... of a gradient or an inversion
+KINDS = ("forward", "gradient", "inversion")
+
+#: Fields the optimiser and the gradient hold besides the solver, the warm starts and the
+#: regularisation, at their high-water mark (measured by the backend's counter): the gradient
+#: command holds the gradient and the adjoint source; gradient descent the model, the trial
+#: model, the gradients of both, the smoothed directions (one more with adaptive tolerances:
+#: the misfit-error difference); L-BFGS ``2 (lbfgs_memory + 1)`` pair fields (the new pair
+#: before the oldest goes) and 9 (z, x, trials, gradients, directions).
+WORKING_SET = {"gradient": 2, "gd": 6, "gd_adaptive": 7, "lbfgs": 11}
 
 
 def _fmt(nbytes: float) -> str:
@@ -36,36 +48,178 @@ def _fmt(nbytes: float) -> str:
     return ""
 
 
+def _dims(shape, size: int, dims=None) -> list:
+    try:
+        return MPI.Compute_dims(size, [int(d) for d in dims] if dims else [0] * len(shape))
+    except (MPI.Exception, ValueError, TypeError):   # bad dims: the decomposition says why
+        return MPI.Compute_dims(size, [0] * len(shape))
+
+
 def block_cells(shape, size: int, dims=None) -> int:
     """Padded cells of the largest rank's block of the global grid ``shape`` on ``size`` ranks
     (Python integers: no overflow however large the sizes)."""
-    try:
-        dims = MPI.Compute_dims(size, [int(d) for d in dims] if dims else [0] * len(shape))
-    except (MPI.Exception, ValueError, TypeError):   # bad dims: the decomposition says why
-        dims = MPI.Compute_dims(size, [0] * len(shape))
+    dims = _dims(shape, size, dims)
     return math.prod(-(-int(n) // int(p)) + 2 for n, p in zip(shape, dims))
+
+
+def halo_items(shape, size: int, dims=None) -> int:
+    """Upper bound of the items one halo exchange's send (or receive) buffer holds on the
+    largest block: both faces of every split axis."""
+    dims = _dims(shape, size, dims)
+    block = [-(-int(n) // int(p)) for n, p in zip(shape, dims)]
+    return sum(2 * math.prod(b for a, b in enumerate(block) if a != ax)
+               for ax, p in enumerate(dims) if p > 1)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The memory one rank needs.
+
+    Attributes:
+        kind: ``"forward"``, ``"gradient"`` or ``"inversion"``.
+        items: ``{what: solver-dtype fields per padded cell}`` of device memory.
+        cells: padded cells of the largest rank's block.
+        itemsize: bytes of one solver-dtype value.
+        surface_bytes: the halo buffers (O(surface)), bytes.
+        host_fields: float64 host fields per cell (not backend memory).
+        device_memory: the backend's arrays live in device memory (else in host memory).
+    """
+    kind: str
+    items: dict
+    cells: int
+    itemsize: int
+    surface_bytes: int
+    host_fields: int
+    device_memory: bool = False
+
+    @property
+    def fields(self) -> float:
+        """Device fields per cell (solver dtype)."""
+        return float(sum(self.items.values()))
+
+    @property
+    def device_bytes(self) -> int:
+        """Bytes of backend arrays at the high-water mark."""
+        return int(math.ceil(self.fields * self.cells * self.itemsize)) + self.surface_bytes
+
+    @property
+    def host_bytes(self) -> int:
+        """Bytes of host memory (with the backend's arrays where they live on the host)."""
+        return self.host_fields * self.cells * 8 + (0 if self.device_memory
+                                                    else self.device_bytes)
+
+    def text(self) -> str:
+        """``memory per rank: 73 float64 fields x 1.2e6 cells = 700 MiB (device) ...``."""
+        where = "device" if self.device_memory else "host"
+        dt = {4: "float32", 8: "float64"}.get(self.itemsize, f"{self.itemsize}-byte")
+        out = (f"memory estimate per rank: {self.fields:.4g} {dt} fields x {self.cells} cells"
+               f" = {_fmt(self.device_bytes)} of backend arrays ({where})")
+        if self.device_memory:
+            out += f", {_fmt(self.host_bytes)} host"
+        return out
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "fields": self.fields, "items": dict(self.items),
+                "cells": self.cells, "itemsize": self.itemsize,
+                "surface_bytes": self.surface_bytes, "device_bytes": self.device_bytes,
+                "host_bytes": self.host_bytes, "device_memory": self.device_memory}
+
+
+def estimate(cfg, shape, size: int = 1, kind: str = "inversion", adjoint_memory: int = 0,
+             forward_memory: int = 0, device_memory: bool = False) -> Estimate:
+    """The itemised memory of a ``kind`` run of ``cfg`` on the global grid ``shape`` over
+    ``size`` ranks (the largest block), with the warm-start subspaces of ``adjoint_memory``
+    and ``forward_memory`` solutions (as :mod:`hpcinv.app.assembly` chooses them)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    nd = len(shape)
+    dt = np.dtype(cfg.solver.dtype)
+    f64 = 8 / dt.itemsize                      # solver-dtype fields per float64 one
+    state = nd + 1                             # a state vector: P and ndim fluxes
+    items = {"solver (K, Qf, 2 P, 2 ndim q, R)": 5 + 2 * nd,
+             "reduction temporary": 1}
+    exchanges, host = 1, HOST_FIELDS_FORWARD
+    if kind != "forward":
+        inv, reg = cfg.inversion, cfg.regularisation
+        host = HOST_FIELDS_INVERSION
+        items["forward pressure (gradient)"] = 1
+        if inv.warm_start:
+            items["warm-start copies"] = 2 * state
+        if reg.smoothing_steps > 0:
+            items["smoother buffers"] = 2
+            exchanges += 1
+        if reg.tikhonov > 0:
+            items["Tikhonov buffers"] = 2
+            exchanges += 1
+        full = kind == "inversion"                 # one gradient stores one adjoint solution
+        if adjoint_memory:
+            items["adjoint subspace"] = (adjoint_memory if full else 1) * state
+        if forward_memory:                # solutions, a residual, the Galerkin sums' arrays
+            items["forward subspace"] = (forward_memory * state if full else 0) + 1 + 3 * f64
+        if full and adaptive(cfg) and inv.warm_start:    # the misfit error's float64 sum
+            items["misfit error sum"] = f64
+        if not full:
+            work = WORKING_SET["gradient"]
+        elif inv.method == "lbfgs":
+            work = WORKING_SET["lbfgs"] + 2 * inv.lbfgs_memory
+        else:
+            work = WORKING_SET["gd_adaptive" if adaptive(cfg) else "gd"]
+        items[f"{'gradient' if not full else inv.method} working set"] = work
+        f = prediction_factor(cfg, forward_memory)
+        if f:             # the coarse solver of the warm-start correction, the warm model (host)
+            coarse = block_cells(coarse_shape(tuple(shape), f), size, cfg.parallel.dims)
+            items["coarse prediction solver"] = (6 + 2 * nd) * coarse / block_cells(
+                shape, size, cfg.parallel.dims)
+            exchanges += 1
+            host += 1
+    buffers = 2 * (2 if device_memory else 1)       # send and receive (and their staging)
+    surface = exchanges * buffers * halo_items(shape, size, cfg.parallel.dims) * dt.itemsize
+    return Estimate(kind, items, block_cells(shape, size, cfg.parallel.dims), dt.itemsize,
+                    surface, host, device_memory)
 
 
 def field_counts(cfg, ndim: int, inversion: bool, adjoint_memory: int = 0,
                  forward_memory: int = 0) -> tuple[int, int]:
-    """``(solver-dtype fields, float64 host fields)`` per cell of a run of ``cfg``."""
-    fields = 6 + 2 * ndim
-    if not inversion:
-        return fields, HOST_FIELDS_FORWARD
-    inv = cfg.inversion
-    fields += 2 + (2 * (ndim + 1) if inv.warm_start else 0) + adjoint_memory * (ndim + 1)
-    f64 = 2 if cfg.solver.dtype == "float32" else 1      # solver-dtype fields per float64 one
-    if inv.adaptive_tolerance and inv.warm_start:     # the misfit error estimate's float64 sum
-        fields += f64
-    if forward_memory > 0:                 # its solutions, a residual, the Galerkin sums' arrays
-        fields += forward_memory * (ndim + 1) + 1 + 3 * f64
-    if inv.method == "lbfgs":
-        fields += 2 * inv.lbfgs_memory
-    f = prediction_factor(cfg, forward_memory)
-    if f:             # the coarse solver of the warm-start correction, the warm model (host)
-        fields += -(-(6 + 2 * ndim) // f ** ndim)
-        return fields, HOST_FIELDS_INVERSION + 1
-    return fields, HOST_FIELDS_INVERSION
+    """``(solver-dtype fields, float64 host fields)`` per cell of a run of ``cfg`` (an
+    inversion with ``inversion``, else a forward run), fields rounded up."""
+    e = estimate(cfg, (64,) * ndim, 1, "inversion" if inversion else "forward",
+                 adjoint_memory, forward_memory)
+    return math.ceil(e.fields - 1e-9), e.host_fields
+
+
+def largest_block(cfg, ndim: int, available: int, kind: str = "inversion",
+                  adjoint_memory: int = 0, forward_memory: int = 0,
+                  device_memory: bool = False) -> int:
+    """The largest ``n`` such that a cubic (3D) or square (2D) block of ``n`` cells per axis on
+    one rank needs at most ``available`` bytes (device memory where the backend's arrays live
+    there, else host memory); 0 when not even 3 cells per axis fit."""
+    def need(n):
+        e = estimate(cfg, (n,) * ndim, 1, kind, adjoint_memory, forward_memory, device_memory)
+        return e.device_bytes if device_memory else e.host_bytes
+    lo, hi = 2, 4
+    while need(hi) <= available:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if need(mid) <= available else (lo, mid)
+    return lo if lo >= 3 else 0
+
+
+def peak_record(backend, est: Estimate, comm=None) -> dict:
+    """The measured high-water mark of ``backend``'s arrays (the largest over ``comm``'s
+    ranks) beside the estimate: ``memory_peak_bytes``, ``memory_peak_fields`` (its
+    field-equivalents per cell of the largest block), ``memory_estimate_bytes`` and
+    ``memory_estimate_fields``, ``memory_peak_by_kind``. Collective over ``comm``."""
+    snap = backend.memory.snapshot()
+    peak = snap["peak_bytes"]
+    by_kind = {k: v["peak_bytes"] for k, v in snap["by_kind"].items()}
+    if comm is not None and comm.Get_size() > 1:
+        peak = comm.allreduce(peak, op=MPI.MAX)
+        by_kind = {k: comm.allreduce(v, op=MPI.MAX) for k, v in by_kind.items()}
+    per_field = est.cells * est.itemsize
+    return {"memory_peak_bytes": int(peak), "memory_peak_fields": round(peak / per_field, 3),
+            "memory_estimate_bytes": est.device_bytes,
+            "memory_estimate_fields": round(est.fields, 3), "memory_peak_by_kind": by_kind}
 
 
 def host_available() -> int | None:
@@ -100,10 +254,10 @@ def check_memory(cfg, shape, comm, backend, inversion: bool, adjoint_memory: int
     on the grid ``shape`` needs more memory than the node (host) or the GPU (device) has free.
     Collective; nothing is allocated."""
     size = comm.Get_size()
-    cells = block_cells(shape, size, cfg.parallel.dims)
-    nd, nh = field_counts(cfg, len(shape), inversion, adjoint_memory, forward_memory)
-    dev_bytes = nd * cells * np.dtype(cfg.solver.dtype).itemsize
-    host_bytes = nh * cells * 8 + (0 if backend.device_memory else dev_bytes)
+    est = estimate(cfg, shape, size, "inversion" if inversion else "forward", adjoint_memory,
+                   forward_memory, bool(backend.device_memory))
+    nd = math.ceil(est.fields - 1e-9)
+    dev_bytes, host_bytes = est.device_bytes, est.host_bytes
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     node_ranks = node.Get_size()
     node.Free()
