@@ -134,12 +134,12 @@ def adjoint_memory(cfg) -> int:
     return m if cfg.inversion.warm_start else 0
 
 
-def make_predictor(cfg, fine_grid, comm, backend, params, opts):
-    """The coarse-grid correction of forward warm starts (``inversion.forward_prediction``;
+def make_predictor(cfg, f, fine_grid, comm, backend, params, opts):
+    """The coarse-grid correction of forward warm starts on an ``f`` times coarser grid
+    (``inversion.forward_prediction`` as resolved by ``prediction_factor``;
     :class:`~hpcinv.inverse.forward_prediction.CoarsePrediction`), or ``None`` when off. A
     coarse grid that cannot be split over the ranks: a one-line error when the factor was
     asked for; off (with this reason on rank 0's stderr) when it was chosen automatically."""
-    f = prediction_factor(cfg, forward_memory(cfg))
     if f == 0:
         return None
     from ..errors import DecompositionError
@@ -239,9 +239,10 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
     smoother = (GradientSmoother(grid, bk, reg.smoothing_steps, reg.smoothing_coefficient, dt)
                 if reg.smoothing_steps > 0 else None)
     fm = forward_memory(cfg)
+    f = prediction_factor(cfg, fm)
     forward_start, adjoint_start = warm_starts(
-        cfg.inversion.warm_start, adjoint_memory(cfg), fm, prediction_factor(cfg, fm),
-        lambda: make_predictor(cfg, grid, base.comm, bk, fwd, opts))
+        cfg.inversion.warm_start, adjoint_memory(cfg), fm, f,
+        lambda: make_predictor(cfg, f, grid, base.comm, bk, fwd, opts))
     objective = AdjointGradient(true.copy(), obs, bk, fwd, adj, tikhonov,
                                 forward_start=forward_start, adjoint_start=adjoint_start, **opts)
     settings = optimiser_settings(cfg)

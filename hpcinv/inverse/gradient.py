@@ -26,7 +26,7 @@ from ..solvers.apt import PTParams, PTResult
 from ..solvers.fields import log_range, owned_range
 from .misfit_error import MisfitError
 from .state import ForwardSolution, LifecycleError
-from .warm_start import warm_starts
+from .warm_start import attached
 
 __all__ = ["AdjointGradient", "ForwardSolution", "LifecycleError", "check_logK_range"]
 
@@ -90,8 +90,9 @@ class AdjointGradient:
         self._bound = {}         # bound transposes per buffer set (see _transposes)
         shape = self.solver.K.shape
         self.Pf_forward = bk.zeros(shape, dt)
-        fs, ad = warm_starts(warm_start, adjoint_memory)
-        self.use_warm_starts(forward_start or fs, adjoint_start or ad)
+        self.forward_start, self.adjoint_start = attached(self.solver, forward_start,
+                                                          adjoint_start, warm_start,
+                                                          adjoint_memory)
         self._holds = None       # "forward" while the solver holds the latest forward solve
         self.misfit_error = MisfitError(self.solver)   # the stages of the latest forward solve
         self._w = None           # observation weights dJ/dP_k of the latest sampled misfit
@@ -137,9 +138,8 @@ class AdjointGradient:
     def use_warm_starts(self, forward_start, adjoint_start):
         """Solve with these warm-start strategies (:mod:`~hpcinv.inverse.warm_start`, not yet
         attached) from the next call on; their fields are allocated here."""
-        for st in (forward_start, adjoint_start):
-            st.attach(self.solver)
-        self.forward_start, self.adjoint_start = forward_start, adjoint_start
+        self.forward_start, self.adjoint_start = attached(self.solver, forward_start,
+                                                          adjoint_start)
 
     @property
     def predictor(self):

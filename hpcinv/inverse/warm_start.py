@@ -35,7 +35,8 @@ from .forward_warm import ForwardSubspace
 from .state import StateField
 
 __all__ = ["ForwardStart", "PreviousSolution", "SubspaceForwardStart", "PredictedForwardStart",
-           "AdjointStart", "RescaledAdjointStart", "SubspaceAdjointStart", "warm_starts"]
+           "AdjointStart", "RescaledAdjointStart", "SubspaceAdjointStart", "warm_starts",
+           "attached"]
 
 
 class KeptSolution:
@@ -390,3 +391,15 @@ def warm_starts(warm_start: bool, adjoint_memory: int = 0, forward_memory: int =
         return SubspaceForwardStart(forward_memory), adj
     coarse = predictor() if prediction and predictor is not None else None
     return (PredictedForwardStart(coarse) if coarse is not None else PreviousSolution()), adj
+
+
+def attached(solver, forward_start=None, adjoint_start=None, warm_start: bool = False,
+             adjoint_memory: int = 0) -> tuple[ForwardStart, AdjointStart]:
+    """The strategies ``forward_start``, ``adjoint_start`` (``None``: the one of
+    ``warm_starts(warm_start, adjoint_memory)``) with their fields allocated for ``solver``."""
+    if forward_start is None or adjoint_start is None:
+        fs, ad = warm_starts(warm_start, adjoint_memory)
+        forward_start, adjoint_start = forward_start or fs, adjoint_start or ad
+    for st in (forward_start, adjoint_start):
+        st.attach(solver)
+    return forward_start, adjoint_start
