@@ -23,6 +23,7 @@ from ..solvers import make_darcy_solver
 from .assembly import backend_of, build, build_forward
 from .console import backend_text, rank0, say, warn_fallback
 from .info import cmd_info
+from .memory_report import run_estimate, write_summary
 from .progress import CompileNotice, Progress
 from .resolve import resolved
 from .run import Reporter
@@ -195,14 +196,16 @@ def cmd_forward(args) -> int:
                                    **setup.solver_options)
         compiling.summary()
     d, g = solver.decomp, solver.grid
+    est = run_estimate(cfg, d.comm, solver.backend, "forward")
     say(f"hpcinv forward: {cfg.problem.name} {'x'.join(map(str, g.shape))} cells on {d.size} "
         f"rank(s) {'x'.join(map(str, d.dims))}, backend {backend_text(solver.backend)}, "
-        f"{_describe_method(cfg, solver.params)}; {describe_parallel(solver)}")
+        f"{_describe_method(cfg, solver.params)}; {describe_parallel(solver)}; {est.text()}")
     t0 = time.perf_counter()
     state = solver.solve(progress=Progress(say, args.quiet))
     wall = time.perf_counter() - t0
     out = Path(cfg.output.dir)
     path = write_fields(out / "fields.h5", solver, state, {"wall_time": wall})
+    write_summary(out, solver.backend, est, d.comm)
     if d.rank == 0:
         config_mod.save(cfg, out / "config.toml")
     r = state.result
@@ -247,8 +250,9 @@ def cmd_gradient(args) -> int:
     with claim.setup(), CompileNotice(Reporter(say, args.quiet)) as compiling:
         backend = backend_of(cfg)
         warn_fallback(backend)
+        est = run_estimate(cfg, _world(), backend, "gradient")
         say(f"hpcinv gradient: {cfg.problem.name} {'x'.join(map(str, cfg.grid_shape()))} "
-            f"cells on {_world_size()} rank(s), backend {backend_text(backend)}")
+            f"cells on {_world_size()} rank(s), backend {backend_text(backend)}; {est.text()}")
         setup = build(cfg, backend=backend, progress=progress)
         compiling.summary()
     grid, obs = setup.grid, setup.observations
@@ -263,6 +267,7 @@ def cmd_gradient(args) -> int:
     path = write_viewable(out / "gradient.h5", grid,
                           {"dJ_dlogK": g, "dJ_dlogK_smoothed": smoothed}, attrs=attrs,
                           to_host=backend.to_host)
+    write_summary(out, backend, est, grid.decomp.comm)
     if grid.decomp.rank == 0:
         config_mod.save(cfg, out / "config.toml")
     say(f"J = {J:.6e}; forward {info['forward_iterations']} and adjoint "
@@ -275,8 +280,12 @@ def cmd_gradient(args) -> int:
 
 
 def _world_size() -> int:
+    return _world().Get_size()
+
+
+def _world():
     from mpi4py import MPI
-    return MPI.COMM_WORLD.Get_size()
+    return MPI.COMM_WORLD
 
 
 def cmd_invert(args, demo=False) -> int:
@@ -308,15 +317,17 @@ def _run_inversion(cfg, claim, run_dir, reporter, compiling, demo) -> int:
     else:
         what = f"{cfg.inversion.iterations} iterations"
     command = "demo" if demo else "invert"
+    est = run_estimate(cfg, g.decomp.comm, setup.backend, "inversion")
     reporter.event("start", f"hpcinv {command}: {cfg.problem.name} "
                    f"{'x'.join(map(str, g.shape))} cells on {g.decomp.size} rank(s), backend "
                    f"{backend_text(setup.backend)}, {cfg.inversion.method}, {what}, "
                    f"{len(setup.observations)} observations -> {out}; "
-                   f"{describe_parallel(setup.objective.solver)}", command=command,
+                   f"{describe_parallel(setup.objective.solver)}; {est.text()}", command=command,
                    problem=cfg.problem.name, shape=list(g.shape), ranks=g.decomp.size,
                    backend=setup.backend.name, method=cfg.inversion.method,
                    iterations=cfg.inversion.iterations, output=str(out))
     last = inv.run()
+    write_summary(out, setup.backend, est, g.decomp.comm)
     if last.get("terminated"):                  # the signal number; checkpoint written
         return Interrupted(last["terminated"]).exit_code
     if g.decomp.rank == 0 and setup.run.figures:

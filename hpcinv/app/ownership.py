@@ -54,7 +54,7 @@ def _h5(name: str) -> list[str]:
     return [name, f"{name}.parts-*", f".{name}.tmp-*", name[:-3] + ".xmf"]
 
 
-COMMON = ["config.toml", RECORD, f"{RECORD}.tmp-*", interrupt.STOP_RECORD,
+COMMON = ["config.toml", "memory.json", RECORD, f"{RECORD}.tmp-*", interrupt.STOP_RECORD,
           f"{interrupt.STOP_RECORD}.tmp-*"]
 OWNED = {
     "forward": _h5("fields.h5"),
