@@ -162,3 +162,17 @@ def test_cupy_standin_counts_a_forward_solve_as_the_host_does(standin):
     assert gpu["by_kind"]["arrays"]["peak_bytes"] == host["by_kind"]["arrays"]["peak_bytes"]
     assert gpu["by_kind"]["temporary"] == host["by_kind"]["temporary"]
     assert gpu["by_kind"]["pinned"]["peak_bytes"] > 0          # staged halos: pinned buffers
+
+
+def test_info_grid_sizes_a_job_for_a_gpu_that_is_not_here(capsys):
+    from hpcinv.app.sizing import parse_size
+    assert parse_size("40GB") == 40 * 10**9 and parse_size("80 GiB") == 80 * 2**30
+    assert main(["info", "--grid", "512,512,512", "--memory", "40GB", "--backend", "host"]) == 0
+    out = capsys.readouterr().out
+    cfg = _config(3, "gd", {})
+    cfg.grid.nx, cfg.grid.ny, cfg.grid.nz, cfg.regularisation.tikhonov = 512, 512, 512, 0.0
+    n = largest_block(cfg, 3, 40 * 10**9, "inversion", assembly.adjoint_memory(cfg),
+                      assembly.forward_memory(cfg), device_memory=True)
+    assert f"largest block      {n}x{n}x{n} cells per rank (cubic; the grid above does NOT fit" \
+        in out
+    assert main(["info", "--grid", "5"]) == 2

@@ -23,6 +23,7 @@ from ..solvers import make_darcy_solver
 from .assembly import backend_of, build, build_forward
 from .console import backend_text, rank0, say, warn_fallback
 from .info import cmd_info
+from .sizing import add_arguments as add_sizing_arguments
 from .memory_report import run_estimate, write_summary
 from .progress import CompileNotice, Progress
 from .resolve import resolved
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="backend, device, MPI library, CUDA-awareness, rank layout")
     i.add_argument("--backend", default="auto")
     i.add_argument("--problem", default="geothermal2d", help="problem whose rank layout to show")
+    add_sizing_arguments(i)          # --grid, --memory, ...: app/sizing.py
     st = sub.add_parser("selftest", help="check this machine under your launcher (environment, "
                         "halo exchange, bitwise parallel results, speed): a PASS/FAIL table")
     from .selftest import add_arguments

@@ -1,6 +1,8 @@
 """``hpcinv info``: what this installation and launch would use, per rank: backend and device
 (and why, after a GPU fallback), MPI library, the CUDA-aware decision, the HDF5 output mode,
-the optional extras' versions and the rank layout of an example problem."""
+the optional extras' versions and the rank layout of an example problem; with ``--grid``, the
+memory a run of that grid needs per rank and the largest block that fits
+(:mod:`hpcinv.app.sizing`)."""
 from __future__ import annotations
 
 import json
@@ -32,6 +34,10 @@ def cmd_info(args) -> int:
             "host": MPI.Get_processor_name(), **backend.describe(),
             "coords": list(decomp.coords), "local_shape": list(decomp.local_shape)}
     everyone = world.gather(mine, root=0)
+    sizing = None
+    if getattr(args, "grid", None):          # collective reads done: rank 0 sizes the job
+        from .sizing import sizing_lines
+        sizing = sizing_lines(args, backend, world.Get_size(), backend.local_size)
     if world.Get_rank() == 0:
         import mpi4py
         import numpy
@@ -59,6 +65,8 @@ def cmd_info(args) -> int:
         print("per rank:")
         for r in everyone:
             print("  " + json.dumps(r))
+        for line in sizing or ():
+            print(line)
     return 0
 
 
