@@ -17,7 +17,8 @@ other setting at its default. It runs ``hpcinv invert`` under ``/usr/bin/time -v
 Prints one JSON object (``--out FILE``: also appended there). Usage::
 
     python benchmarks/memory_peak.py                    # the issue's case (a minute or two)
-    python benchmarks/memory_peak.py --grid 64,64,64 --method lbfgs --set inversion.adaptive_tolerance=false
+    python benchmarks/memory_peak.py --grid 64,64,64 --method lbfgs \
+        --set inversion.adaptive_tolerance=false
 """
 from __future__ import annotations
 
