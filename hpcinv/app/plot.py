@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..inverse.optimise import halved_note
 from .plot_draw import (NONDIMENSIONAL, _figure, _legend, _mark_wells, _plane, _read_h5, _save,
                         _say, _show, _Skip, finite_range, panels_figure, symmetric_range)
 
@@ -228,15 +229,15 @@ def misfit_series(recs) -> dict:
     return {"accepted": (it, acc, notes), "trials": (t_it, t_q), "levels": starts}
 
 
-LINE_SEARCH_NOTE = "line search halved the step"
+LINE_SEARCH_NOTE = halved_note(True)
 
 
 def note_label(note, line_search) -> str:
-    """A history note as the misfit plot's legend shows it: with ``line_search = false``
-    (the run's resolved config) the adaptive optimiser's own backtracking, noted as a line
-    search, is called what it is."""
+    """A history note as the misfit plot's legend shows it: histories written before the
+    optimiser told the two apart noted the adaptive optimiser's own halving (``line_search =
+    false``, the run's resolved config) as a line search; it is called what it is."""
     if note == LINE_SEARCH_NOTE and line_search is False:
-        return "step halved (the trial's misfit rose; line_search = false)"
+        return halved_note(False)
     return note
 
 

@@ -41,6 +41,14 @@ METHODS = ("gd", "lbfgs")
 LINE_SEARCH_FAILED = "line search failed: no decrease (last trial J/J0 {trial}); stopping"
 
 
+def halved_note(line_search: bool) -> str:
+    """The note of a gradient-descent step halved within its iteration: by the line search
+    (``line_search = true``), else by the adaptive optimiser's own trials (a trial costs one
+    forward solve; the history said "line search" for both, issue 22)."""
+    return ("line search halved the step" if line_search
+            else "step halved within the iteration (the trial's misfit rose)")
+
+
 def rejected_note(gamma) -> str:
     """The note of a rejected gradient-descent step (the trial's J/J0 filled in by
     :meth:`Optimiser.reject`), with the halved step."""
@@ -251,7 +259,7 @@ class GradientDescent(Optimiser):
                     break
                 gamma *= 0.5
                 E.backtracked(tighten=True)
-                note = "line search halved the step"
+                note = halved_note(self.settings.line_search)
             else:
                 x_t = None
                 if E.decided:        # the misfits were decided: the step is too long
