@@ -278,3 +278,15 @@ def test_a_run_record_cannot_reach_outside_its_directory(tmp_path):
     (tmp_path / "precious.txt").write_text("y")
     assert owned_files(run, ["../precious.txt", str(tmp_path / "*"), *owns("forward")]) == [
         run / "fields.h5"]
+
+
+def test_overwrite_removes_the_figures_plot_drew_for_a_forward_run(tmp_path):
+    """``hpcinv plot`` draws ``figures/fields.png`` for a forward run; ``--overwrite`` left it
+    behind, since the forward run record did not own it."""
+    run = tmp_path / "fwd"
+    assert cli("forward", "--nx", "15", "--ny", "9", "-q", "-o", run).returncode == 0
+    assert cli("plot", run).returncode == 0
+    assert (run / "figures" / "fields.png").exists()
+    p = cli("forward", "--nx", "13", "--ny", "9", "-q", "--overwrite", "-o", run)
+    assert p.returncode == 0, p.stderr
+    assert not (run / "figures" / "fields.png").exists()

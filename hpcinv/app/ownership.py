@@ -57,8 +57,8 @@ def _h5(name: str) -> list[str]:
 COMMON = ["config.toml", "memory.json", RECORD, f"{RECORD}.tmp-*", interrupt.STOP_RECORD,
           f"{interrupt.STOP_RECORD}.tmp-*"]
 OWNED = {
-    "forward": _h5("fields.h5"),
-    "gradient": _h5("gradient.h5"),
+    "forward": [*_h5("fields.h5"), "figures/fields.png"],          # hpcinv plot DIR
+    "gradient": [*_h5("gradient.h5"), "figures/gradient.png"],
     "invert": [*_h5("setup.h5"), "history.jsonl", "history.jsonl.tmp", *_h5("checkpoint.h5"),
                *_h5("checkpoint.prev.h5"), *_h5("checkpoint.damaged.h5"),
                *_h5("checkpoint-*.h5"), *_h5("model_latest.h5"), *_h5("model_final.h5"),
