@@ -27,21 +27,19 @@ class SpyComm:
         if isinstance(buf, np.ndarray):
             host_access(buf, write, what)
 
-    def Isend(self, buf, *args, **kwargs):
-        self._touch(buf, False, "MPI_Isend (pinned buffer)")
-        return self._comm.Isend(buf, *args, **kwargs)
 
-    def Send(self, buf, *args, **kwargs):
-        self._touch(buf, False, "MPI_Send (pinned buffer)")
-        return self._comm.Send(buf, *args, **kwargs)
+def _spied(name: str, write: bool):
+    """The communicator method ``name``, recording its buffer as a host read (sends) or write
+    (receives) before MPI touches it."""
+    def call(self, buf, *args, **kwargs):
+        self._touch(buf, write, f"MPI_{name} (pinned buffer)")
+        return getattr(self._comm, name)(buf, *args, **kwargs)
+    call.__name__ = name
+    return call
 
-    def Irecv(self, buf, *args, **kwargs):
-        self._touch(buf, True, "MPI_Irecv (pinned buffer)")
-        return self._comm.Irecv(buf, *args, **kwargs)
 
-    def Recv(self, buf, *args, **kwargs):
-        self._touch(buf, True, "MPI_Recv (pinned buffer)")
-        return self._comm.Recv(buf, *args, **kwargs)
+for _name, _write in (("Isend", False), ("Send", False), ("Irecv", True), ("Recv", True)):
+    setattr(SpyComm, _name, _spied(_name, _write))
 
 
 def spy_on_halos(monkeypatch):
