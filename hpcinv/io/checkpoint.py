@@ -50,7 +50,7 @@ DAMAGED = "checkpoint.damaged.h5"
 FORMAT = 2
 HISTORY_DATASET = "history_jsonl"
 _DIGEST_ATTRS = ("data_sha256", "state_sha256")
-SEAL_IN_MEMORY = 256 << 20
+SEAL_BY_COPY = 256 << 20      # bytes: larger files are sealed in place
 _GEN_RE = re.compile(r"^checkpoint-[0-9a-f]{12}\.h5$")
 _PARTS_RE = re.compile(r"^checkpoint(-[0-9a-f]{12})?\.h5\.parts-[0-9a-f]{12}$")
 _TMP_RE = re.compile(r"^\.checkpoint(-[0-9a-f]{12})?\.h5\.tmp-[0-9a-f]{12}$")
@@ -241,24 +241,26 @@ def _verify_blocks(path, decomp, items, replicated) -> None:
 def _seal(gen: Path, digests: dict, state: str) -> None:
     """Rank 0: store the dataset digests, close (errors propagate), fsync, re-open, check.
 
-    Up to :data:`SEAL_IN_MEMORY` bytes (a ``vds`` master, a one-rank file) the attribute is
-    added to an in-memory copy whose bytes are then written by checked ``os.write`` calls to
-    a temporary name and renamed onto ``gen`` (HDF5 never writes to the disk itself); larger
-    shared files (``mpio``) are updated in place, the flush and close raising on failure."""
-    import io
+    Up to :data:`SEAL_BY_COPY` bytes (a ``vds`` master, a one-rank file) the attribute is
+    added to a copy-on-write view of the file (:class:`~hpcinv.io.cow_file.CopyOnWriteFile`:
+    only the pages HDF5 writes are held in memory, whatever the file's size), whose bytes are
+    then written page by page by checked ``os.write`` calls to a temporary name and renamed
+    onto ``gen`` (HDF5 never writes to the disk itself); larger shared files (``mpio``) are
+    updated in place, the flush and close raising on failure."""
+    from .cow_file import CopyOnWriteFile
     h5py = _h5py()
     text = json.dumps(digests, sort_keys=True)
-    if gen.stat().st_size <= SEAL_IN_MEMORY:
-        buf = io.BytesIO(gen.read_bytes())
-        with h5py.File(buf, "r+") as f:
-            f.attrs["data_sha256"] = text
-        tmp = gen.with_name(f".{gen.name}.tmp-{uuid.uuid4().hex[:12]}")
-        try:
-            write_all(tmp, buf.getbuffer(), exclusive=True)
-            os.replace(tmp, gen)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    if gen.stat().st_size <= SEAL_BY_COPY:
+        with CopyOnWriteFile(gen) as view:
+            with h5py.File(view, "r+") as f:
+                f.attrs["data_sha256"] = text
+            tmp = gen.with_name(f".{gen.name}.tmp-{uuid.uuid4().hex[:12]}")
+            try:
+                write_all(tmp, view.chunks(), exclusive=True)
+                os.replace(tmp, gen)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
     else:
         with h5py.File(gen, "r+") as f:
             f.attrs["data_sha256"] = text

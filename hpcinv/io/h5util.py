@@ -27,14 +27,17 @@ def _fsync_dir(p: Path) -> None:
 
 
 def write_all(path, data, exclusive: bool = False) -> None:
-    """Write the bytes ``data`` to ``path`` with checked ``os.write`` calls and fsync them (any
-    failure, a full disk included, raises ``OSError``). ``exclusive``: the file must be new."""
-    view = memoryview(data)
+    """Write the bytes ``data`` (bytes-like, or an iterable of bytes-like chunks) to ``path``
+    with checked ``os.write`` calls and fsync them (any failure, a full disk included, raises
+    ``OSError``). ``exclusive``: the file must be new."""
+    chunks = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(path, flags, 0o644)
     try:
-        while view:
-            view = view[os.write(fd, view):]
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
