@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
+from ..backend.host_reduce import CHUNK as REDUCE_CHUNK     # ... a leaf on the host
 from ..errors import ConfigError
 from ..parallel.transfer import coarse_shape
 from .resolve import adaptive, prediction_factor
@@ -136,8 +137,9 @@ def estimate(cfg, shape, size: int = 1, kind: str = "inversion", adjoint_memory:
     dt = np.dtype(cfg.solver.dtype)
     f64 = 8 / dt.itemsize                      # solver-dtype fields per float64 one
     state = nd + 1                             # a state vector: P and ndim fluxes
-    items = {"solver (K, Qf, 2 P, 2 ndim q, R)": 5 + 2 * nd,
-             "reduction temporary": 1}
+    cells = block_cells(shape, size, cfg.parallel.dims)
+    items = {"solver (K, Qf, 2 P, 2 ndim q, R)": 5 + 2 * nd,   # max_abs/dot: a field on GPUs,
+             "reduction temporary": 1 if device_memory else min(1, REDUCE_CHUNK / cells)}
     exchanges, host = 1, HOST_FIELDS_FORWARD
     if kind != "forward":
         inv, reg = cfg.inversion, cfg.regularisation
@@ -174,8 +176,7 @@ def estimate(cfg, shape, size: int = 1, kind: str = "inversion", adjoint_memory:
             host += 1
     buffers = 2 * (2 if device_memory else 1)       # send and receive (and their staging)
     surface = exchanges * buffers * halo_items(shape, size, cfg.parallel.dims) * dt.itemsize
-    return Estimate(kind, items, block_cells(shape, size, cfg.parallel.dims), dt.itemsize,
-                    surface, host, device_memory)
+    return Estimate(kind, items, cells, dt.itemsize, surface, host, device_memory)
 
 
 def field_counts(cfg, ndim: int, inversion: bool, adjoint_memory: int = 0,

@@ -299,23 +299,25 @@ class Backend:
     def max_abs(self, a, region=None, stream=None) -> float:
         """Local max-norm of ``a[region]`` as a float (0 for an empty region)."""
         region = _region(region, a.ndim)
-        xp = self.xp
 
-        def run():
-            v = a[region]
-            self.memory.transient(v.nbytes)                     # abs(v)
-            return float(xp.max(xp.abs(v))) if v.size else 0.0
-        return self._read(run, [(a, region)], stream, "max_abs")
+        return self._read(lambda: self._max_abs(a[region]), [(a, region)], stream, "max_abs")
+
+    def _max_abs(self, v) -> float:
+        """``max |v|`` of a view (runs on the stream); here with an ``abs(v)`` temporary."""
+        xp = self.xp
+        self.memory.transient(v.nbytes)                         # abs(v)
+        return float(xp.max(xp.abs(v))) if v.size else 0.0
 
     def dot(self, a, b, region=None, stream=None) -> float:
         """Local ``sum(a[region] * b[region])`` as a float."""
         region = _region(region, a.ndim)
-        xp = self.xp
+        return self._read(lambda: self._dot(a[region], b[region]), [(a, region), (b, region)],
+                          stream, "dot")
 
-        def run():
-            self.memory.transient(a[region].nbytes)             # the product
-            return float(xp.sum(a[region] * b[region]))
-        return self._read(run, [(a, region), (b, region)], stream, "dot")
+    def _dot(self, x, y) -> float:
+        """``sum(x * y)`` of two views (runs on the stream); here with a product temporary."""
+        self.memory.transient(x.nbytes)                         # the product
+        return float(self.xp.sum(x * y))
 
     def sum(self, a, region=None, stream=None) -> float:
         """Local ``sum(a[region])`` as a float."""

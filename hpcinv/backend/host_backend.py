@@ -15,6 +15,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import BackendError
+from . import host_reduce
 from .base import Backend, Stream
 
 
@@ -136,6 +137,17 @@ class HostBackend(Backend):
         if isinstance(stream, WorkerStream):
             stream.record().wait_host()
             stream.raise_error()
+
+    def _max_abs(self, v) -> float:
+        """``max |v|`` in leaves of a small buffer: no temporary the size of ``v``, result
+        bitwise NumPy's (:mod:`hpcinv.backend.host_reduce`)."""
+        self.memory.transient(host_reduce.temporary_bytes(v))
+        return host_reduce.max_abs(v)
+
+    def _dot(self, x, y) -> float:
+        """``sum(x * y)`` in leaves of a small buffer, bitwise NumPy's summation."""
+        self.memory.transient(host_reduce.temporary_bytes(x, y))
+        return host_reduce.dot(x, y)
 
     def overlap_pays(self, ranks_on_node: int = 1) -> tuple[bool, str]:
         spare = usable_cores() - self.threads * max(1, ranks_on_node)

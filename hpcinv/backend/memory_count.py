@@ -8,8 +8,9 @@ Python frees the last array or view of it. Views are never counted: only the all
 and the finalizer sits on the buffer's owner (the root of NumPy's/CuPy's ``base`` chain, or the
 stand-in's pool block), which every view keeps alive.
 
-Temporaries a backend operation creates and drops inside one call (the ``abs`` of ``max_abs``,
-the product of ``dot``, the right-hand side of ``elementwise``) are counted by
+Temporaries a backend operation creates and drops inside one call (the right-hand side of
+``elementwise``; on GPUs the ``abs`` of ``max_abs`` and the product of ``dot``, a field each;
+on the host their leaf buffer, :data:`hpcinv.backend.host_reduce.CHUNK` values) are counted by
 :meth:`MemoryCounter.transient`: they raise the high-water mark above what is held, without
 changing it. Intermediate temporaries inside an ``elementwise`` function beyond its result
 (``a * b + c`` makes two) are not seen.
