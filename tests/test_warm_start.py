@@ -19,12 +19,12 @@ from hpcinv.solvers import DarcySolver, PTParams
 def test_choice_and_memory_fields():
     fs, ad = warm_starts(True, adjoint_memory=6, forward_memory=3)
     assert type(fs) is SubspaceForwardStart and type(ad) is SubspaceAdjointStart
-    assert ad.memory_fields(2) == 7 * 3                   # the kept one and 6 more
-    assert fs.memory_fields(2, f64=2) == 4 * 3 + 1 + 3 * 2
+    assert ad.memory_fields(2) == 7 * 2           # the kept one and 6 more: P, 2 float32 q
+    assert fs.memory_fields(2, f64=2) == 4 * 3 + 1 + 3 * 2     # float32 solver: 3 fields each
     assert fs.off().memory_fields(2) == ad.off().memory_fields(2) == 0
     fs, ad = warm_starts(True)
     assert type(fs) is PreviousSolution and type(ad) is RescaledAdjointStart
-    assert fs.memory_fields(3) == ad.memory_fields(3) == 4
+    assert fs.memory_fields(3) == ad.memory_fields(3) == 2.5   # P and 3 float32 q each
     fs, ad = warm_starts(False, adjoint_memory=6, forward_memory=3, prediction=4)
     assert type(fs) is ForwardStart and type(ad) is AdjointStart
 

@@ -25,6 +25,7 @@ from mpi4py import MPI
 
 from ..backend.host_reduce import CHUNK as REDUCE_CHUNK     # ... a leaf on the host
 from ..errors import ConfigError
+from ..inverse.subspace import kept_fields
 from ..parallel.transfer import coarse_shape
 from .resolve import adaptive, prediction_factor
 
@@ -136,7 +137,7 @@ def estimate(cfg, shape, size: int = 1, kind: str = "inversion", adjoint_memory:
     nd = len(shape)
     dt = np.dtype(cfg.solver.dtype)
     f64 = 8 / dt.itemsize                      # solver-dtype fields per float64 one
-    state = nd + 1                             # a state vector: P and ndim fluxes
+    kept = kept_fields(nd, f64)                # a kept warm-start solution
     cells = block_cells(shape, size, cfg.parallel.dims)
     items = {"solver (K, Qf, 2 P, 2 ndim q, R)": 5 + 2 * nd,   # max_abs/dot: a field on GPUs,
              "reduction temporary": 1 if device_memory else min(1, REDUCE_CHUNK / cells)}
@@ -145,8 +146,8 @@ def estimate(cfg, shape, size: int = 1, kind: str = "inversion", adjoint_memory:
         inv, reg = cfg.inversion, cfg.regularisation
         host = HOST_FIELDS_INVERSION
         items["forward pressure (gradient)"] = 1
-        if inv.warm_start:
-            items["warm-start copies"] = 2 * state
+        if inv.warm_start:          # the kept forward and adjoint solutions (issue 20: each a
+            items["warm-start copies"] = 2 * kept   # pressure and float32 fluxes)
         if reg.smoothing_steps > 0:
             items["smoother buffers"] = 2
             exchanges += 1
@@ -155,9 +156,9 @@ def estimate(cfg, shape, size: int = 1, kind: str = "inversion", adjoint_memory:
             exchanges += 1
         full = kind == "inversion"                 # one gradient stores one adjoint solution
         if adjoint_memory:
-            items["adjoint subspace"] = (adjoint_memory if full else 1) * state
+            items["adjoint subspace"] = (adjoint_memory if full else 1) * kept
         if forward_memory:                # solutions, a residual, the Galerkin sums' arrays
-            items["forward subspace"] = (forward_memory * state if full else 0) + 1 + 3 * f64
+            items["forward subspace"] = (forward_memory * kept if full else 0) + 1 + 3 * f64
         if full and adaptive(cfg) and inv.warm_start:    # the misfit error's float64 sum
             items["misfit error sum"] = f64
         if not full:

@@ -11,7 +11,7 @@ their weights ``w_i`` and starts the next solve from ``sum_i c_i psi_i``, ``c`` 
 squares fit of ``w`` by the ``w_i``. The fit is a replicated ``nobs x m`` problem solved with
 modified Gram-Schmidt and exactly rounded sums (:func:`math.fsum`): every rank computes the
 same ``c`` bitwise, with no reduction and no dependence on a BLAS's threading. Memory: ``m``
-cell fields and ``m ndim`` face fields.
+cell fields of the solver dtype and ``m ndim`` float32 face fields (:mod:`.subspace`).
 """
 from __future__ import annotations
 

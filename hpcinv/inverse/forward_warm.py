@@ -29,9 +29,9 @@ Guard: the energy changes by ``Phi(P) - Phi(P_0) = -1/2 delta . (r_0 + r)`` (``P
 P.A P - f.P``, ``delta = P - P_0``, zero on fixed-pressure sides: an affine combination keeps the
 boundary values). The Galerkin choice makes that ``-1/2 c.G c <= 0`` in exact arithmetic; it is
 checked after the fact (one more launch and sum), and the plain start is used where rounding or
-dropped columns made the fitted start worse. Memory: ``m`` cell and ``m ndim`` face fields of
-the solver dtype, one more cell field, and three float64 cell fields (``r_0``, a product and the
-reproducible sum's work array).
+dropped columns made the fitted start worse. Memory: ``m`` cell fields of the solver dtype and
+``m ndim`` float32 face fields (the kept solutions, :mod:`.subspace`), one more cell field, and
+three float64 cell fields (``r_0``, a product and the reproducible sum's work array).
 """
 from __future__ import annotations
 

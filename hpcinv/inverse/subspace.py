@@ -1,4 +1,5 @@
-"""A bounded buffer of earlier solve solutions for warm starts (issue 12).
+"""A bounded buffer of earlier solve solutions for warm starts (issue 12), kept compactly
+(issue 20).
 
 Both warm-start subspaces, the adjoint's (:class:`~.adjoint_warm.AdjointSubspace`: solutions
 keyed by their source's observation weights) and the forward's
@@ -6,6 +7,17 @@ keyed by their source's observation weights) and the forward's
 ``m`` solutions ``(P, q)`` of a solve with a key each, drop the oldest when full (reusing its
 buffers), mix them linearly into a start, and save and restore themselves for checkpoints.
 :class:`SolutionSubspace` is that shared part; a subclass says how its key is stored.
+
+A kept solution (here and in :mod:`.warm_start`) holds its pressure in the solver dtype and its
+fluxes in float32 (:data:`FLUX_DTYPE`): ``1 + ndim / 2`` float64 fields instead of ``ndim + 1``.
+The pressure stays exact (the misfit error estimate reads the kept adjoint pressure, and a
+start's pressure error is amplified by the operator); the fluxes only seed the next solve, whose
+cost the rounding leaves unchanged (docs/performance.md, "Memory per rank": the same work units
+on the demo, +0.7 % on the L-BFGS run). Rounding is deterministic, so starts stay bitwise the
+same on any decomposition and across a restart. A start from the pressure alone (fluxes rebuilt
+as ``-Kf grad P`` at the new K) was measured and rejected: 4.2x the work of the demo inversion
+(an APT iterate's fluxes lag ``-Kf grad P``; a start without them has a residual about 100
+times the tolerance its solve met), 1.6x with the float32 flux residual added back.
 """
 from __future__ import annotations
 
@@ -13,9 +25,29 @@ import numpy as np
 
 from .state import StateField
 
+#: The dtype of a kept solution's fluxes (float32 whatever the solver dtype).
+FLUX_DTYPE = np.dtype(np.float32)
+
+
+def kept_fields(ndim: int, f64: float = 1) -> float:
+    """Solver-dtype fields of one kept solution: the pressure and ``ndim`` flux fields of
+    :data:`FLUX_DTYPE` (``f64``: solver-dtype fields per float64 one)."""
+    return 1 + ndim * f64 * FLUX_DTYPE.itemsize / 8
+
+
+def flux_copies(backend, shape, ndim: int) -> list:
+    """``ndim`` zero face fields of :data:`FLUX_DTYPE` (a kept solution's fluxes)."""
+    return [backend.zeros(shape, FLUX_DTYPE) for _ in range(ndim)]
+
+
+def _as(a, dtype):
+    """``a`` in ``dtype`` (no copy when it is already)."""
+    return a.astype(dtype, copy=False)
+
 
 class SolutionSubspace:
-    """The last ``m`` solutions ``(P, [q...])`` with their keys, oldest first.
+    """The last ``m`` solutions ``(P, [q...])`` with their keys, oldest first (``q`` in
+    :data:`FLUX_DTYPE`).
 
     Args:
         backend: the compute backend; ``shape``, ``dtype``: of the padded local fields;
@@ -47,16 +79,15 @@ class SolutionSubspace:
         return np.array(key, dtype=float)
 
     def push(self, key, P, q):
-        """Keep the solution ``(P, q)`` with its ``key`` (copied; the oldest of a full subspace
-        is dropped and its buffers reused)."""
+        """Keep the solution ``(P, q)`` with its ``key`` (copied, the fluxes rounded to
+        :data:`FLUX_DTYPE`; the oldest of a full subspace is dropped and its buffers reused)."""
         bk = self.bk
         old = None
         if len(self.fields) == self.m:
             bufs = self.fields.pop(0)
             old = self.keys.pop(0)
         else:
-            bufs = (bk.zeros(self.shape, self.dtype),
-                    [bk.zeros(self.shape, self.dtype) for _ in range(self.ndim)])
+            bufs = (bk.zeros(self.shape, self.dtype), flux_copies(bk, self.shape, self.ndim))
         bk.copy(bufs[0], P)
         for a, b in zip(bufs[1], q):
             bk.copy(a, b)
@@ -74,12 +105,14 @@ class SolutionSubspace:
     def mix(self, c, P, q, base=None):
         """Write ``sum_i c_i psi_i`` into ``P``, ``q`` (``psi_i`` the kept solutions); with
         ``base = (P_b, q_b)``: ``P_b + sum_i c_i (psi_i - P_b)`` (an affine combination: it keeps
-        the boundary values the solutions share)."""
+        the boundary values the solutions share). The sums are formed in the outputs' dtype
+        (the solver's), the float32 fluxes converted exactly."""
         bk = self.bk
         for k, out in enumerate((P, *q)):
             srcs = [f[0] if k == 0 else f[1][k - 1] for f in self.fields]
+            dt = out.dtype
             if base is None:
-                bk.elementwise(lambda xp, a, c0=c[0]: a * c0, srcs[0], out=out)
+                bk.elementwise(lambda xp, a, c0=c[0], dt=dt: _as(a, dt) * c0, srcs[0], out=out)
                 terms = list(zip(c[1:], srcs[1:]))
             else:
                 b = base[0] if k == 0 else base[1][k - 1]
@@ -87,10 +120,11 @@ class SolutionSubspace:
                 terms = list(zip(c, srcs))
             for ci, s in terms:
                 if base is None:
-                    bk.elementwise(lambda xp, o, s, ci=ci: o + ci * s, out, s, out=out)
-                else:
-                    bk.elementwise(lambda xp, o, s, b, ci=ci: o + ci * (s - b), out, s, b,
+                    bk.elementwise(lambda xp, o, s, ci=ci, dt=dt: o + ci * _as(s, dt), out, s,
                                    out=out)
+                else:
+                    bk.elementwise(lambda xp, o, s, b, ci=ci, dt=dt:
+                                   o + ci * (_as(s, dt) - _as(b, dt)), out, s, b, out=out)
 
     def clear(self):
         self.fields, self.keys = [], []
@@ -106,7 +140,8 @@ class SolutionSubspace:
         return out
 
     def load_state(self, fields: dict):
-        """Restore what :meth:`state` returned (host or backend arrays)."""
+        """Restore what :meth:`state` returned (host or backend arrays; the float64 fluxes of
+        checkpoints written before issue 20 are rounded as :meth:`push` rounds)."""
         self.clear()
         i = 0
         while f"{self.prefix}{i}_{self.key_name}" in fields:

@@ -20,6 +20,11 @@ keep restarting), reports its memory in fields (:meth:`memory_fields`) and can b
 (:meth:`off`: the plain strategy of its kind). The warm starts begin after the first gradient
 (:meth:`arm`): the forward solves of the first misfit evaluations start from zero.
 
+Every kept solution (the latest of each kind, the subspaces') holds its pressure in the solver
+dtype and its fluxes in float32 (issue 20, :mod:`.subspace`): ``1 + ndim / 2`` float64 fields
+instead of ``ndim + 1`` (:func:`~.subspace.kept_fields`). Checkpoints keep the dataset names;
+older ones (float64 fluxes) restart, their fluxes rounded on reading.
+
 One forward strategy at a time: the forward subspace and the coarse correction exclude each
 other by construction (:func:`warm_starts` checks the two config keys once).
 """
@@ -33,6 +38,7 @@ from ..errors import ConfigError
 from .adjoint_warm import AdjointSubspace
 from .forward_warm import ForwardSubspace
 from .state import StateField
+from .subspace import flux_copies, kept_fields
 
 __all__ = ["ForwardStart", "PreviousSolution", "SubspaceForwardStart", "PredictedForwardStart",
            "AdjointStart", "RescaledAdjointStart", "SubspaceAdjointStart", "warm_starts",
@@ -41,17 +47,17 @@ __all__ = ["ForwardStart", "PreviousSolution", "SubspaceForwardStart", "Predicte
 
 class KeptSolution:
     """A copy ``(P, [q...])`` of a solver's latest solution of one kind (``"forward"`` or
-    ``"adjoint"``: the checkpoint names ``{kind}_Pf``, ``{kind}_q{x}``); ``ndim + 1`` padded
-    local fields of the solver dtype."""
+    ``"adjoint"``: the checkpoint names ``{kind}_Pf``, ``{kind}_q{x}``); padded local fields,
+    ``P`` of the solver dtype, ``q`` of :data:`~.subspace.FLUX_DTYPE` (float32)."""
 
     def __init__(self, solver, kind: str):
-        bk, shape, dt = solver.backend, solver.K.shape, solver.dtype
+        bk, shape = solver.backend, solver.K.shape
         self.bk, self.kind = bk, kind
-        self.P = bk.zeros(shape, dt)
-        self.q = [bk.zeros(shape, dt) for _ in range(solver.grid.ndim)]
+        self.P = bk.zeros(shape, solver.dtype)
+        self.q = flux_copies(bk, shape, solver.grid.ndim)
 
     def keep(self, solver):
-        """Copy the solver's current ``Pf``, ``q``."""
+        """Copy the solver's current ``Pf``, ``q`` (the fluxes rounded to float32)."""
         self.bk.copy(self.P, solver.Pf)
         for qa, sa in zip(self.q, solver.q):
             self.bk.copy(qa, sa)
@@ -83,7 +89,7 @@ class _Strategy:
         """The kept solution is a valid start from now on (a gradient was computed)."""
         self.ready = self.solution is not None
 
-    def memory_fields(self, ndim: int, f64: int = 1) -> int:
+    def memory_fields(self, ndim: int, f64: int = 1) -> float:
         """Padded local fields of the solver dtype the strategy keeps (``f64``: such fields per
         float64 one); 0 when off."""
         return 0
@@ -145,13 +151,14 @@ class ForwardStart(_Strategy):
 
 
 class PreviousSolution(ForwardStart):
-    """Each forward solve starts from the previous forward solution (``ndim + 1`` fields)."""
+    """Each forward solve starts from the previous forward solution (``1 + ndim / 2`` float64
+    fields: :func:`~.subspace.kept_fields`)."""
 
     def attach(self, solver):
         self.solution = KeptSolution(solver, "forward")
 
-    def memory_fields(self, ndim: int, f64: int = 1) -> int:
-        return ndim + 1
+    def memory_fields(self, ndim: int, f64: int = 1) -> float:
+        return kept_fields(ndim, f64)
 
 
 class SubspaceForwardStart(PreviousSolution):
@@ -165,8 +172,8 @@ class SubspaceForwardStart(PreviousSolution):
         super().attach(solver)
         self.subspace = ForwardSubspace(solver, self.m)
 
-    def memory_fields(self, ndim: int, f64: int = 1) -> int:
-        return (self.m + 1) * (ndim + 1) + 1 + 3 * f64
+    def memory_fields(self, ndim: int, f64: int = 1) -> float:
+        return (self.m + 1) * kept_fields(ndim, f64) + 1 + 3 * f64
 
     def _start_warm(self, solver, logK):
         self.subspace.start(self.solution.P, self.solution.q)
@@ -205,10 +212,10 @@ class PredictedForwardStart(PreviousSolution):
     def take_work(self) -> float:
         return self.predictor.take_work()
 
-    def memory_fields(self, ndim: int, f64: int = 1) -> int:
+    def memory_fields(self, ndim: int, f64: int = 1) -> float:
         """The previous solution and the coarse solver (``1 / factor**ndim`` of a fine one;
         the warm start's model is a host array)."""
-        return ndim + 1 + math.ceil((6 + 2 * ndim) * self.predictor.cell_ratio)
+        return kept_fields(ndim, f64) + math.ceil((6 + 2 * ndim) * self.predictor.cell_ratio)
 
     def state(self) -> dict:
         out = super().state()
@@ -316,8 +323,8 @@ class RescaledAdjointStart(AdjointStart):
     def attach(self, solver):
         self.solution = KeptSolution(solver, "adjoint")
 
-    def memory_fields(self, ndim: int, f64: int = 1) -> int:
-        return ndim + 1
+    def memory_fields(self, ndim: int, f64: int = 1) -> float:
+        return kept_fields(ndim, f64)
 
     def start(self, solver, w):
         w_old = self.w_old
@@ -339,7 +346,7 @@ class RescaledAdjointStart(AdjointStart):
 
 class SubspaceAdjointStart(AdjointStart):
     """The least-squares mix of the last ``m`` adjoint solutions
-    (:class:`~.adjoint_warm.AdjointSubspace`; ``m (ndim + 1)`` fields more)."""
+    (:class:`~.adjoint_warm.AdjointSubspace`; ``m`` kept solutions more)."""
 
     def __init__(self, m: int):
         self.m = m
@@ -349,8 +356,8 @@ class SubspaceAdjointStart(AdjointStart):
         self.subspace = AdjointSubspace(solver.backend, solver.K.shape, solver.dtype,
                                         solver.grid.ndim, self.m)
 
-    def memory_fields(self, ndim: int, f64: int = 1) -> int:
-        return (self.m + 1) * (ndim + 1)
+    def memory_fields(self, ndim: int, f64: int = 1) -> float:
+        return (self.m + 1) * kept_fields(ndim, f64)
 
     def _prepare(self, w) -> bool:
         return w is None or self.subspace.start(w, self.solution.P, self.solution.q) is None
