@@ -62,7 +62,7 @@ def non_default_dicts():
                       "level_misfit_ratio": [0.5, 0.0], "level_smoothing": "same",
                       "adaptive_tolerance": False, "tolerance_loose": 1e-4,
                       "adjoint_memory": 3, "forward_prediction": 2,
-                      "forward_memory": 2, "gradient_accuracy": 0.2},
+                      "forward_memory": 2, "gradient_accuracy": 0.2, "memory": "30GB"},
         "parallel": {"backend": "host", "dims": [2, 0, 1], "overlap": False,
                      "cuda_aware": True, "threads": 3},
         "output": {"dir": 'out dir/with "quotes" and \\ backslash', "figures": False,

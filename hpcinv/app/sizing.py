@@ -5,13 +5,9 @@ host backend; ``--memory 80GB`` for a GPU that is not here), by :mod:`hpcinv.app
 estimate, which the backend's counter checks (``tests/test_memory_count.py``)."""
 from __future__ import annotations
 
-import re
-
+from ..config import schema
 from ..errors import HpcinvError
 from .memory import _fmt, estimate, host_available, largest_block
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 def add_arguments(p):
@@ -27,11 +23,10 @@ def add_arguments(p):
 
 def parse_size(text: str) -> int:
     """Bytes of ``"40GB"``, ``"80 GiB"``, ``"1.5TB"``, ``"123456"``."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", text or "")
-    unit = m.group(2).upper() if m else None
-    if m is None or unit not in _UNITS:
+    n = schema.parse_size(text)
+    if n is None:
         raise HpcinvError(f"--memory must be a size such as 40GB or 80GiB, got {text!r}")
-    return int(float(m.group(1)) * _UNITS[unit])
+    return n
 
 
 def parse_grid(text: str) -> tuple:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 
 from ..errors import ConfigError
@@ -155,6 +156,8 @@ class InversionConfig:
     adjoint_memory: int | None = None    # None: 6 with adaptive_tolerance, else 0
     forward_prediction: int | None = None    # coarse-grid warm-start factor; None: auto, 0: off
     forward_memory: int | None = None    # None: 3 with adaptive_tolerance (APT), else 0
+    memory: object = None    # the budget per rank choosing the two memories: None ("auto"),
+                             # "off", a size ("30GB", "512MiB") or a fraction (0.8)
     # coarse-to-fine (docs/configuration.md, "Coarse-to-fine levels"); None: one level, the grid
     levels: list | None = None               # coarsening factors, e.g. [4, 2, 1]
     level_iterations: list | None = None     # outer iterations per level, e.g. [30, 15, 5]
@@ -180,6 +183,37 @@ class OutputConfig:
     dir: str = "runs/forward"
     figures: bool = True
     overwrite: bool = False
+
+
+#: Bytes per unit of a memory size (``inversion.memory``, ``hpcinv info --memory``).
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text) -> int | None:
+    """Bytes of ``"40GB"``, ``"80 GiB"``, ``"1.5TB"``, ``"123456"`` (``None``: not a size)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", text) \
+        if isinstance(text, str) else None
+    unit = m.group(2).upper() if m else None
+    return int(float(m.group(1)) * SIZE_UNITS[unit]) if unit in SIZE_UNITS else None
+
+
+def memory_budget(value) -> tuple[str, float | None]:
+    """``inversion.memory`` as ``(kind, amount)``: ``("auto", None)`` (unset or ``"auto"``),
+    ``("off", None)``, ``("bytes", n)`` per rank, ``("fraction", f)`` of the memory available
+    per rank (``0 < f <= 1``); a one-line :class:`ConfigError` for anything else."""
+    if value is None or value == "auto":
+        return "auto", None
+    if value == "off":
+        return "off", None
+    if is_number(value) and 0 < value <= 1:
+        return "fraction", float(value)
+    n = int(value) if is_number(value) and float(value).is_integer() else parse_size(value)
+    if n is not None and n > 0:
+        return "bytes", n
+    raise ConfigError(f"inversion.memory must be \"auto\", \"off\", a size per rank such as "
+                      f"\"30GB\" or \"512MiB\", or a fraction in (0, 1] of the free memory "
+                      f"such as 0.8, got {value!r}")
 
 
 def is_number(v) -> bool:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 from ..solvers.fields import log_range
 from .library import PT_KEYS, check_optimiser_settings, library_names, pt_params
-from .schema import (AXES, OBS_FILE_SUFFIXES, PATH_KEYS, PERMEABILITY_TYPES,
+from .schema import (AXES, OBS_FILE_SUFFIXES, PATH_KEYS, PERMEABILITY_TYPES, memory_budget,
                      POINT_KINDS, PRECONDITIONERS, PROBLEM_EXTENTS, SIDES, WellConfig, is_number)
 
 if TYPE_CHECKING:
@@ -304,6 +304,7 @@ def _validate_inversion(cfg):
             ("forward_prediction", (0, *range(2, 17)), "0 (off) or a factor in [2, 16]")):
         if getattr(v, key) is not None and getattr(v, key) not in ok:
             raise ConfigError(f"inversion.{key} must be {allowed}, got {getattr(v, key)}")
+    memory_budget(v.memory)                      # one line unless a budget (config/schema.py)
     check_optimiser_settings(v)
     if v.iterations < 1:
         raise ConfigError(f"inversion.iterations must be >= 1, got {v.iterations}")
