@@ -1,7 +1,8 @@
 """The config fingerprint of an inversion: what a restart must not change.
 
 Everything but :data:`MAY_CHANGE` (iterations, checkpoint frequency, stopping thresholds,
-``maxiter``, ``[parallel]``, ``[output]``) is written canonically (numbers as floats, data files
+the memory budget (a restart re-uses the warm starts it chose), ``maxiter``, ``[parallel]``,
+``[output]``) is written canonically (numbers as floats, data files
 by the SHA-256 of their content, so a moved file is fine and an edited one is not) and hashed;
 the checkpoint stores both (:mod:`hpcinv.io.checkpoint`), and a restart whose fingerprint differs
 fails with one line listing the keys that differ.
@@ -16,8 +17,8 @@ from ..errors import ConfigError
 from ..io.checkpoint import canonical, rank0
 
 MAY_CHANGE = ("inversion.iterations", "inversion.checkpoint_every", "inversion.misfit_ratio",
-              "inversion.step_tol", "solver.maxiter", "adjoint.maxiter", "parallel.*",
-              "output.*")
+              "inversion.step_tol", "inversion.memory", "solver.maxiter", "adjoint.maxiter",
+              "parallel.*", "output.*")
 
 
 def _may_change(key: str) -> bool:
@@ -39,7 +40,8 @@ def config_canonical(cfg) -> dict:
     """``{"section.key": canonical value}`` of everything a restart must not change; data
     files (observations, permeability, initial model) by the SHA-256 of their content, so a
     moved file is fine and an edited one is not."""
-    paths = {f"{s}.{k}" for s, k in PATH_KEYS}
+    files = {f"{s}.{k}": _file_digest(getattr(getattr(cfg, s), k)) for s, k in PATH_KEYS
+             if getattr(getattr(cfg, s), k)}
     flat = {}
     for sname, sec in cfg.to_dict().items():
         if sname == "wells":
@@ -47,9 +49,8 @@ def config_canonical(cfg) -> dict:
             continue
         for k, v in sec.items():
             key = f"{sname}.{k}"
-            if _may_change(key):
-                continue
-            flat[key] = _file_digest(v) if key in paths and v else canonical(v)
+            if not _may_change(key):
+                flat[key] = files[key] if key in files else canonical(v)
     return flat
 
 

@@ -85,6 +85,7 @@ class Estimate:
         surface_bytes: the halo buffers (O(surface)), bytes.
         host_fields: float64 host fields per cell (not backend memory).
         device_memory: the backend's arrays live in device memory (else in host memory).
+        note: what the memory budget chose and why (:mod:`hpcinv.app.memory_budget`).
     """
     kind: str
     items: dict
@@ -93,6 +94,7 @@ class Estimate:
     surface_bytes: int
     host_fields: int
     device_memory: bool = False
+    note: str = ""
 
     @property
     def fields(self) -> float:
@@ -118,7 +120,7 @@ class Estimate:
                f" = {_fmt(self.device_bytes)} of backend arrays ({where})")
         if self.device_memory:
             out += f", {_fmt(self.host_bytes)} host"
-        return out
+        return out + (f"; {self.note}" if self.note else "")
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "fields": self.fields, "items": dict(self.items),
