@@ -64,7 +64,7 @@ class AdjointGradient:
             its gradient.
         warm_start, adjoint_memory: shorthand for the strategies of
             :func:`~.warm_start.warm_starts` (``warm_start``: each forward and adjoint solve
-            starts from the previous call's solution, ``2 (ndim + 1)`` fields; with
+            starts from the previous call's solution, ``2 (1 + ndim / 2)`` fields; with
             ``adjoint_memory`` > 0 the adjoint's from the mix of that many earlier solutions).
         forward_start, adjoint_start: the warm-start strategies
             (:mod:`~hpcinv.inverse.warm_start`, not yet attached; they replace the shorthand's).
