@@ -165,13 +165,13 @@ def test_the_automatic_factor(shape, adaptive, warm, want):
     cfg = SimpleNamespace(
         inversion=SimpleNamespace(adaptive_tolerance=adaptive, warm_start=warm,
                                   forward_prediction=None),
-        solver=SimpleNamespace(method="apt"), grid_shape=lambda: shape)
-    assert prediction_factor(cfg) == want
-    assert prediction_factor(cfg, forward_memory=3) == 0     # the subspace is the alternative
+        solver=SimpleNamespace(method="apt"))
+    assert prediction_factor(cfg, shape) == want
+    assert prediction_factor(cfg, shape, forward_memory=3) == 0     # the subspace instead
     cfg.inversion.forward_prediction = 2                # asked for: used if warm starts are on
-    assert prediction_factor(cfg) == (2 if warm else 0)
+    assert prediction_factor(cfg, shape) == (2 if warm else 0)
     cfg.inversion.forward_prediction, cfg.solver.method = None, "petsc"
-    assert prediction_factor(cfg) == 0
+    assert prediction_factor(cfg, shape) == 0
 
 
 @pytest.mark.parametrize("value", [1, -1, 17])

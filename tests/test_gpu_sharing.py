@@ -14,7 +14,7 @@ import pytest
 from mpi4py import MPI
 
 from hpcinv import config as config_mod
-from hpcinv.app.memory import check_memory
+from hpcinv.app.memory_budget import check_memory
 from hpcinv.backend import cupy_backend, make_backend
 from hpcinv.backend.cupy_backend import CupyBackend
 from hpcinv.backend.device_sharing import count_sharing, ranks_sharing
@@ -66,10 +66,10 @@ def test_memory_check_takes_one_rank_per_gpu_under_gpu_bind():
     need = 12.4e6                                # 200x200 inversion: 38 float64 fields/cell
     bk = one_gpu_visible("0000:3B:00.0", local_size=4, free=int(need / 0.4))
     bk.device_sharing = 1
-    check_memory(cfg, (200, 200), MPI.COMM_SELF, bk, True, adjoint_memory=6)   # fits
+    check_memory(cfg, (200, 200), MPI.COMM_SELF, bk, "inversion", adjoint_memory=6)   # fits
     bk.device_sharing = 4                        # the same four ranks on one GPU: refused
     with pytest.raises(Exception, match=r"4 rank\(s\) on this GPU"):
-        check_memory(cfg, (200, 200), MPI.COMM_SELF, bk, True, adjoint_memory=6)
+        check_memory(cfg, (200, 200), MPI.COMM_SELF, bk, "inversion", adjoint_memory=6)
 
 
 def _make_with_buses(monkeypatch, bus_of_rank):

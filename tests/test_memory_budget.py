@@ -2,15 +2,25 @@
 
 The chooser on synthetic budgets (plenty: today's defaults; tight: smaller subspaces, the
 adjoint one kept longest; only the base fields: plain warm starts, and below them no warm
-starts; below everything one line), the user's sizes winning, the config key's values.
+starts; below everything one line), the user's sizes winning, the config key's values, and
+real runs: a run whose budget fits only the base fields completes, its header says what was
+chosen and why, and a restart re-uses the recorded choice (bitwise) whatever the budget then.
 """
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
 import pytest
 
 from hpcinv import config as config_mod
 from hpcinv.app import memory_budget as mb
+from hpcinv.app.cli import main
 from hpcinv.app.resolve import resolved
 from hpcinv.errors import ConfigError
 from hpcinv.config.schema import memory_budget
+
+import inversion_cases
 
 SHAPE = (63, 31)
 
@@ -78,3 +88,49 @@ def test_the_users_sizes_win():
     assert mb.ladder(cfg) == [(4, 3, True), (4, 2, True), (4, 1, True), (4, 0, True)]
     choice = mb.choose(cfg, SHAPE, 1, False, _need(cfg, 0, 0, False), "tiny")
     assert _sizes(choice) == (4, 0, True) and "do NOT fit the budget" in choice.reason
+
+
+def _run(tmp_path, name, *args, **inversion):
+    path = inversion_cases.small_config(tmp_path, **{"iterations": 3, "checkpoint_every": 2,
+                                                     **inversion})
+    out = tmp_path / name
+    return main(["invert", str(path), "-o", str(out), "--json", *map(str, args)]), out
+
+
+def _header(capsys):
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("{") and json.loads(line).get("event") == "start":
+            return json.loads(line)["message"]
+    raise AssertionError("no start event")
+
+
+def _final(out):
+    with h5py.File(out / "model_final.h5") as f:
+        return f["logK"][...]
+
+
+def test_a_run_at_the_edge_completes_with_plain_warm_starts_and_says_why(tmp_path, capsys):
+    cfg = _cfg()
+    base = _need(cfg, 0, 0, True)                      # the base fields and the two copies
+    code, out = _run(tmp_path, "edge", memory=base)
+    assert code == 0
+    head = _header(capsys)
+    assert "memory budget: adjoint_memory 0, forward_memory 0 (inversion.memory = " in head
+    assert "the largest warm starts that fit" in head
+    assert (out / "model_final.h5").exists()
+
+
+def test_a_restart_reuses_the_recorded_choice(tmp_path, capsys):
+    cfg = _cfg()
+    budget = _need(cfg, 2, 0)                          # adjoint 2, no forward subspace
+    code, ref = _run(tmp_path, "ref", memory=budget)
+    assert code == 0 and "adjoint_memory 2, forward_memory 0" in _header(capsys)
+    code, stopped = _run(tmp_path, "stopped", memory=budget, iterations=2)
+    assert code == 0 and "adjoint_memory 2, forward_memory 0" in _header(capsys)
+    toml = stopped / "config.toml"                     # another budget: plenty ("auto")
+    toml.write_text(toml.read_text().replace(f"memory = {budget}", 'memory = "auto"'))
+    assert 'memory = "auto"' in toml.read_text()
+    assert main(["invert", "--restart", str(stopped), "--iterations", "3", "--json"]) == 0
+    head = _header(capsys)
+    assert "adjoint_memory 2, forward_memory 0 (recorded in the checkpoint, re-used)" in head
+    assert np.array_equal(_final(stopped), _final(ref))

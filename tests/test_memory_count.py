@@ -20,7 +20,6 @@ from hpcinv import config as config_mod
 from hpcinv.app import assembly
 from hpcinv.app.cli import main
 from hpcinv.app.memory import estimate, largest_block
-from hpcinv.app.memory_report import run_estimate
 from hpcinv.app.resolve import resolved
 from hpcinv.backend import make_backend
 from hpcinv.solvers import make_darcy_solver
@@ -80,7 +79,8 @@ def _measured(cfg, kind):
         make_darcy_solver(setup.true, setup.backend, setup.forward_params,
                           **setup.solver_options).solve()
     else:
-        setup = assembly.build(cfg, MPI.COMM_SELF)
+        setup = assembly.build(cfg, MPI.COMM_SELF,
+                               kind="gradient" if kind == "gradient" else "inversion")
         if kind == "gradient":
             setup.objective(np.zeros(setup.grid.decomp.padded_shape))
         else:
@@ -88,9 +88,7 @@ def _measured(cfg, kind):
             opt.start(setup.logK0)
             for _ in range(cfg.inversion.iterations):
                 opt.step()
-    est = run_estimate(cfg, MPI.COMM_SELF, setup.backend,
-                       kind if kind in ("forward", "gradient") else "inversion")
-    return setup.backend.memory.snapshot()["peak_bytes"], est
+    return setup.backend.memory.snapshot()["peak_bytes"], setup.memory
 
 
 CASES = [(nd, "forward", "") for nd in (2, 3)] + \
@@ -129,7 +127,7 @@ def test_the_run_records_its_peak_beside_the_estimate(tmp_path, capsys):
 # --- the largest block --------------------------------------------------------------------------
 def test_largest_block_is_the_largest_that_fits():
     cfg = _config(3, "gd", {})
-    am, fm = assembly.adjoint_memory(cfg), assembly.forward_memory(cfg)
+    am, fm = cfg.inversion.adjoint_memory, cfg.inversion.forward_memory
     avail = 40 * 10**9
     n = largest_block(cfg, 3, avail, "inversion", am, fm, device_memory=True)
     need = [estimate(cfg, (k,) * 3, 1, "inversion", am, fm, True).device_bytes
@@ -171,8 +169,8 @@ def test_info_grid_sizes_a_job_for_a_gpu_that_is_not_here(capsys):
     out = capsys.readouterr().out
     cfg = _config(3, "gd", {})
     cfg.grid.nx, cfg.grid.ny, cfg.grid.nz, cfg.regularisation.tikhonov = 512, 512, 512, 0.0
-    n = largest_block(cfg, 3, 40 * 10**9, "inversion", assembly.adjoint_memory(cfg),
-                      assembly.forward_memory(cfg), device_memory=True)
+    n = largest_block(cfg, 3, 40 * 10**9, "inversion", cfg.inversion.adjoint_memory,
+                      cfg.inversion.forward_memory, device_memory=True)
     assert f"largest block      {n}x{n}x{n} cells per rank (cubic; the grid above does NOT fit" \
         in out
     assert main(["info", "--grid", "5"]) == 2

@@ -251,16 +251,16 @@ def test_memory_check_on_a_gpu_counts_the_ranks_sharing_it():
 
     from mpi4py import MPI
 
-    from hpcinv.app.memory import check_memory
+    from hpcinv.app.memory_budget import check_memory
     from hpcinv.backend.cupy_backend import CupyBackend
     from hpcinv.errors import ConfigError
     gpu = SimpleNamespace(device_memory=True, free_memory=lambda: 10**7,
                           ranks_per_device=lambda: 2)
     cfg = config_mod.Config()
-    check_memory(cfg, (100, 100), MPI.COMM_SELF, gpu, False)        # 2 x 0.8 MB: fits
+    check_memory(cfg, (100, 100), MPI.COMM_SELF, gpu, "forward")        # 2 x 0.8 MB: fits
     with pytest.raises(ConfigError, match=r"GPU memory \(2 rank\(s\) on this GPU x .*, "
                                           r"9.54 MiB free; use a smaller grid"):
-        check_memory(cfg, (200, 200), MPI.COMM_SELF, gpu, True, adjoint_memory=6)
+        check_memory(cfg, (200, 200), MPI.COMM_SELF, gpu, "inversion", adjoint_memory=6)
     rpd = CupyBackend.ranks_per_device             # node-local rank r uses device r mod n
     uncounted = {"device_sharing": None}           # (counted by PCI bus id: test_gpu_sharing)
     assert rpd(SimpleNamespace(device_id=1, local_size=5, devices=2, **uncounted)) == 2

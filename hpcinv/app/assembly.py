@@ -34,10 +34,9 @@ from ..model.problems import Problem
 from ..parallel import decide_cuda_aware
 from ..solvers import PTParams, make_darcy_solver
 from . import scenario
-from .coarsening import level_config
 from .fingerprint import config_fingerprint
-from .memory import check_memory
-from .resolve import FORWARD_MEMORY, GRADIENT_ACCURACY, adaptive, prediction_factor
+from . import memory_budget
+from .resolve import adaptive, level_config, resolved
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,9 @@ class Setup:
         run: the run's own settings (:class:`RunSettings`).
         fingerprint: ``(sha256, canonical JSON)`` of what a restart must not change
             (:mod:`hpcinv.app.fingerprint`; ``None`` for :func:`build_forward`).
+        memory: the memory estimate per rank (:class:`~hpcinv.app.memory.Estimate`) that the
+            memory check accepted, for the run header and ``memory.json``.
+        config: the resolved config everything was built from (:mod:`hpcinv.app.resolve`).
     """
     comm: object
     backend: Backend
@@ -91,6 +93,8 @@ class Setup:
     solver_options: dict
     run: RunSettings
     fingerprint: tuple | None = None
+    memory: object = None
+    config: object = None
 
     @property
     def decomp(self):
@@ -124,16 +128,6 @@ def run_settings(cfg) -> RunSettings:
                        cfg.output.figures)
 
 
-# TODO: the None default: resolved in resolve.py from issue 21
-def adjoint_memory(cfg) -> int:
-    """Adjoint solutions kept for warm starts (``inversion.adjoint_memory``; unset: 6 with
-    adaptive tolerances and warm starts, else 0, the rescaled previous solution)."""
-    m = cfg.inversion.adjoint_memory
-    if m is None:
-        m = 6 if adaptive(cfg) else 0
-    return m if cfg.inversion.warm_start else 0
-
-
 def make_predictor(cfg, f, fine_grid, comm, backend, params, opts):
     """The coarse-grid correction of forward warm starts on an ``f`` times coarser grid
     (``inversion.forward_prediction`` as resolved by ``prediction_factor``;
@@ -165,17 +159,6 @@ def make_predictor(cfg, f, fine_grid, comm, backend, params, opts):
     return CoarsePrediction(fine_grid.decomp, coarse, backend, params, cfg.solver.tol, **opts)
 
 
-# TODO: the None default: resolved in resolve.py from issue 21
-def forward_memory(cfg) -> int:
-    """Earlier forward solutions kept for warm starts (``inversion.forward_memory``; unset:
-    :data:`FORWARD_MEMORY` with adaptive tolerances and warm starts, else 0, the previous
-    solution; APT solves only: the start uses the APT solver's fields)."""
-    m = cfg.inversion.forward_memory
-    if m is None:
-        m = FORWARD_MEMORY if adaptive(cfg) else 0
-    return m if cfg.inversion.warm_start and cfg.solver.method == "apt" else 0
-
-
 def tolerance_policy(cfg) -> TolerancePolicy | None:
     """The adaptive-tolerance policy of ``[inversion]`` (``None``: fixed tolerances)."""
     if not adaptive(cfg):
@@ -187,42 +170,38 @@ def tolerance_policy(cfg) -> TolerancePolicy | None:
     loose = max(loose, cfg.solver.tol, cfg.adjoint.tol)
     return TolerancePolicy(ToleranceSettings(forward_tol=cfg.solver.tol,
                                              adjoint_tol=cfg.adjoint.tol, loose=loose,
-                                             gradient_accuracy=gradient_accuracy(cfg)))
-
-
-# TODO: the None default: resolved in resolve.py from issue 21
-def gradient_accuracy(cfg) -> float:
-    """The adaptive gradient check's bound (``inversion.gradient_accuracy``; unset:
-    :data:`GRADIENT_ACCURACY` of the method: gradient descent steps along the smoothed gradient
-    itself, so its error costs decrease directly; L-BFGS, with its 10x tighter cap, met its
-    target without the check at 25 % less cost: docs/performance.md)."""
-    v = cfg.inversion.gradient_accuracy
-    return GRADIENT_ACCURACY[cfg.inversion.method] if v is None else v
+                                             gradient_accuracy=i.gradient_accuracy))
 
 
 def build_forward(cfg, comm=None, backend: Backend | None = None,
-                  inversion: bool = False) -> Setup:
-    """The part of :func:`build` a forward solve needs: backend, grid, true problem. First the
-    memory check (:mod:`hpcinv.app.memory`) for a forward run, or with ``inversion`` for a
-    gradient or an inversion; then the true permeability's range in the solver dtype."""
+                  kind: str = "forward") -> Setup:
+    """The part of :func:`build` a forward solve needs, from ``cfg`` resolved
+    (:func:`~hpcinv.app.resolve.resolved`; idempotent: the CLI's configs are resolved already):
+    backend, the memory check (:mod:`hpcinv.app.memory`) of the run ``kind`` (``"forward"``,
+    ``"gradient"``, ``"inversion"``), grid, true problem."""
     comm = comm if comm is not None else MPI.COMM_WORLD
-    backend = backend if backend is not None else backend_of(cfg, comm)
-    check_memory(cfg, cfg.grid_shape(), comm, backend, inversion, adjoint_memory(cfg),
-                 forward_memory(cfg))
+    opts, run = solver_options(cfg), run_settings(cfg)      # (no defaults to resolve there,
+    backend = backend if backend is not None else backend_of(cfg, comm)    # nor in [parallel])
+    cfg = resolved(cfg)
+    fwd, adj = pt_params(cfg.solver), pt_params(cfg.adjoint)
+    cfg, memory = memory_budget.checked(cfg, cfg.grid_shape(), comm, backend, kind)
     true = scenario.true_problem(cfg, comm)
     return Setup(comm, backend, true.grid, true, None, None, None, None, None, None, None,
-                 pt_params(cfg.solver), pt_params(cfg.adjoint), solver_options(cfg),
-                 run_settings(cfg))
+                 fwd, adj, opts, run, memory=memory, config=cfg)
 
 
 def build(cfg, comm=None, backend: Backend | None = None, progress=None,
-          data: Observations | None = None) -> Setup:
+          data: Observations | None = None, kind: str = "inversion",
+          base: Setup | None = None) -> Setup:
     """Everything an inversion (or a gradient) needs from a validated config (collective over
     ``comm``, default ``MPI.COMM_WORLD``). ``progress`` is passed to the synthetic-data solve.
     ``data``: observations whose values and sigma are used instead of the config's (a coarse
-    level of :mod:`hpcinv.app.levels` fits the fine grid's data; no synthetic solve)."""
-    base = build_forward(cfg, comm, backend, inversion=True)
-    bk, true, grid = base.backend, base.true, base.grid
+    level of :mod:`hpcinv.app.levels` fits the fine grid's data; no synthetic solve).
+    ``kind``: ``"inversion"`` or ``"gradient"`` (one gradient: the memory estimate).
+    ``base``: the :func:`build_forward` of ``cfg`` and ``kind`` when the caller made it already
+    (``hpcinv gradient`` prints its header in between)."""
+    base = base if base is not None else build_forward(cfg, comm, backend, kind)
+    cfg, bk, true, grid = base.config, base.backend, base.true, base.grid
     opts, fwd, adj = base.solver_options, base.forward_params, base.adjoint_params
     true_Pf = None
     if data is None and scenario.needs_synthetic_values(cfg):
@@ -238,10 +217,10 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
     tikhonov = Tikhonov(grid, bk, reg.tikhonov, dt) if reg.tikhonov > 0 else None
     smoother = (GradientSmoother(grid, bk, reg.smoothing_steps, reg.smoothing_coefficient, dt)
                 if reg.smoothing_steps > 0 else None)
-    fm = forward_memory(cfg)
-    f = prediction_factor(cfg, fm)
+    i = cfg.inversion
+    f = i.forward_prediction
     forward_start, adjoint_start = warm_starts(
-        cfg.inversion.warm_start, adjoint_memory(cfg), fm, f,
+        i.warm_start, i.adjoint_memory, i.forward_memory, f,
         lambda: make_predictor(cfg, f, grid, base.comm, bk, fwd, opts))
     objective = AdjointGradient(true.copy(), obs, bk, fwd, adj, tikhonov,
                                 forward_start=forward_start, adjoint_start=adjoint_start, **opts)
@@ -257,4 +236,4 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
         raise ConfigError(f"inversion.{exc}") from None
     return Setup(base.comm, bk, grid, true, obs, logK0, objective, smoother, tikhonov,
                  optimiser, settings, fwd, adj, opts, base.run,
-                 config_fingerprint(cfg, base.comm))
+                 config_fingerprint(cfg, base.comm), base.memory, cfg)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from ..errors import HpcinvError, Interrupted, OutputDirError
 from ..solvers import make_darcy_solver
-from .assembly import backend_of, build, build_forward
+from .assembly import build, build_forward
 from .cli_args import UsageError, apply_overrides, parser
 from .console import backend_text, rank0, say, warn_fallback
 from .info import cmd_info
-from .memory_report import run_estimate, write_summary
+from .memory import write_summary
 from .progress import CompileNotice, Progress
 from .resolve import resolved
 from .run import Reporter
@@ -42,38 +42,54 @@ def prepare_run(args, command: str):
     line's overrides, every default resolved (:mod:`hpcinv.app.resolve`; a restart's
     config.toml stays as its run wrote it, the fingerprint's), then the output directory
     claimed for the command before any work (an inversion records its config.toml there now).
-    Returns ``(cfg, claim)``."""
+    Returns ``(cfg, claim)``; the lock ``DIR/.hpcinv.lock`` is held for the rest of the run
+    (released by :func:`main`), the claim (:mod:`hpcinv.app.ownership`) refuses a directory
+    that holds another command's or a finished run."""
+    from mpi4py import MPI
+
     from .. import config as config_mod
+    from ..io.rundir import acquire_world
+    from .ownership import claim
     restart = bool(getattr(args, "restart", None))
-    cfg = apply_overrides(_restart_config(args) if restart else _config(args, command), args)
+    cfg = apply_overrides(_config(args, command), args)
     if not restart:
         cfg = resolved(cfg)           # config.toml: the complete problem, rerunnable bitwise
     kind = "invert" if command == "demo" else command
     text = config_mod.dumps(cfg) if kind == "invert" and not restart else None
-    return cfg, _claim_output(cfg, kind, args, restart=restart, config_text=text)
+    acquire_world(cfg.output.dir, force=args.force_unlock, create=not restart)
+    return cfg, claim(cfg.output.dir, kind, cfg, MPI.COMM_WORLD, restart=restart,
+                      overwrite=args.overwrite or cfg.output.overwrite, config_text=text)
 
 
 def _config(args, command: str):
-    """The config file of ``args`` (parsed once) or the defaults, its ``output.dir`` the
-    command's default (:data:`DEFAULT_OUTPUT`) where the file gives none."""
+    """The config of the run ``args`` asks for, the file parsed once: ``--restart DIR``'s
+    ``config.toml`` (checked: one line each for a CONFIG file or another ``--output`` given too,
+    and for a directory it cannot continue), else the CONFIG file or the defaults, its
+    ``output.dir`` the command's default (:data:`DEFAULT_OUTPUT`) where the file gives none."""
     from .. import config as config_mod
-    if command == "invert" and not args.config:
+    restart = getattr(args, "restart", None)
+    if restart:
+        _check_restart_args(args)
+        path = Path(restart) / "config.toml"
+    elif command == "invert" and not args.config:
         raise UsageError("hpcinv invert needs a CONFIG file (e.g. examples/invert2d.toml) or "
                          "--restart DIR; 'hpcinv demo' runs the built-in demo inversion "
                          "without one")
-    data = config_mod.read_toml(args.config) if args.config else {}
+    else:
+        path = args.config
+    data = config_mod.read_toml(path) if path else {}
     output = data.get("output", {})
-    if isinstance(output, dict) and "dir" not in output:     # else: from_dict's one line
+    if not restart and isinstance(output, dict) and "dir" not in output:   # else: one line
         data["output"] = {**output, "dir": DEFAULT_OUTPUT[command]}
-    if args.config:
-        return config_mod.from_toml(data, args.config)
-    return config_mod.from_dict(data)
+    cfg = config_mod.from_toml(data, path) if path else config_mod.from_dict(data)
+    if restart:
+        cfg.output.dir = restart
+    return cfg
 
 
-def _restart_config(args):
-    """The config.toml of the run ``--restart DIR`` continues (checked: one line each for a
-    CONFIG file or another ``--output`` given too, and for a directory it cannot continue)."""
-    from .. import config as config_mod
+def _check_restart_args(args):
+    """``--restart DIR`` continues the run in DIR with DIR's config: no CONFIG file, no other
+    ``--output``, a directory it can continue."""
     if args.config:
         raise HpcinvError("--restart takes its config from the run directory; "
                           "give no CONFIG file")
@@ -82,9 +98,6 @@ def _restart_config(args):
                           f"directory; give no --output {args.output} (to continue "
                           f"elsewhere, copy the directory first and restart the copy)")
     _check_restart_dir(Path(args.restart))
-    cfg = config_mod.load(Path(args.restart) / "config.toml")
-    cfg.output.dir = args.restart
-    return cfg
 
 
 def cmd_forward(args) -> int:
@@ -97,8 +110,7 @@ def cmd_forward(args) -> int:
         solver = make_darcy_solver(setup.true, setup.backend, setup.forward_params,
                                    **setup.solver_options)
         compiling.summary()
-    d, g = solver.decomp, solver.grid
-    est = run_estimate(cfg, d.comm, solver.backend, "forward")
+    d, g, est = solver.decomp, solver.grid, setup.memory
     say(f"hpcinv forward: {cfg.problem.name} {'x'.join(map(str, g.shape))} cells on {d.size} "
         f"rank(s) {'x'.join(map(str, d.dims))}, backend {backend_text(solver.backend)}, "
         f"{_describe_method(cfg, solver.params)}; {describe_parallel(solver)}; {est.text()}")
@@ -150,12 +162,12 @@ def cmd_gradient(args) -> int:
     cfg, claim = prepare_run(args, "gradient")
     progress = Progress(say, args.quiet, label="synthetic observations (true model)")
     with claim.setup(), CompileNotice(Reporter(say, args.quiet)) as compiling:
-        backend = backend_of(cfg)
+        base = build_forward(cfg, kind="gradient")
+        backend, est, g = base.backend, base.memory, base.grid
         warn_fallback(backend)
-        est = run_estimate(cfg, _world(), backend, "gradient")
-        say(f"hpcinv gradient: {cfg.problem.name} {'x'.join(map(str, cfg.grid_shape()))} "
-            f"cells on {_world_size()} rank(s), backend {backend_text(backend)}; {est.text()}")
-        setup = build(cfg, backend=backend, progress=progress)
+        say(f"hpcinv gradient: {cfg.problem.name} {'x'.join(map(str, g.shape))} cells on "
+            f"{g.decomp.size} rank(s), backend {backend_text(backend)}; {est.text()}")
+        setup = build(cfg, progress=progress, kind="gradient", base=base)
         compiling.summary()
     grid, obs = setup.grid, setup.observations
     progress.label = "gradient at logK = 0"
@@ -181,15 +193,6 @@ def cmd_gradient(args) -> int:
     return 0
 
 
-def _world_size() -> int:
-    return _world().Get_size()
-
-
-def _world():
-    from mpi4py import MPI
-    return MPI.COMM_WORLD
-
-
 def cmd_invert(args, demo=False) -> int:
     """``hpcinv invert`` / ``hpcinv demo``: run or continue an inversion."""
     from mpi4py import MPI
@@ -203,26 +206,19 @@ def cmd_invert(args, demo=False) -> int:
 
 
 def _run_inversion(cfg, claim, run_dir, reporter, compiling, demo) -> int:
-    """:func:`cmd_invert` once the directory is claimed: build, run, figures, the end."""
-    from .levels import level_shapes, make_inversion
+    """:func:`cmd_invert` once the directory is claimed: build, the header, the run, figures,
+    the end."""
+    from .levels import make_inversion
     with claim.setup():
         setup = build(cfg)
         warn_fallback(setup.backend)
         inv = make_inversion(cfg, setup, run_dir, reporter, restart=claim.mode == "continue")
     compiling.summary()
-    out = Path(cfg.output.dir)
-    g = setup.grid
-    if len(cfg.inversion.level_factors()) > 1:          # coarse-to-fine (app/levels.py)
-        plan = ", ".join(f"{'x'.join(map(str, s))}: {k}" for s, k in
-                         zip(level_shapes(cfg), cfg.inversion.level_iterations))
-        what = f"levels ({plan}) iterations"
-    else:
-        what = f"{cfg.inversion.iterations} iterations"
     command = "demo" if demo else "invert"
-    est = run_estimate(cfg, g.decomp.comm, setup.backend, "inversion")
+    out, g, est = Path(cfg.output.dir), setup.grid, setup.memory
     reporter.event("start", f"hpcinv {command}: {cfg.problem.name} "
                    f"{'x'.join(map(str, g.shape))} cells on {g.decomp.size} rank(s), backend "
-                   f"{backend_text(setup.backend)}, {cfg.inversion.method}, {what}, "
+                   f"{backend_text(setup.backend)}, {cfg.inversion.method}, {inv.plan()}, "
                    f"{len(setup.observations)} observations -> {out}; "
                    f"{describe_parallel(setup.objective.solver)}; {est.text()}", command=command,
                    problem=cfg.problem.name, shape=list(g.shape), ranks=g.decomp.size,
@@ -241,19 +237,6 @@ def _run_inversion(cfg, claim, run_dir, reporter, compiling, demo) -> int:
                    misfit_ratio=last["misfit_ratio"], iteration=last["iteration"],
                    output=str(out))
     return 0
-
-
-def _claim_output(cfg, kind, args, restart=False, config_text=None):
-    """Issue 13, before any work: check the output path, hold ``DIR/.hpcinv.lock`` for the rest
-    of the run (released by :func:`main`), then claim the directory for ``kind``
-    (:mod:`hpcinv.app.ownership`: refused if it holds another command's or a finished run)."""
-    from mpi4py import MPI
-
-    from ..io.rundir import acquire_world
-    from .ownership import claim
-    acquire_world(cfg.output.dir, force=args.force_unlock, create=not restart)
-    return claim(cfg.output.dir, kind, cfg, MPI.COMM_WORLD, restart=restart,
-                 overwrite=args.overwrite or cfg.output.overwrite, config_text=config_text)
 
 
 def _check_restart_dir(path: Path):
@@ -288,8 +271,8 @@ def cmd_plot(args) -> int:
 
 
 def cmd_selftest(args) -> int:
-    from .selftest import run
-    return run(args)
+    from .selftest import run_selftest
+    return run_selftest(args)
 
 
 def config_words(message: str) -> str:

@@ -40,7 +40,8 @@ def config_canonical(cfg) -> dict:
     """``{"section.key": canonical value}`` of everything a restart must not change; data
     files (observations, permeability, initial model) by the SHA-256 of their content, so a
     moved file is fine and an edited one is not."""
-    paths = {f"{s}.{k}" for s, k in PATH_KEYS}
+    files = {f"{s}.{k}": _file_digest(getattr(getattr(cfg, s), k)) for s, k in PATH_KEYS
+             if getattr(getattr(cfg, s), k)}
     flat = {}
     for sname, sec in cfg.to_dict().items():
         if sname == "wells":
@@ -48,9 +49,8 @@ def config_canonical(cfg) -> dict:
             continue
         for k, v in sec.items():
             key = f"{sname}.{k}"
-            if _may_change(key):
-                continue
-            flat[key] = _file_digest(v) if key in paths and v else canonical(v)
+            if not _may_change(key):
+                flat[key] = files[key] if key in files else canonical(v)
     return flat
 
 

@@ -31,9 +31,9 @@ from ..errors import ConfigError, DecompositionError
 from ..io import checkpoint as ckpt
 from ..io import rundir
 from ..io.history import History
-from ..parallel.transfer import GridTransfer
+from ..parallel.transfer import GridTransfer, coarse_shape
 from .assembly import build
-from .coarsening import level_config, level_shapes  # noqa: F401 - re-exported
+from .resolve import level_config
 from .interrupt import Deferred, stop_message
 from .run import Inversion, finish, unfinalise
 
@@ -63,12 +63,18 @@ class LevelledInversion:
         n = len(self.factors)
         self.iterations = list(inv.level_iterations or [inv.iterations] * n)
         self.ratios = list(inv.level_misfit_ratio or [0.0] * n)
-        self.shapes = level_shapes(cfg)
+        self.shapes = [coarse_shape(cfg.grid_shape(), f) for f in self.factors]   # ceil(n/f)
         self.fine_cells = math.prod(self.shapes[-1])
         self.comm = fine.comm
         self.restart = restart
         self.ckpt = (ckpt.select(run_dir.path, self.comm, fine.fingerprint, reporter.warn)
                      if restart else None)
+
+    def plan(self) -> str:
+        """What the run will do, for its header: every level's grid and iterations."""
+        levels = ", ".join(f"{'x'.join(map(str, s))}: {k}"
+                           for s, k in zip(self.shapes, self.iterations))
+        return f"levels ({levels}) iterations"
 
     @property
     def total(self) -> int:

@@ -2,7 +2,9 @@
 per rank: device memory (the backend's arrays) and host memory, checked against what is
 available before any field is allocated, so that a grid too large is one line naming the sizes,
 not a ``MemoryError`` traceback from NumPy or CuPy minutes into the set-up; the same estimate
-prints in ``hpcinv info --grid`` and in each run's header.
+prints in ``hpcinv info --grid`` and in each run's header, and each run writes it beside the
+measured high-water mark into ``DIR/memory.json`` (:func:`write_summary`), so that the estimate
+is checked on every run. What the machine has and what fits it: :mod:`hpcinv.app.memory_budget`.
 
 The device part is itemised (:func:`estimate`) in fields of the solver dtype per padded cell of
 the largest rank's block, each item named after what holds it, and checked against the
@@ -16,18 +18,18 @@ problem, log K, downloads), 13 with the coarse prediction (calibrated with ``tra
 """
 from __future__ import annotations
 
+import json
 import math
-import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
 
 from ..backend.host_reduce import CHUNK as REDUCE_CHUNK     # ... a leaf on the host
-from ..errors import ConfigError
 from ..inverse.subspace import kept_fields
 from ..parallel.transfer import coarse_shape
-from .resolve import adaptive, prediction_factor
+from .resolve import adaptive
 
 HOST_FIELDS_FORWARD = 5         # float64 host arrays per cell of a forward run
 HOST_FIELDS_INVERSION = 12      # ... of a gradient or an inversion
@@ -170,7 +172,7 @@ def estimate(cfg, shape, size: int = 1, kind: str = "inversion", adjoint_memory:
         else:
             work = WORKING_SET["gd_adaptive" if adaptive(cfg) else "gd"]
         items[f"{'gradient' if not full else inv.method} working set"] = work
-        f = prediction_factor(cfg, forward_memory)
+        f = inv.forward_prediction or 0          # resolved (app/resolve.py)
         if f:             # the coarse solver of the warm-start correction, the warm model (host)
             coarse = block_cells(coarse_shape(tuple(shape), f), size, cfg.parallel.dims)
             items["coarse prediction solver"] = (6 + 2 * nd) * coarse / block_cells(
@@ -209,11 +211,16 @@ def largest_block(cfg, ndim: int, available: int, kind: str = "inversion",
     return lo if lo >= 3 else 0
 
 
-def peak_record(backend, est: Estimate, comm=None) -> dict:
+#: The summary file a run command writes into its output directory.
+SUMMARY = "memory.json"
+
+
+def peak_record(backend, est, comm=None) -> dict:
     """The measured high-water mark of ``backend``'s arrays (the largest over ``comm``'s
-    ranks) beside the estimate: ``memory_peak_bytes``, ``memory_peak_fields`` (its
-    field-equivalents per cell of the largest block), ``memory_estimate_bytes`` and
-    ``memory_estimate_fields``, ``memory_peak_by_kind``. Collective over ``comm``."""
+    ranks) beside the estimate ``est`` (:class:`~hpcinv.app.memory.Estimate`):
+    ``memory_peak_bytes``, ``memory_peak_fields`` (its field-equivalents per cell of the
+    largest block), ``memory_estimate_bytes`` and ``memory_estimate_fields``,
+    ``memory_peak_by_kind``. Collective over ``comm``."""
     snap = backend.memory.snapshot()
     peak = snap["peak_bytes"]
     by_kind = {k: v["peak_bytes"] for k, v in snap["by_kind"].items()}
@@ -226,61 +233,13 @@ def peak_record(backend, est: Estimate, comm=None) -> dict:
             "memory_estimate_fields": round(est.fields, 3), "memory_peak_by_kind": by_kind}
 
 
-def host_available() -> int | None:
-    """Bytes of host memory available to this process's node: ``MemAvailable`` of
-    ``/proc/meminfo``, capped by a cgroup v2 memory limit (a batch job's); ``None``: unknown."""
-    found = []
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        with open("/proc/self/cgroup") as fh:
-            path = next((ln.strip()[3:] for ln in fh if ln.startswith("0::")), None)
-        if path is not None:
-            base = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
-            with open(os.path.join(base, "memory.max")) as fh:
-                limit = fh.read().strip()
-            if limit != "max":
-                with open(os.path.join(base, "memory.current")) as fh:
-                    found.append(max(int(limit) - int(fh.read()), 0))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
-
-
-def check_memory(cfg, shape, comm, backend, inversion: bool, adjoint_memory: int = 0,
-                 forward_memory: int = 0):
-    """Raise a one-line :class:`ConfigError` (on every rank of ``comm``) when the run of ``cfg``
-    on the grid ``shape`` needs more memory than the node (host) or the GPU (device) has free.
-    Collective; nothing is allocated."""
-    size = comm.Get_size()
-    est = estimate(cfg, shape, size, "inversion" if inversion else "forward", adjoint_memory,
-                   forward_memory, bool(backend.device_memory))
-    nd = math.ceil(est.fields - 1e-9)
-    dev_bytes, host_bytes = est.device_bytes, est.host_bytes
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    node_ranks = node.Get_size()
-    node.Free()
-    grid = "x".join(map(str, shape))
-    smaller = f"a smaller grid ({', '.join(f'grid.n{a}' for a in 'xyz'[:len(shape)])})"
-    msg = None
-    avail = host_available()
-    if avail is not None and host_bytes * node_ranks > avail:
-        msg = (f"the {grid} grid needs about {_fmt(host_bytes * node_ranks)} of host memory on "
-               f"this node ({node_ranks} rank(s) x {_fmt(host_bytes)}), {_fmt(avail)} available"
-               f"; use {smaller} or spread the run over more nodes")
-    free = backend.free_memory() if backend.device_memory else None
-    if msg is None and free is not None:
-        sharing = backend.ranks_per_device()
-        if dev_bytes * sharing > free:
-            msg = (f"the {grid} grid needs about {_fmt(dev_bytes * sharing)} of GPU memory "
-                   f"({sharing} rank(s) on this GPU x {_fmt(dev_bytes)}: {nd} {cfg.solver.dtype} "
-                   f"fields per cell), {_fmt(free)} free; use {smaller} or more GPUs")
-    if size > 1:
-        msg = next((m for m in comm.allgather(msg) if m is not None), None)
-    if msg is not None:
-        raise ConfigError(msg)
+def write_summary(out, backend, est, comm) -> dict:
+    """Write ``out/memory.json`` on rank 0: :func:`peak_record` and the
+    itemised estimate ``est`` (the run's :class:`~hpcinv.app.memory.Estimate`, as the build's
+    memory check accepted it: ``Setup.memory``). Collective over ``comm``; returns the record."""
+    rec = {**peak_record(backend, est, comm), "estimate": est.as_dict(),
+           "ranks": comm.Get_size()}
+    if comm.Get_rank() == 0:
+        path = Path(out) / SUMMARY
+        path.write_text(json.dumps(rec, indent=1) + "\n")
+    return rec

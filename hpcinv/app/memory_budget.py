@@ -14,10 +14,10 @@ the memory completes; when not even that fits, one line (:class:`~hpcinv.errors.
 exit 2, as the memory check says it). A size the user gave (a value other than the default of
 :mod:`hpcinv.app.resolve`) is kept: if it does not fit the budget, the header says so.
 
-:func:`checked` is the assembly's one call: the choice, then the memory check of
-:mod:`hpcinv.app.memory` with it; the choice and its reason end the run header's memory line.
-The choice is recorded in the checkpoints (the config fingerprint holds the chosen sizes:
-:func:`fingerprinted`), and a restart re-uses it (:func:`recorded`) rather than deciding again
+:func:`checked` is the assembly's one call: the choice, then the memory check
+(:func:`check_memory`: the run against what the node and the GPU have free) with it; the choice and its reason end the run header's memory line.
+The choice is recorded in the checkpoints (the config fingerprint is that of the config the
+run was built with, the chosen sizes in it), and a restart re-uses it (:func:`recorded`) rather than deciding again
 from the free memory of the machine it restarts on, so restarts stay bitwise.
 """
 from __future__ import annotations
@@ -25,6 +25,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
+import os
 from dataclasses import dataclass
 
 from mpi4py import MPI
@@ -32,8 +34,8 @@ from mpi4py import MPI
 from ..config.schema import memory_budget
 from ..errors import ConfigError
 from ..io import checkpoint as ckpt
-from .memory import _fmt, check_memory, estimate, host_available
-from .resolve import ADJOINT_MEMORY, FORWARD_MEMORY, adaptive, resolved
+from .memory import _fmt, estimate
+from .resolve import ADJOINT_MEMORY, FORWARD_MEMORY, adaptive
 
 #: The share of the memory available per rank that ``inversion.memory = "auto"`` uses: the
 #: estimate is within 10 % of the measured high-water mark, and the CuPy pool fragments.
@@ -176,10 +178,11 @@ def recorded(directory, comm) -> dict | None:
     return found if found and {"adjoint_memory", "forward_memory"} <= set(found) else None
 
 
-def decide(cfg, comm, backend) -> Choice:
-    """The choice of an inversion of the resolved ``cfg`` on ``comm`` with ``backend``: the
-    one recorded in the run directory's checkpoint, else by the budget. Collective."""
-    shape, size, dev = cfg.grid_shape(), comm.Get_size(), bool(backend.device_memory)
+def decide(cfg, shape, comm, backend) -> Choice:
+    """The choice of an inversion of the resolved ``cfg`` on its grid ``shape``, on ``comm``
+    with ``backend``: the one recorded in the run directory's checkpoint, else by the budget.
+    Collective."""
+    size, dev = comm.Get_size(), bool(backend.device_memory)
     rec = recorded(cfg.output.dir, comm)
     if rec is not None:
         ws = bool(rec.get("warm_start", True))
@@ -192,29 +195,76 @@ def decide(cfg, comm, backend) -> Choice:
     return choose(cfg, shape, size, dev, budget, what)
 
 
-def checked(cfg, comm, backend, kind: str):
-    """``(cfg, estimate)``: the resolved ``cfg`` with the warm starts the budget chose (an
-    inversion; a forward run or one gradient has none to choose), then the memory check of
-    :func:`hpcinv.app.memory.check_memory` with them; the estimate's note is the choice."""
+def checked(cfg, shape, comm, backend, kind: str):
+    """``(cfg, estimate)``: the resolved ``cfg`` (on its grid ``shape``) with the warm starts
+    the budget chose (an inversion; a forward run or one gradient has none to choose), then the
+    memory check of :func:`check_memory` with them; the estimate's note is the choice."""
     note = ""
     if kind == "inversion":
-        choice = decide(cfg, comm, backend)
+        choice = decide(cfg, shape, comm, backend)
         cfg = with_sizes(cfg, choice.adjoint_memory, choice.forward_memory, choice.warm_start)
         note = choice.text()
     i = cfg.inversion
-    est = check_memory(cfg, cfg.grid_shape(), comm, backend, kind, i.adjoint_memory,
-                       i.forward_memory)
+    est = check_memory(cfg, shape, comm, backend, kind, i.adjoint_memory, i.forward_memory)
     return cfg, dataclasses.replace(est, note=note) if note else est
 
 
-def fingerprinted(given, used):
-    """``given`` (a config as given to the assembly) with the warm-start sizes of ``used`` (the
-    config the run was built with) where the budget changed them: what the checkpoints record
-    and a restart must match (unchanged sizes leave ``given`` as it is)."""
-    before = resolved(given).inversion
-    out = None
-    for k in KEYS:
-        if getattr(used.inversion, k) != getattr(before, k):
-            out = out or copy.deepcopy(given)
-            setattr(out.inversion, k, getattr(used.inversion, k))
-    return out or given
+def host_available() -> int | None:
+    """Bytes of host memory available to this process's node: ``MemAvailable`` of
+    ``/proc/meminfo``, capped by a cgroup v2 memory limit (a batch job's); ``None``: unknown."""
+    found = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/proc/self/cgroup") as fh:
+            path = next((ln.strip()[3:] for ln in fh if ln.startswith("0::")), None)
+        if path is not None:
+            base = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
+            with open(os.path.join(base, "memory.max")) as fh:
+                limit = fh.read().strip()
+            if limit != "max":
+                with open(os.path.join(base, "memory.current")) as fh:
+                    found.append(max(int(limit) - int(fh.read()), 0))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_memory(cfg, shape, comm, backend, kind: str, adjoint_memory: int = 0,
+                 forward_memory: int = 0):
+    """Raise a one-line :class:`ConfigError` (on every rank of ``comm``) when the run of ``cfg``
+    on the grid ``shape`` needs more memory than the node (host) or the GPU (device) has free;
+    else return the estimate (:class:`Estimate`). Collective; nothing is allocated."""
+    size = comm.Get_size()
+    est = estimate(cfg, shape, size, kind, adjoint_memory, forward_memory,
+                   bool(backend.device_memory))
+    nd = math.ceil(est.fields - 1e-9)
+    dev_bytes, host_bytes = est.device_bytes, est.host_bytes
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    node_ranks = node.Get_size()
+    node.Free()
+    grid = "x".join(map(str, shape))
+    smaller = f"a smaller grid ({', '.join(f'grid.n{a}' for a in 'xyz'[:len(shape)])})"
+    msg = None
+    avail = host_available()
+    if avail is not None and host_bytes * node_ranks > avail:
+        msg = (f"the {grid} grid needs about {_fmt(host_bytes * node_ranks)} of host memory on "
+               f"this node ({node_ranks} rank(s) x {_fmt(host_bytes)}), {_fmt(avail)} available"
+               f"; use {smaller} or spread the run over more nodes")
+    free = backend.free_memory() if backend.device_memory else None
+    if msg is None and free is not None:
+        sharing = backend.ranks_per_device()
+        if dev_bytes * sharing > free:
+            msg = (f"the {grid} grid needs about {_fmt(dev_bytes * sharing)} of GPU memory "
+                   f"({sharing} rank(s) on this GPU x {_fmt(dev_bytes)}: {nd} {cfg.solver.dtype} "
+                   f"fields per cell), {_fmt(free)} free; use {smaller} or more GPUs")
+    if size > 1:
+        msg = next((m for m in comm.allgather(msg) if m is not None), None)
+    if msg is not None:
+        raise ConfigError(msg)
+    return est

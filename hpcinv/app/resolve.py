@@ -7,6 +7,10 @@ check -- so that a run directory's ``config.toml`` is the complete problem and `
 RUN/config.toml -o OTHER`` reruns the same run bitwise; :func:`~hpcinv.app.assembly.build`
 reads the resolved values.
 
+:func:`level_config` derives the same problem on a coarser grid: the config of a coarse-to-fine
+level (:mod:`hpcinv.app.levels`) and of the coarse grid that corrects forward warm starts
+(:mod:`hpcinv.inverse.forward_prediction`).
+
 Left as given: ``[parallel]`` (the machine's: backend, dims, threads, overlap), ``[output]``, and
 ``solver.maxiter``/``adjoint.maxiter`` of a coarse-to-fine run (unset, each level's budget is
 1000 x its own largest size; a level's automatic ``forward_prediction`` is chosen on its own grid
@@ -68,7 +72,7 @@ def resolved(cfg):
     r = c.regularisation
     if r.smoothing_coefficient is None:
         r.smoothing_coefficient = default_smoothing_coefficient(nd)
-    _resolve_inversion(c.inversion, cfg)
+    _resolve_inversion(c.inversion, cfg, shape)
     return validate_config(c)
 
 
@@ -84,23 +88,21 @@ def _resolve_permeability(p, problem, nd):
         p.barrier = {**box, "value": float(box.get("value", problem.k_barrier))}
 
 
-def _resolve_inversion(i, cfg):
-    """``[inversion]`` ``i`` (of the copy) from ``cfg`` (as given): the initial model and the
-    warm starts' defaults. Without warm starts the memories and the prediction are 0."""
+def _resolve_inversion(i, cfg, shape):
+    """``[inversion]`` ``i`` (of the copy) from ``cfg`` (as given, on the grid ``shape``): the
+    initial model and the warm starts' defaults. Without warm starts the memories and the prediction are 0."""
     if i.initial_file is None and i.initial_logK is None:
         i.initial_logK = 0.0
     auto = adaptive(cfg) and i.warm_start      # adaptive: APT solves only
-    if i.adjoint_memory is None:
+    if i.adjoint_memory is None or not i.warm_start:
         i.adjoint_memory = ADJOINT_MEMORY if auto else 0
     fm = i.forward_memory
     if fm is None:
         fm = FORWARD_MEMORY if auto else 0
     if not (i.warm_start and cfg.solver.method == "apt"):
         fm = 0          # the forward subspace starts from the APT solver's fields
-    if i.forward_prediction is None:
-        i.forward_prediction = prediction_factor(cfg, fm)
-    if i.forward_memory is None:
-        i.forward_memory = fm
+    i.forward_prediction = prediction_factor(cfg, shape, fm)
+    i.forward_memory = fm
     if i.gradient_accuracy is None:
         i.gradient_accuracy = GRADIENT_ACCURACY[i.method]
 
@@ -110,10 +112,10 @@ def adaptive(cfg) -> bool:
     return cfg.inversion.adaptive_tolerance and cfg.solver.method == "apt"
 
 
-def prediction_factor(cfg, forward_memory: int = 0) -> int:
+def prediction_factor(cfg, shape, forward_memory: int = 0) -> int:
     """The coarsening factor of the forward warm-start correction
-    (``inversion.forward_prediction``; 0: off) of a run whose forward subspace keeps
-    ``forward_memory`` solutions. Unset: off when the subspace is on (the two are alternatives:
+    (``inversion.forward_prediction``; 0: off) of a run of ``cfg`` on the grid ``shape`` whose
+    forward subspace keeps ``forward_memory`` solutions. Unset: off when the subspace is on (the two are alternatives:
     docs/performance.md); else, with adaptive tolerances, warm starts and APT solves, the first
     of :data:`PREDICTION_FACTORS` that leaves at least :data:`PREDICTION_MIN_CELLS` cells on
     every axis, else off; off otherwise (so ``adaptive_tolerance = false`` stays today's run).
@@ -127,6 +129,35 @@ def prediction_factor(cfg, forward_memory: int = 0) -> int:
     if forward_memory > 0 or not adaptive(cfg):
         return 0
     for f in PREDICTION_FACTORS:
-        if min(coarse_shape(cfg.grid_shape(), f)) >= PREDICTION_MIN_CELLS:
+        if min(coarse_shape(shape, f)) >= PREDICTION_MIN_CELLS:
             return f
     return 0
+
+
+def level_config(cfg, factor: int):
+    """A copy of ``cfg`` whose grid is coarsened by ``factor`` (everything else the same; a
+    ``file`` permeability and initial model are dropped: the truth exists on the fine grid
+    only; the smoothing keeps its physical length unless ``level_smoothing = "same"``; a
+    ``forward_prediction`` factor other than 0 is the fine grid's, so the coarse level chooses
+    its own automatically); a config of one grid, without ``levels``, which
+    :func:`resolved` completes on that grid."""
+    c = copy.deepcopy(cfg)
+    shape = coarse_shape(cfg.grid_shape(), factor)
+    c.grid.nx, c.grid.ny = shape[0], shape[1]
+    if len(shape) == 3:
+        c.grid.nz = shape[2]
+    if factor != 1:
+        if cfg.inversion.level_smoothing != "same":   # default: the same smoothing length
+            c.regularisation.smoothing_steps = max(1, round(
+                cfg.regularisation.smoothing_steps / factor ** 2)) \
+                if cfg.regularisation.smoothing_steps else 0
+        if c.permeability.type == "file":
+            c.permeability = type(c.permeability)(type="constant")
+        c.inversion.initial_file, c.inversion.initial_logK = None, None
+        c.inversion.initial_dataset = "logK"
+        if c.inversion.forward_prediction != 0:   # the factor was the fine grid's: per level
+            c.inversion.forward_prediction = None
+    i = c.inversion          # one grid: the levels are the caller's (app/levels.py)
+    i.levels = i.level_iterations = i.level_misfit_ratio = i.level_smoothing = None
+    return c
+

@@ -215,6 +215,10 @@ class Inversion:
         self.wells = setup.true.wells
         self.extra_attrs = {}     # more checkpoint attributes (the level of app/levels.py)
 
+    def plan(self) -> str:
+        """What the run will do, for its header: ``"50 iterations"``."""
+        return f"{self.settings.iterations} iterations"
+
     # --- checkpoints ------------------------------------------------------------------------
     def _components(self) -> dict:
         """The stateful components a checkpoint saves, by name."""

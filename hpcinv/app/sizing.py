@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ..config import schema
 from ..errors import HpcinvError
-from .memory import _fmt, estimate, host_available, largest_block
+from .memory import _fmt, estimate, largest_block
+from .memory_budget import host_available
 
 
 def add_arguments(p):
@@ -61,10 +62,9 @@ def sizing_config(args, shape):
 def sizing_lines(args, backend, ranks: int, node_ranks: int = 1) -> list[str]:
     """The lines ``hpcinv info --grid`` prints: the need per rank, the memory sized for, the
     largest block per rank that fits."""
-    from .assembly import adjoint_memory, forward_memory
     shape = parse_grid(args.grid)
     cfg = sizing_config(args, shape)
-    am, fm = adjoint_memory(cfg), forward_memory(cfg)
+    am, fm = cfg.inversion.adjoint_memory, cfg.inversion.forward_memory
     device = args.memory is not None or bool(backend.device_memory)
     if args.memory is not None:
         avail, where = parse_size(args.memory), f"{args.memory} per GPU (--memory)"

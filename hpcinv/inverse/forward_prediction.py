@@ -60,9 +60,9 @@ class CoarsePrediction:
     def __init__(self, fine_decomp, coarse_problem, backend, params, fine_tol: float,
                  **solver_kwargs):
         self.problem = coarse_problem
-        self.solver = make_darcy_solver(coarse_problem, backend, params, **solver_kwargs)
-        self.solver.set_params(replace(params, tol=coarse_tolerance(fine_tol,
-                                                                    self.solver.dtype)))
+        tol = coarse_tolerance(fine_tol, np.dtype(solver_kwargs.get("dtype", np.float64)))
+        self.solver = make_darcy_solver(coarse_problem, backend, replace(params, tol=tol),
+                                        **solver_kwargs)
         self.backend = self.solver.backend
         self.transfer = GridTransfer(fine_decomp, coarse_problem.grid.decomp)
         self.cell_ratio = (math.prod(coarse_problem.grid.shape)

@@ -82,7 +82,7 @@ def add_arguments(p):
                    help="do not FAIL when several ranks share one GPU")
 
 
-def run(args) -> int:
+def run_selftest(args) -> int:
     """``hpcinv selftest``: run the checks, print the table (or JSON) on rank 0; exit 0 if
     no check failed, else 1."""
     from mpi4py import MPI
