@@ -140,8 +140,13 @@ def choose(cfg, shape, size: int, device_memory: bool, budget: int | None,
                       f"{_fmt(need)} and do NOT fit the budget: kept as set")
     grid = "x".join(map(str, shape))
     raise ConfigError(f"the {grid} grid needs {_fmt(need)} per rank without any warm start, "
-                      f"more than the memory budget ({what}); use a smaller grid, more ranks "
-                      f"or a larger inversion.memory")
+                      f"more than the memory budget ({what}); use {smaller_grid(shape)}, more "
+                      f"ranks or a larger inversion.memory")
+
+
+def smaller_grid(shape) -> str:
+    """The advice's words for a grid too large: the config keys that set it."""
+    return f"a smaller grid ({', '.join(f'grid.n{a}' for a in 'xyz'[:len(shape)])})"
 
 
 def available_per_rank(backend, comm) -> int | None:
@@ -249,7 +254,7 @@ def check_memory(cfg, shape, comm, backend, kind: str, adjoint_memory: int = 0,
     node_ranks = node.Get_size()
     node.Free()
     grid = "x".join(map(str, shape))
-    smaller = f"a smaller grid ({', '.join(f'grid.n{a}' for a in 'xyz'[:len(shape)])})"
+    smaller = smaller_grid(shape)
     msg = None
     avail = host_available()
     if avail is not None and host_bytes * node_ranks > avail:
