@@ -188,7 +188,7 @@ def save(directory, decomp, cells, faces, attrs, to_host=None, replicated=None, 
     checkpoint); ``fingerprint``: ``(sha256, canonical JSON)`` of the config. Raises
     :class:`~hpcinv.errors.OutputIOError` on every rank if anything fails; the previous
     checkpoint is then untouched."""
-    from .h5write import _items
+    from .h5items import items
     directory, comm = Path(directory), decomp.comm
     uid = comm.bcast(uuid.uuid4().hex[:12] if comm.Get_rank() == 0 else None, root=0)
     gen = directory / f"checkpoint-{uid}.h5"
@@ -205,7 +205,7 @@ def save(directory, decomp, cells, faces, attrs, to_host=None, replicated=None, 
     try:
         checked_write_h5(gen, decomp, cells, faces, attrs, to_host, replicated=replicated,
                          what=what)
-        _verify_blocks(gen, decomp, _items(decomp, cells, faces, to_host),
+        _verify_blocks(gen, decomp, items(decomp, cells, faces, to_host),
                        replicated if comm.Get_rank() == 0 else {})
         digests = dataset_digests(gen, comm)
         rank0(comm, lambda: _seal(gen, digests, attrs["state_sha256"]),
@@ -220,14 +220,16 @@ def save(directory, decomp, cells, faces, attrs, to_host=None, replicated=None, 
 
 
 def _verify_blocks(path, decomp, items, replicated) -> None:
-    """Each rank re-reads the blocks it wrote and compares them byte for byte."""
+    """Each rank re-reads the blocks it wrote and compares them byte for byte (one dataset at
+    a time: the block downloaded again and its copy read back)."""
     h5py = _h5py()
     err = None
     try:
         with h5py.File(path, "r") as f:
             for it in items:
                 back = np.ascontiguousarray(f[it.name][it.selection])
-                if back.dtype != it.block.dtype or back.tobytes() != it.block.tobytes():
+                if back.dtype != it.dtype or not np.array_equal(
+                        back.view(np.uint8), it.load().view(np.uint8)):
                     raise OSError(f"dataset {it.name!r} reads back different from what was "
                                   "written (incomplete write: disk full?)")
             for k, v in replicated.items():

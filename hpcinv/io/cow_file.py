@@ -10,14 +10,15 @@ memory used does not grow with the file (checkpoint sealing, :mod:`hpcinv.io.che
 """
 from __future__ import annotations
 
-import io
 import os
+
+from .checked_file import SeekableFile
 
 #: Bytes per page (copy-on-write unit and write-out chunk).
 PAGE = 1 << 16
 
 
-class CopyOnWriteFile(io.RawIOBase):
+class CopyOnWriteFile(SeekableFile):
     """A read-write view of ``path`` (opened read-only, never modified) whose writes stay in
     memory, one :data:`PAGE`-byte page per page written. Use as a context manager."""
 
@@ -28,25 +29,9 @@ class CopyOnWriteFile(io.RawIOBase):
         self._pos = 0
         self._pages = {}                                  # page number -> bytearray(PAGE)
 
-    # --- the file-object protocol h5py uses ------------------------------------------------
-    def readable(self):
-        return True
-
-    def writable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def tell(self):
-        return self._pos
-
-    def seek(self, offset, whence=io.SEEK_SET):
-        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if start + offset < 0:
-            raise OSError(f"negative seek position {start + offset}")
-        self._pos = start + offset
-        return self._pos
+    # --- the file-object protocol h5py uses (with :class:`SeekableFile`'s) ---------------
+    def _end(self) -> int:
+        return self._size
 
     def truncate(self, size=None):
         size = self._pos if size is None else int(size)

@@ -36,35 +36,39 @@ either the complete previous file or the complete new one, and a crash at any po
 the previous file intact (at worst an orphaned ``.tmp-``/``.parts-`` entry, removed by the
 next successful write to the same path). One writer per path at a time.
 
-Checked writes. In the ``single`` and ``vds`` modes HDF5 never writes to the disk itself: each
-file is built in memory and its bytes are written with ``os.write`` and fsynced
-(:func:`write_image`), so a full disk or an I/O error raises ``OSError`` right there. (HDF5's own
-file driver reports such errors unreliably: a failed write of a dataset's buffer at close is
-only printed, "Exception ignored", and the broken file state it leaves can crash the process
-later.) ``mpio`` and ``sequential`` write through HDF5 (there is no in-memory alternative for a
+Checked writes. In the ``single`` and ``vds`` modes HDF5 never writes to the disk itself: it
+writes through a :class:`~hpcinv.io.checked_file.CheckedFile`, whose every write is a checked
+``os.pwrite`` as HDF5 makes it, fsynced at the end (:func:`write_checked`), so a full disk or an
+I/O error raises ``OSError``, also one HDF5 would swallow at close. (HDF5's own file driver
+reports such errors unreliably: a failed write of a dataset's buffer at close is only printed,
+"Exception ignored", and the broken file state it leaves can crash the process later.) Nothing
+holds a file's image in memory. ``mpio`` and ``sequential`` write through HDF5's drivers (a
 shared file); callers that need certainty re-read what they wrote (see
 :mod:`hpcinv.io.checkpoint`). A rank-local failure inside ``mpio``'s collective calls cannot be
 combined over the ranks; it ends the job with one line and exit status 4
 (:mod:`hpcinv.io.watchdog`).
 
+Memory: each rank downloads (``to_host``) and writes its blocks one dataset at a time
+(:mod:`hpcinv.io.h5items`), so a write holds one block (two with its XDMF view) beyond the
+fields themselves, never a global field and never all of its blocks at once.
+
 Reading back: :mod:`hpcinv.io.h5read`; XDMF sidecars: :mod:`hpcinv.io.xdmf`.
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .checked_file import CheckedFile
+from .h5items import Item, items as _items
 from .h5mode import choose_mode
-from .h5util import _fsync_dir, _fsync_path, _h5py, write_all
+from .h5util import _fsync_dir, _fsync_path, _h5py
 from .watchdog import collective_region, io_timeout_s
-from .xdmf import view_block, view_name
 
 PART_DIR_RE = r"\.parts-[0-9a-f]{12}$"
 
@@ -80,43 +84,9 @@ def _sync(comm, err: BaseException | None, what: str) -> None:
         raise RuntimeError(f"{what} failed on rank {r}: {m}")
 
 
-@dataclass
-class _Item:
-    name: str
-    block: np.ndarray            # this rank's owned block (host, C-contiguous)
-    offset: tuple                # global index of block[0, 0(, 0)]
-    global_shape: tuple
-
-    @property
-    def selection(self) -> tuple:
-        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.block.shape))
-
-
-def _items(decomp, cells, faces, to_host, views=()) -> list[_Item]:
-    from .gather import host_block, owned_face_block
-    out = []
-    for name, v in (cells or {}).items():
-        b = host_block(v, decomp.owned(), to_host)
-        out.append(_Item(name, b, tuple(decomp.offset), tuple(decomp.global_shape)))
-    for name, (v, axis) in (faces or {}).items():
-        sl, off, gshape = owned_face_block(decomp, axis)
-        b = host_block(v, sl, to_host)
-        out.append(_Item(name, b, tuple(off), tuple(gshape)))
-    names = [it.name for it in out]
-    unknown = sorted(set(views) - set(names))
-    if unknown:
-        raise ValueError(f"views {unknown} name no cell or face field of this write")
-    out += [_Item(view_name(it.name), *view_block(it.block, it.offset, it.global_shape))
-            for it in out if it.name in views]
-    names = [it.name for it in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate dataset names in {names}")
-    return out
-
-
 def _check_consistent(comm, items, replicated) -> None:
     """Every rank must pass the same names, dtypes and global shapes in the same order."""
-    mine = [(it.name, it.block.dtype.str, it.global_shape) for it in items]
+    mine = [(it.name, it.dtype.str, it.global_shape) for it in items]
     ref = comm.bcast(mine, root=0)
     err = None
     if mine != ref:
@@ -153,13 +123,20 @@ def _cleanup(path: Path, keep: str | None) -> None:
                 pass
 
 
-def write_image(path, build) -> None:
-    """Create the HDF5 file ``path``: ``build(f)`` fills an in-memory file, whose bytes are then
-    written with checked ``os.write`` calls and fsynced (any failure raises ``OSError``)."""
-    buf = io.BytesIO()
-    with _h5py().File(buf, "w") as f:
-        build(f)
-    write_all(path, buf.getbuffer())
+def write_checked(path, build) -> None:
+    """Create the HDF5 file ``path``: ``build(f)`` fills it through a
+    :class:`~hpcinv.io.checked_file.CheckedFile` (every write checked as HDF5 makes it, the
+    file fsynced after HDF5 closed it); any failure of the disk raises that ``OSError``, also
+    one HDF5 swallowed or turned into another error."""
+    with CheckedFile(path) as out:
+        try:
+            with _h5py().File(out, "w") as f:
+                build(f)
+        except Exception:
+            if out.error is not None:
+                raise out.error from None              # the disk's error, not HDF5's echo
+            raise
+        out.finish()
 
 
 def _new_uid(comm) -> str:
@@ -247,8 +224,8 @@ def _write_shared(path, comm, items, attrs, replicated, mode) -> None:
                           if rank == 0 else None, root=0)
 
     def create(f):
-        dsets = [f.create_dataset(it.name, shape=it.global_shape, dtype=it.block.dtype,
-                                  fillvalue=_fillvalue(it.block.dtype)) for it in items]
+        dsets = [f.create_dataset(it.name, shape=it.global_shape, dtype=it.dtype,
+                                  fillvalue=_fillvalue(it.dtype)) for it in items]
         reps = {k: f.create_dataset(k, shape=s, dtype=t) for k, (s, t) in rep_meta.items()}
         _write_attrs(f, attrs)
         return dsets, reps
@@ -260,7 +237,7 @@ def _write_shared(path, comm, items, attrs, replicated, mode) -> None:
     try:
         if mode == "mpio":
             # a rank failing inside cannot tell the others: one line and exit 4, no hang
-            nbytes = sum(int(np.prod(it.global_shape)) * it.block.itemsize for it in items)
+            nbytes = sum(int(np.prod(it.global_shape)) * it.dtype.itemsize for it in items)
             with collective_region(path, io_timeout_s(nbytes), rank):
                 _write_mpio(tmp, comm, items, create, replicated)
         elif err is None and rank == 0:
@@ -270,9 +247,9 @@ def _write_shared(path, comm, items, attrs, replicated, mode) -> None:
                     ds[...] = replicated[k]
                 if mode == "single":
                     for ds, it in zip(dsets, items):
-                        ds[it.selection] = it.block
+                        ds[it.selection] = it.load()
             if mode == "single":
-                write_image(tmp, build)        # every byte written and checked by os.write
+                write_checked(tmp, build)      # every byte written and checked by os.pwrite
             else:
                 with h5py.File(tmp, "w") as f:
                     build(f)
@@ -286,7 +263,7 @@ def _write_shared(path, comm, items, attrs, replicated, mode) -> None:
                 try:
                     with h5py.File(tmp, "r+") as f:
                         for it in items:
-                            f[it.name][it.selection] = it.block
+                            f[it.name][it.selection] = it.load()
                 except Exception as e:   # noqa: BLE001
                     err = e
     _finish(comm, err, path, tmp, None, None)
@@ -301,16 +278,14 @@ def _attempt(fn) -> BaseException | None:
     return None
 
 
-def _check_block(it: _Item) -> None:
-    """Rank-local check of a block before any collective call uses it (a failure here is
-    combined over the ranks first, so no rank waits in a collective another never enters)."""
-    b = it.block
-    if not isinstance(b, np.ndarray) or not b.flags.c_contiguous:
-        raise ValueError(f"write_h5: block of {it.name!r} is not a C-contiguous NumPy array")
-    if any(o < 0 or o + n > g for o, n, g in zip(it.offset, b.shape, it.global_shape)) \
-            or len(it.offset) != len(it.global_shape):
+def _check_block(it: Item) -> None:
+    """Rank-local check of a block's place before any collective call uses it (a failure
+    here is combined over the ranks first, so no rank waits in a collective another never
+    enters; the block's own checks are :meth:`~hpcinv.io.h5items.Item.load`'s)."""
+    if any(o < 0 or o + n > g for o, n, g in zip(it.offset, it.shape, it.global_shape)) \
+            or len(it.offset) != len(it.global_shape) or len(it.shape) != len(it.offset):
         raise ValueError(f"write_h5: block of {it.name!r} at {it.offset} with shape "
-                         f"{b.shape} does not fit the global shape {it.global_shape}")
+                         f"{it.shape} does not fit the global shape {it.global_shape}")
 
 
 def _write_mpio(tmp, comm, items, create, replicated) -> None:
@@ -332,9 +307,13 @@ def _write_mpio(tmp, comm, items, create, replicated) -> None:
             made["dsets"], made["reps"] = create(f)                 # collective metadata
         _sync(comm, _attempt(make), "write_h5 (creating the datasets)")
         for ds, it in zip(made["dsets"], items):
+            block = []                                # downloaded before the collective call
+            _sync(comm, _attempt(lambda it=it: block.append(it.load())),
+                  f"write_h5 (downloading {it.name!r})")
+
             def write(ds=ds, it=it):
                 with ds.collective:                                   # every rank its slab
-                    ds[it.selection] = it.block
+                    ds[it.selection] = block.pop()
             _sync(comm, _attempt(write), f"write_h5 (writing {it.name!r})")
         if rank == 0:
             err = _attempt(lambda: [ds.__setitem__(Ellipsis, replicated[k])
@@ -405,14 +384,14 @@ def _write_vds(path, comm, items, attrs, replicated) -> None:
             f.attrs["rank"] = rank
             f.attrs["size"] = comm.Get_size()
             for it in items:
-                ds = f.create_dataset(it.name, data=it.block)
+                ds = f.create_dataset(it.name, data=it.load())
                 ds.attrs["offset"] = np.asarray(it.offset, dtype=np.int64)
                 ds.attrs["global_shape"] = np.asarray(it.global_shape, dtype=np.int64)
-        write_image(part, build_part)          # checked writes, fsynced
+        write_checked(part, build_part)        # checked writes, fsynced
     except Exception as e:   # noqa: BLE001
         err = e
     # every rank's (offset, shape) per dataset; metadata only, a few integers per rank
-    meta = comm.gather([(it.offset, it.block.shape) for it in items], root=0)
+    meta = comm.gather([(it.offset, it.shape) for it in items], root=0)
     try:
         _sync(comm, err, "write_h5 (part files)")
     except BaseException:
@@ -425,18 +404,18 @@ def _write_vds(path, comm, items, attrs, replicated) -> None:
 
             def build_master(f):
                 for k, it in enumerate(items):
-                    layout = h5py.VirtualLayout(shape=it.global_shape, dtype=it.block.dtype)
+                    layout = h5py.VirtualLayout(shape=it.global_shape, dtype=it.dtype)
                     for r, m in enumerate(meta):
                         off, shape = m[k]
                         src = h5py.VirtualSource(f"{parts_name}/rank{r:05d}.h5", it.name,
-                                                 shape=shape, dtype=it.block.dtype)
+                                                 shape=shape, dtype=it.dtype)
                         layout[tuple(slice(o, o + n) for o, n in zip(off, shape))] = src
                     f.create_virtual_dataset(it.name, layout,
-                                             fillvalue=_fillvalue(it.block.dtype))
+                                             fillvalue=_fillvalue(it.dtype))
                 for k, v in replicated.items():
                     f.create_dataset(k, data=v)
                 _write_attrs(f, attrs)
-            write_image(tmp, build_master)
+            write_checked(tmp, build_master)
         except Exception as e:   # noqa: BLE001
             err = e
     _finish(comm, err, path, tmp, parts_dir, parts_name)
