@@ -17,7 +17,10 @@ beside the level's own state, so ``--restart`` continues on any rank count, bitw
 relative to the run's first misfit (the initial model on the coarsest grid). The run's
 ``misfit_ratio`` and ``step_tol`` stop the finest level; a coarser level ends after its
 ``level_iterations``, below its ``level_misfit_ratio``, below ``step_tol`` or when a line search
-fails.
+fails. With ``level_iterations = "auto"`` (what ``levels = "auto"`` resolves to) every level
+ends instead when its misfit stalls or its share of the run's fine-iteration budget is spent
+(:class:`~hpcinv.app.level_plan.AutoEndings`, decided from the history, so restarts decide
+alike). Every coarse level's split over the ranks is checked before the first iteration.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from ..io import rundir
 from ..io.history import History
 from ..parallel.transfer import GridTransfer, coarse_shape
 from .assembly import build
+from .level_plan import AutoEndings
 from .resolve import level_config
 from .interrupt import Deferred, stop_message
 from .run import Inversion, finish, unfinalise
@@ -40,7 +44,9 @@ from .run import Inversion, finish, unfinalise
 
 def make_inversion(cfg, setup, run_dir, reporter, restart: bool = False):
     """The run of a config: :class:`LevelledInversion` when ``inversion.levels`` has more than
-    one level, else :class:`~hpcinv.app.run.Inversion` (both: ``run()``, ``history``)."""
+    one level, else :class:`~hpcinv.app.run.Inversion` (both: ``run()``, ``history``). The
+    levels are the resolved config's (``setup.config``: ``"auto"`` replaced by factors)."""
+    cfg = getattr(setup, "config", None) or cfg
     if len(cfg.inversion.level_factors()) > 1:
         return LevelledInversion(cfg, setup, run_dir, reporter, restart=restart)
     return Inversion(setup, run_dir, reporter, restart=restart)
@@ -61,17 +67,32 @@ class LevelledInversion:
         inv = cfg.inversion
         self.factors = inv.level_factors()
         n = len(self.factors)
-        self.iterations = list(inv.level_iterations or [inv.iterations] * n)
         self.ratios = list(inv.level_misfit_ratio or [0.0] * n)
         self.shapes = [coarse_shape(cfg.grid_shape(), f) for f in self.factors]   # ceil(n/f)
         self.fine_cells = math.prod(self.shapes[-1])
         self.comm = fine.comm
+        self.auto = AutoEndings(self.shapes, inv.iterations) \
+            if inv.level_iterations == "auto" else None
+        self.iterations = (None if self.auto else
+                           list(inv.level_iterations or [inv.iterations] * n))
+        if self.auto and not self.auto.fits():
+            raise ConfigError(
+                f"inversion.iterations = {inv.iterations} is too few for levels "
+                f"{self.factors} ending automatically (every level needs an iteration within "
+                f"the budget: at least {self.auto.fewest_iterations()}); raise it or use fewer "
+                f"levels")
+        for level in reversed(range(n - 1)):     # every split, before the first iteration
+            self._check_split(level, fine.decomp.dims)
         self.restart = restart
         self.ckpt = (ckpt.select(run_dir.path, self.comm, fine.fingerprint, reporter.warn)
                      if restart else None)
 
     def plan(self) -> str:
         """What the run will do, for its header: every level's grid and iterations."""
+        if self.auto:
+            grids = ", ".join("x".join(map(str, s)) for s in self.shapes)
+            return (f"levels ({grids}) ending automatically, at most "
+                    f"{self.cfg.inversion.iterations} fine-iteration equivalents")
         levels = ", ".join(f"{'x'.join(map(str, s))}: {k}"
                            for s, k in zip(self.shapes, self.iterations))
         return f"levels ({levels}) iterations"
@@ -79,10 +100,35 @@ class LevelledInversion:
     @property
     def total(self) -> int:
         """Lines after the first: every level's iterations plus one start line per later
-        level."""
+        level (automatic endings: the most the budget allows)."""
+        if self.auto:
+            return self.auto.max_lines()
         return sum(self.iterations) + len(self.factors) - 1
 
+    def _exhausted(self, level, iteration, first, history) -> bool:
+        """Whether ``level`` (first line at ``first``) may take no more iterations."""
+        if self.auto:
+            return self.auto.exhausted(level, history.lines)
+        return iteration - first >= self.iterations[level]
+
     # --- levels -----------------------------------------------------------------------------
+    def _split_error(self, level, why) -> ConfigError:
+        return ConfigError(
+            f"inversion.levels: level {level} (factor {self.factors[level]}, grid "
+            f"{'x'.join(map(str, self.shapes[level]))}) cannot be split over "
+            f"{self.comm.Get_size()} ranks ({why}); use a smaller coarsening factor or "
+            f"fewer ranks (e.g. inversion.levels = {self.factors[level + 1:]})")
+
+    def _check_split(self, level, dims):
+        """Raise the one-line error of a coarse level with fewer cells than ranks along an
+        axis of the fine grid's process grid ``dims`` (every level splits over the same:
+        ``MPI.Compute_dims`` does not look at the shape). Checked finest first, so the
+        suggested levels can be split."""
+        for ax, (n, p) in enumerate(zip(self.shapes[level], dims)):
+            if p > n:
+                raise self._split_error(level, f"{p} ranks for {n} cells along "
+                                               f"{'xyz'[ax]}")
+
     def _inversion(self, level: int) -> Inversion:
         """The :class:`Inversion` of one level (its own Setup on the level's grid)."""
         if level == len(self.factors) - 1:
@@ -92,11 +138,7 @@ class LevelledInversion:
                 setup = build(level_config(self.cfg, self.factors[level]), self.comm,
                               backend=self.fine.backend, data=self.fine.observations)
             except DecompositionError as exc:
-                raise ConfigError(
-                    f"inversion.levels: level {level} (factor {self.factors[level]}, grid "
-                    f"{'x'.join(map(str, self.shapes[level]))}) cannot be split over "
-                    f"{self.comm.Get_size()} ranks ({exc}); use a smaller coarsening factor or "
-                    f"fewer ranks") from None
+                raise self._split_error(level, exc) from None
         out = Inversion(setup, self.dir, self.reporter)
         out.fingerprint = self.fine.fingerprint          # the run's, on every level
         return out
@@ -114,11 +156,14 @@ class LevelledInversion:
         rec["wall_time"] = wall0 + time.perf_counter() - t0
         return rec
 
-    def _level_stop(self, inv, level, rec) -> str:
+    def _level_stop(self, inv, level, rec, first, history) -> str:
         if not math.isfinite(rec["misfit"]):
             raise ConfigError(f"misfit became {rec['misfit']} at iteration {rec['iteration']}")
+        stall = self.auto.stall_reason(level, first, history.lines) if self.auto else ""
         if level == len(self.factors) - 1:
-            return inv._stop_reason(rec)
+            return inv._stop_reason(rec) or stall
+        if stall:
+            return stall
         if "line search failed" in rec.get("note", ""):
             return rec["note"]
         r = self.ratios[level]
@@ -181,8 +226,7 @@ class LevelledInversion:
                  if self.restart and Path(self.ckpt[0]).name == ckpt.CHECKPOINT else None)
         with Deferred() as signals:          # SIGTERM / Ctrl-C: checkpoint, clean stop
             while True:
-                n_done = iteration - first
-                if done or n_done >= self.iterations[level]:
+                if done or self._exhausted(level, iteration, first, history):
                     if level == last:
                         break
                     # next level: the model prolongated; the old level's memory released
@@ -206,7 +250,8 @@ class LevelledInversion:
                 self.reporter.iteration(rec, self.total)
                 rundir.heartbeat()
                 inv.inner.check(rec)
-                reason = self._level_stop(inv, level, rec) if iteration > first else ""
+                reason = (self._level_stop(inv, level, rec, first, history)
+                          if iteration > first else "")
                 if reason:
                     if level == last:
                         stop = reason
@@ -216,8 +261,8 @@ class LevelledInversion:
                 term = comm.allreduce(signals.flag, op=MPI.MAX)
                 every = self.cfg.inversion.checkpoint_every
                 inv.iteration, inv.history = iteration, history
-                ends = level == last and (bool(stop) or iteration - first >= self.iterations[
-                    level])                  # as the final checkpoint will say: one write
+                ends = level == last and (bool(stop) or self._exhausted(
+                    level, iteration, first, history))   # as the final checkpoint: one write
                 inv.extra_attrs = self._attrs(level, first, done or ends)
                 if term or (every and iteration % every == 0):
                     inv.save_checkpoint()

@@ -1,7 +1,8 @@
 """The fully resolved config of a run (issue 13), and every rule that fills in a default the
 config leaves open (issue 21: here only). Resolving writes into the config every default the
 run takes from elsewhere -- the built-in problem's grid, domain, permeability model and wells,
-the workshop's observation points, the PT solvers' ``cfl`` and ``maxiter``, the smoothing
+the workshop's observation points, ``inversion.levels = "auto"``'s factors, the PT solvers'
+``cfl`` and ``maxiter``, the smoothing
 coefficient, the initial model, the warm starts' memories and coarse prediction, the gradient
 check -- so that a run directory's ``config.toml`` is the complete problem and ``hpcinv invert
 RUN/config.toml -o OTHER`` reruns the same run bitwise; :func:`~hpcinv.app.assembly.build`
@@ -26,6 +27,7 @@ from ..inverse.regularisation import default_smoothing_coefficient
 from ..model import geothermal
 from ..parallel.transfer import coarse_shape
 from ..solvers import PTParams
+from .level_plan import resolve_factors
 
 #: Adjoint solutions kept by default for the adjoint warm start (adaptive runs).
 ADJOINT_MEMORY = 6
@@ -62,6 +64,9 @@ def resolved(cfg):
         o.points = "grid"
         o.grid = {a: [float(lo), float(hi), int(n)]
                   for a, (lo, hi, n) in geothermal.workshop_grid(nd).items()}
+    if c.inversion.levels == "auto":        # the factors, once (app/level_plan.py)
+        c.inversion.levels = resolve_factors(c)
+        c.inversion.level_iterations = "auto" if len(c.inversion.levels) > 1 else None
     if c.solver.method == "apt":
         levels = len(c.inversion.level_factors()) > 1
         for section in (c.solver, c.adjoint):

@@ -159,13 +159,17 @@ class InversionConfig:
     memory: object = None    # the budget per rank choosing the two memories: None ("auto"),
                              # "off", a size ("30GB", "512MiB") or a fraction (0.8)
     # coarse-to-fine (docs/configuration.md, "Coarse-to-fine levels"); None: one level, the grid
-    levels: list | None = None               # coarsening factors, e.g. [4, 2, 1]
-    level_iterations: list | None = None     # outer iterations per level, e.g. [30, 15, 5]
+    levels: object = None              # coarsening factors, e.g. [4, 2, 1], or "auto"
+    level_iterations: object = None    # outer iterations per level, e.g. [30, 15, 5], or "auto"
     level_misfit_ratio: list | None = None   # a level ends when J/J0 falls below (0: off)
     level_smoothing: str | None = None       # "physical" (default): steps / f^2, or "same"
 
     def level_factors(self) -> list:
-        """The coarsening factors of the run (``[1]``: today's single grid)."""
+        """The coarsening factors of the run (``[1]``: today's single grid; ``"auto"`` is
+        replaced by the factors when the config is resolved: app/level_plan.py)."""
+        if self.levels == "auto":
+            raise ConfigError("inversion.levels = \"auto\" is chosen when the config is "
+                              "resolved (hpcinv.app.resolve.resolved)")
         return [int(f) for f in self.levels] if self.levels else [1]
 
 

@@ -347,38 +347,38 @@ def _validate_levels(cfg):
     if v.levels is None:
         for key in ("level_iterations", "level_misfit_ratio", "level_smoothing"):
             if getattr(v, key) is not None:
-                raise ConfigError(f"inversion.{key} needs inversion.levels (e.g. levels = "
-                                  f"[4, 2, 1])")
+                raise ConfigError(f"inversion.{key} needs inversion.levels (e.g. [4, 2, 1])")
         return
-    lv = v.levels
-    if (not lv or not all(_is_int(f) and f >= 1 for f in lv)
+    lv, it = v.levels, v.level_iterations
+    if lv == "auto":                 # factors chosen when resolved (app/level_plan.py)
+        if it in (None, "auto") and v.level_misfit_ratio is None:
+            return
+        raise ConfigError("inversion.levels = \"auto\" takes level_iterations = \"auto\" (or "
+                          "none) and no level_misfit_ratio: the levels end by rule")
+    if (not isinstance(lv, list) or not lv or not all(_is_int(f) and f >= 1 for f in lv)
             or any(a <= b for a, b in zip(lv, lv[1:])) or lv[-1] != 1):
         raise ConfigError(f"inversion.levels must be strictly decreasing integer coarsening "
-                          f"factors ending with 1 (e.g. [4, 2, 1]), got {lv!r}")
+                          f"factors ending with 1 (e.g. [4, 2, 1]) or \"auto\", got {lv!r}")
     n = len(lv)
-    it = v.level_iterations
     if n == 1 and it is not None:
         raise ConfigError("inversion.level_iterations with a single level: use "
                           "inversion.iterations")
-    if it is None:
-        if n > 1:
-            raise ConfigError(f"inversion.level_iterations is required with inversion.levels "
-                              f"= {lv}: the outer iterations of each level, e.g. "
-                              f"{[30, 15, 5][-n:] if n <= 3 else [10] * n}")
-    elif (len(it) != n or not all(_is_int(k) and k >= 0 for k in it) or it[-1] < 1):
+    if it is None and n > 1:
+        raise ConfigError(f"inversion.level_iterations is required with inversion.levels "
+                          f"= {lv}: the outer iterations of each level, e.g. "
+                          f"{[30, 15, 5][-n:] if n <= 3 else [10] * n}, or \"auto\"")
+    if it not in (None, "auto") and (not isinstance(it, list) or len(it) != n or not all(
+            _is_int(k) and k >= 0 for k in it) or it[-1] < 1):
         raise ConfigError(f"inversion.level_iterations must have one integer >= 0 per level "
-                          f"({n}), the last >= 1, got {it!r}")
+                          f"({n}), the last >= 1, or \"auto\", got {it!r}")
     r = v.level_misfit_ratio
     if r is not None and (len(r) != n or not all(is_number(x) and 0 <= x < 1 for x in r)):
         raise ConfigError(f"inversion.level_misfit_ratio must have one number in [0, 1) per "
                           f"level ({n}; 0: off), got {r!r}")
-    shape = cfg.grid_shape()
     for i, f in enumerate(lv):
-        cs = tuple(-(-s // f) for s in shape)
-        if min(cs) < 3:
+        if min(cs := tuple(-(-s // f) for s in cfg.grid_shape())) < 3:
             raise ConfigError(f"inversion.levels: level {i} (factor {f}) would have "
-                              f"{'x'.join(map(str, cs))} cells, fewer than 3 along an axis; "
-                              f"use a smaller factor")
+                              f"{'x'.join(map(str, cs))} cells, < 3 on an axis: use a smaller one")
 
 
 # --------------------------------------------------------------------------- helpers
