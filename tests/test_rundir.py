@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,19 +45,44 @@ def signal_when(args, seen, sig=signal.SIGTERM, launcher=()):
     """Start ``hpcinv ARGS``, send ``sig`` once the path ``seen`` exists (at once if ``None``);
     returns ``(returncode, stdout, stderr)``."""
     proc = subprocess.Popen([*launcher, sys.executable, "-m", "hpcinv", *map(str, args)],
-                            env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            env=_clean_env(PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while seen is not None and not seen.exists():
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.01)
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{sig!r} did not stop the run within 120 s: {_stuck(proc)}")
     finally:
         if proc.poll() is None:
             proc.kill()
     return proc.returncode, out, err
+
+
+def _stuck(proc) -> str:
+    """What a process that ignored a signal was doing: each thread's signal masks (pending,
+    blocked, ignored, caught; /proc) and every thread's Python stack (faulthandler on SIGABRT:
+    the child runs with PYTHONFAULTHANDLER=1)."""
+    masks = []
+    for task in sorted(Path(f"/proc/{proc.pid}/task").glob("*")):
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:
+            continue
+        masks.append(task.name + ": " + " ".join(x.replace("\t", "") for x in lines
+                                                 if x.startswith(("ShdPnd", "SigPnd", "SigBlk",
+                                                                  "SigIgn", "SigCgt"))))
+    proc.send_signal(signal.SIGABRT)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return f"masks {masks}; stdout {out[-2000:]!r}; stderr {err[-6000:]}"
 
 
 def assert_interrupted(rc, err, code, name, *needles):
