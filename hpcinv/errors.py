@@ -86,14 +86,18 @@ class OutputDirError(HpcinvError):
     it (disk full, quota, I/O error) are :class:`OutputIOError` (exit status 4) instead."""
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGINT outside the inversion loop (start-up, a single solve, the final
     evaluation): exit status 3 for SIGTERM, 130 for SIGINT (:mod:`hpcinv.app.interrupt`).
 
-    Like :class:`KeyboardInterrupt` it derives from :class:`BaseException`, not from
-    :class:`HpcinvError`: a signal may arrive inside any ``except Exception`` block (a write
-    that turns errors into an I/O error, a library probe) and must stop the run, not be
-    reported as that block's failure."""
+    Not an :class:`HpcinvError`: a signal may arrive inside any ``except Exception`` block (a
+    write that turns errors into an I/O error, a library probe) and must stop the run, not be
+    reported as that block's failure. A :class:`KeyboardInterrupt`, not only a
+    :class:`BaseException`, because CPython's C code keeps only that one when a signal handler
+    raises inside it: the compiler's constant folding (``2 ** 31`` in a module compiled from
+    source, which every import is under ``PYTHONDONTWRITEBYTECODE`` or from a read-only
+    install) clears any other exception, and the SIGTERM was lost (CI: a forward solve went on
+    after the signal). Catch it before ``KeyboardInterrupt``."""
 
     def __init__(self, signum: int):
         import signal

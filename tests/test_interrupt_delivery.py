@@ -6,10 +6,13 @@ that an ``except Exception`` block between the signal and the CLI does not take 
 failure."""
 from __future__ import annotations
 
+import functools
 import gc
 import json
+import operator
 import signal
 import sys
+import _thread
 import time
 import weakref
 
@@ -86,6 +89,22 @@ def test_other_ignored_exceptions_still_reach_the_previous_hook():
         assert [type(u.exc_value) for u in seen] == [ValueError]
     finally:
         sys.unraisablehook = previous
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupt_raised_inside_the_compilers_constant_folding_stops_the_run(signum):
+    """CI: SIGTERM during the import of a module compiled from source (no ``.pyc``: tests and
+    read-only installs run under ``PYTHONDONTWRITEBYTECODE``) went unanswered: the handler
+    ran inside ``compile``'s folding of ``2 ** 31``, whose C code clears every exception but a
+    ``KeyboardInterrupt``. The signal is tripped and the source compiled with no bytecode in
+    between (C calls only), so the handler runs exactly there."""
+    trip_then_compile = [functools.partial(_thread.interrupt_main, signum),
+                         functools.partial(compile, "LIMIT = 2 ** 31\n", "m.py", "exec")]
+    with pytest.raises(Interrupted) as info:
+        with interrupt.installed():
+            list(map(operator.call, trip_then_compile))
+            _spin()                     # a lost interrupt: the test fails after 10 s
+    assert info.value.signum == signum
 
 
 def test_the_hooks_are_restored_after_the_block():
