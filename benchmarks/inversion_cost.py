@@ -114,6 +114,23 @@ def tight_ratio(setup, logK, tol=1e-8):
     return J / J0, J
 
 
+def work_units(hist, fine_cells):
+    """``(work units, forward PT its, adjoint PT its, prediction work units)`` of the history
+    records ``hist``: each record's PT iterations (its final evaluation's and its coarse
+    prediction solves' included) weighted by its ``cells`` (absent: ``fine_cells``) over
+    ``fine_cells``; the forward and adjoint counts are not weighted."""
+    fwd = adj = 0
+    units = coarse = 0.0
+    for r in hist:
+        cells = r.get("cells", fine_cells)
+        f = r["forward_iterations"] + r.get("final_forward_iterations", 0)
+        a = r["adjoint_iterations"] + r.get("final_adjoint_iterations", 0)
+        c = r.get("prediction_work", 0.0) + r.get("final_prediction_work", 0.0)  # coarse solves
+        fwd, adj, coarse = fwd + f, adj + a, coarse + c * cells / fine_cells
+        units += (f + a + c) * cells / fine_cells
+    return units, fwd, adj, coarse
+
+
 def run_one(case, setting, overrides, new_overrides, threads, workdir):
     from mpi4py import MPI
 
@@ -133,16 +150,7 @@ def run_one(case, setting, overrides, new_overrides, threads, workdir):
     last = inv.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     hist = inv.history.lines
-    N = int(np.prod(setup.grid.shape))
-    fwd = adj = 0
-    units = coarse = 0.0
-    for r in hist:
-        cells = r.get("cells", N)
-        f = r["forward_iterations"] + r.get("final_forward_iterations", 0)
-        a = r["adjoint_iterations"] + r.get("final_adjoint_iterations", 0)
-        c = r.get("prediction_work", 0.0) + r.get("final_prediction_work", 0.0)  # coarse solves
-        fwd, adj, coarse = fwd + f, adj + a, coarse + c * cells / N
-        units += (f + a + c) * cells / N
+    units, fwd, adj, coarse = work_units(hist, int(np.prod(setup.grid.shape)))
     logK = setup.backend.to_host(setup.optimiser.arrays["x"])
     ratio, J = tight_ratio(setup, logK)
     barrier, far = region_means(setup.grid, logK)
