@@ -14,7 +14,7 @@ one way::
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from mpi4py import MPI
@@ -222,7 +222,8 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
     forward_start, adjoint_start = warm_starts(
         i.warm_start, i.adjoint_memory, i.forward_memory, f,
         lambda: make_predictor(cfg, f, grid, base.comm, bk, fwd, opts))
-    objective = AdjointGradient(true.copy(), obs, bk, fwd, adj, tikhonov,
+    # The objective changes its problem's K only: its own K, the true Qf shared (read-only)
+    objective = AdjointGradient(replace(true, K=true.K.copy()), obs, bk, fwd, adj, tikhonov,
                                 forward_start=forward_start, adjoint_start=adjoint_start, **opts)
     settings = optimiser_settings(cfg)
     precondition = smoother

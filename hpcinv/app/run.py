@@ -206,9 +206,6 @@ class Inversion:
                           if restart else None)
         self.inner = InnerSolvePolicy(setup.forward_params, setup.adjoint_params,
                                       self.dir.path, self.warn)
-        own = self.decomp.owned()
-        self.true_logK = np.zeros(setup.true.K.shape)
-        self.true_logK[own] = np.log(setup.true.K[own])
         self.logK0 = setup.logK0
         self.restart = restart
         self.iteration = 0
@@ -288,7 +285,12 @@ class Inversion:
 
     # --- output -----------------------------------------------------------------------------
     def write_setup(self):
-        write_setup_file(self.dir / "setup.h5", self.grid, self.obs, self.wells, self.true_logK)
+        """``setup.h5``: the true model's log K is made here, not held through the run (one
+        host field less at the run's peak)."""
+        K, own = self.setup.true.K, self.decomp.owned()
+        true_logK = np.zeros(K.shape)
+        true_logK[own] = np.log(K[own])
+        write_setup_file(self.dir / "setup.h5", self.grid, self.obs, self.wells, true_logK)
 
     def write_model(self, name, final=None):
         """The accepted model, its pressure and its misfit: the optimiser's accepted ``J``, the
