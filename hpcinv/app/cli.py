@@ -51,7 +51,8 @@ def prepare_run(args, command: str):
     from ..io.rundir import acquire_world
     from .ownership import claim
     restart = bool(getattr(args, "restart", None))
-    cfg = apply_overrides(_config(args, command), args)
+    cfg = _config(args, command)                  # the file (or the defaults), read once
+    cfg = apply_overrides(cfg, args)              # then the command line's options
     if not restart:
         cfg = resolved(cfg)           # config.toml: the complete problem, rerunnable bitwise
     kind = "invert" if command == "demo" else command

@@ -188,7 +188,7 @@ def save(directory, decomp, cells, faces, attrs, to_host=None, replicated=None, 
     checkpoint); ``fingerprint``: ``(sha256, canonical JSON)`` of the config. Raises
     :class:`~hpcinv.errors.OutputIOError` on every rank if anything fails; the previous
     checkpoint is then untouched."""
-    from .h5items import items
+    from .h5items import dataset_items
     directory, comm = Path(directory), decomp.comm
     uid = comm.bcast(uuid.uuid4().hex[:12] if comm.Get_rank() == 0 else None, root=0)
     gen = directory / f"checkpoint-{uid}.h5"
@@ -205,7 +205,7 @@ def save(directory, decomp, cells, faces, attrs, to_host=None, replicated=None, 
     try:
         checked_write_h5(gen, decomp, cells, faces, attrs, to_host, replicated=replicated,
                          what=what)
-        _verify_blocks(gen, decomp, items(decomp, cells, faces, to_host),
+        _verify_blocks(gen, decomp, dataset_items(decomp, cells, faces, to_host),
                        replicated if comm.Get_rank() == 0 else {})
         digests = dataset_digests(gen, comm)
         rank0(comm, lambda: _seal(gen, digests, attrs["state_sha256"]),

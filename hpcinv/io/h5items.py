@@ -62,7 +62,7 @@ def view_item(it: Item) -> Item:
                 view_shape(it.global_shape), view_shape(it.shape), it.dtype)
 
 
-def items(decomp, cells, faces, to_host, views=()) -> list[Item]:
+def dataset_items(decomp, cells, faces, to_host, views=()) -> list[Item]:
     """The items of a write (arguments as for :func:`~hpcinv.io.h5write.write_h5`): the cell
     fields, the face fields, then the XDMF views named in ``views``; nothing is downloaded."""
     from .gather import owned_face_block

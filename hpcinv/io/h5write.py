@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from .checked_file import CheckedFile
-from .h5items import Item, items as _items
+from .h5items import Item, dataset_items
 from .h5mode import choose_mode
 from .h5util import _fsync_dir, _fsync_path, _h5py
 from .watchdog import collective_region, io_timeout_s
@@ -177,7 +177,7 @@ def write_h5(path, decomp, cells=None, faces=None, attrs=None, to_host=None, rep
     mode = choose_mode(comm, mode)
     err, items = None, []
     try:
-        items = _items(decomp, cells, faces, to_host, views)
+        items = dataset_items(decomp, cells, faces, to_host, views)
     except Exception as e:   # noqa: BLE001 - re-raised collectively below
         err = e
     _sync(comm, err, "write_h5")
