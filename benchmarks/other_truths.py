@@ -54,7 +54,7 @@ TRUTHS = ("blobs2d", "blobs2d_s17", "layered2d", "channel2d", "lens2d", "trend2d
           "blobs3d", "blobs3d_s23", "channel3d", "lens3d", "trend3d")
 #: Outer iterations per method: 2D, 3D.
 ITERATIONS = {"gd": (50, 30), "lbfgs": (25, 25)}
-RUNS = ",".join(f"{t}:{m}:{ITERATIONS[m][t.endswith('3d') or '3d_' in t]}"
+RUNS = ",".join(f"{t}:{m}:{ITERATIONS[m]['3d' in t]}"
                 for t in TRUTHS for m in ("gd", "lbfgs"))
 SETTINGS = {"today": {"inversion": {"adaptive_tolerance": False}}, "new": {},
             "auto": {"inversion": {"levels": "auto"}}}
@@ -193,24 +193,28 @@ def table(path) -> str:
     for name in TRUTHS:
         for method in ITERATIONS:
             got = {s: recs.get((name, method, s)) for s in SETTINGS}
-            if got["today"] is None:
+            if not any(got.values()):
                 continue
-            w = {s: (f"{r['work_units']:,.0f}" if r else "-") for s, r in got.items()}
-            q = {s: (f"{r['misfit_ratio_tight']:.3g}" if r else "-") for s, r in got.items()}
+            failed = {s for s, r in got.items() if r and "error" in r}
+            got = {s: (None if s in failed else r) for s, r in got.items()}
+            w = {s: (f"{r['work_units']:,.0f}" if r else "failed" if s in failed else "-")
+                 for s, r in got.items()}
+            q = {s: (f"{r['misfit_ratio_tight']:.3g}" if r else "failed" if s in failed else "-")
+                 for s, r in got.items()}
             x = {}
             for s in ("new", "auto"):
-                if got[s]:
+                if got[s] and got["today"]:
                     ratio = got["today"]["work_units"] / got[s]["work_units"]
                     ratios[s].append((ratio, "3d" in name))
                     x[s] = f"{ratio:.1f}x"
                     worse = got[s]["misfit_ratio_tight"] > 1.1 * got["today"]["misfit_ratio_tight"]
                     q[s] = f"**{q[s]}**" if worse else q[s]
                 else:
-                    x[s] = "-"
+                    x[s] = "failed" if s in failed else "-"
             a = got["auto"]
             lv = f"{a['levels']} ({a['lines_per_level']})" if a else "-"
             rows.append(f"| {name} | {'3D' if '3d' in name else '2D'} | {method} | "
-                        f"{got['today']['iterations']} | {w['today']} / {w['new']} / "
+                        f"{ITERATIONS[method]['3d' in name]} | {w['today']} / {w['new']} / "
                         f"{w['auto']} | {x['new']} / {x['auto']} | {lv} | "
                         f"{q['today']} / {q['new']} / {q['auto']} |")
     for s, label in (("new", "defaults"), ("auto", "auto")):
@@ -231,6 +235,7 @@ def main(argv=None):
     ap.add_argument("--out")
     ap.add_argument("--table", metavar="FILE", help="print the markdown table of FILE, run none")
     a = ap.parse_args(argv)
+    from hpcinv.errors import HpcinvError
     if a.table:
         print(table(a.table))
         return
@@ -238,8 +243,13 @@ def main(argv=None):
         for spec in a.runs.split(","):
             name, method, iterations = spec.split(":")
             for setting in a.settings.split(","):
-                rec = run(name, method, int(iterations), setting,
-                          parse_set(a.sets) if setting != "today" else {}, work)
+                over = parse_set(a.sets) if setting != "today" else {}
+                try:
+                    rec = run(name, method, int(iterations), setting, over, work)
+                except HpcinvError as exc:     # a run that fails is a row of the table too
+                    rec = {"truth": name, "method": method, "iterations": int(iterations),
+                           "setting": setting, "overrides": over,
+                           "error": f"{type(exc).__name__}: {exc}", "machine": machine()}
                 emit(rec, a.out)
 
 
