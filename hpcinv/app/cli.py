@@ -302,6 +302,9 @@ def main(argv=None) -> int:
             print(f"hpcinv: error: {one_line(str(exc))}", file=sys.stderr, flush=True)
         return exc.exit_code
     run = args.command in RUN_COMMANDS            # SIGTERM/SIGINT handled from here on
+    if run:
+        from .heap import fix_mmap_threshold
+        fix_mmap_threshold()           # freed host fields go back to the kernel (issue 20)
     with interrupt.installed() if run else contextlib.nullcontext():
         return _main(args)
 
