@@ -61,7 +61,8 @@ SETTINGS = {"today": {"inversion": {"adaptive_tolerance": False}}, "new": {},
 
 
 def centres(shape, extent):
-    """Cell-centre coordinates (``np.meshgrid``, ``indexing="ij"``) of ``shape`` over ``extent``."""
+    """Cell-centre coordinates (``np.meshgrid``, ``indexing="ij"``) of ``shape`` over
+    ``extent``."""
     axes = [np.linspace(a + (b - a) / (2 * n), b - (b - a) / (2 * n), n)
             for (a, b), n in zip(extent, shape)]
     return np.meshgrid(*axes, indexing="ij")
@@ -180,8 +181,9 @@ def run(name, method, iterations, setting, overrides, workdir) -> dict:
 
 
 def table(path) -> str:
-    """The markdown table (one row per truth and method) and the ratios' median and minimum of
-    the JSON lines in ``path`` (the last line of each truth, method, setting wins)."""
+    """The markdown table (one row per truth and method; a J/J0 more than 1.1x the fixed
+    tolerances' in bold) and the ratios' median and minimum of the JSON lines in ``path`` (the
+    last line of each truth, method, setting wins)."""
     recs = {}
     for line in Path(path).read_text().splitlines():
         r = json.loads(line)
@@ -199,8 +201,8 @@ def table(path) -> str:
             got = {s: (None if s in failed else r) for s, r in got.items()}
             w = {s: (f"{r['work_units']:,.0f}" if r else "failed" if s in failed else "-")
                  for s, r in got.items()}
-            q = {s: (f"{r['misfit_ratio_tight']:.3g}" if r else "failed" if s in failed else "-")
-                 for s, r in got.items()}
+            q = {s: (f"{r['misfit_ratio_tight']:.2e}".replace("e-0", "e-") if r
+                     else "failed" if s in failed else "-") for s, r in got.items()}
             x = {}
             for s in ("new", "auto"):
                 if got[s] and got["today"]:
@@ -233,13 +235,15 @@ def main(argv=None):
     ap.add_argument("--set", action="append", dest="sets", metavar="KEY=VALUE",
                     help="config override of the 'new' and 'auto' runs (TOML value)")
     ap.add_argument("--out")
+    ap.add_argument("--workdir", help="keep the run directories here (default: a temporary one)")
     ap.add_argument("--table", metavar="FILE", help="print the markdown table of FILE, run none")
     a = ap.parse_args(argv)
     from hpcinv.errors import HpcinvError
     if a.table:
         print(table(a.table))
         return
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = a.workdir or tmp
         for spec in a.runs.split(","):
             name, method, iterations = spec.split(":")
             for setting in a.settings.split(","):
