@@ -33,14 +33,17 @@ absolute, so the resolved config written to a run directory still finds them), a
 the working directory for :func:`from_dict`.
 
 Layout: :mod:`hpcinv.config.schema` (the section dataclasses, :class:`Config` and constants),
-:mod:`hpcinv.config.validate` (value checks), :mod:`hpcinv.config.toml_io` (path resolution
-and :func:`dumps`/:func:`save`); this package's :func:`load` and :func:`from_dict` are the
-entry points.
+:mod:`hpcinv.config.validate` (value checks); this module the TOML side, both ways: :func:`load`
+and :func:`from_dict` (the entry points), data-file path resolution, and :func:`dumps`/:func:`save`
+(a config as TOML text).
 Library packages never import this one: the application layer (:mod:`hpcinv.app`) turns a
 config into library objects, and maps library parameter names to TOML keys in messages.
 """
 from __future__ import annotations
 
+import math
+import os
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -52,8 +55,7 @@ except ImportError:  # Python < 3.11
 from ..errors import ConfigError, plain
 from .schema import (AdjointConfig, BoundaryConfig, Config, GridConfig, InversionConfig,
                      ObservationsConfig, OutputConfig, ParallelConfig, PermeabilityConfig,
-                     ProblemConfig, RegularisationConfig, SolverConfig, WellConfig)
-from .toml_io import dumps, resolve_paths, save
+                     PATH_KEYS, ProblemConfig, RegularisationConfig, SolverConfig, WellConfig)
 from .validate import check_type, hint, validate_config
 
 __all__ = ["Config", "ConfigError", "dumps", "from_dict", "from_toml", "load", "read_toml", "save",
@@ -132,3 +134,74 @@ def from_toml(data: dict, path) -> Config:
     relative data-file paths taken relative to the file's directory and stored absolute."""
     path = Path(path)
     return resolve_paths(from_dict(data, str(path)), path.parent)
+
+
+# --------------------------------------------------------------------------- writing
+
+def resolve_paths(cfg: Config, base) -> Config:
+    """Make the relative data-file paths of ``cfg`` absolute, relative to directory ``base``."""
+    for sname, key in PATH_KEYS:
+        sec = getattr(cfg, sname)
+        v = getattr(sec, key)
+        if v:
+            v = os.path.expanduser(v)
+            setattr(sec, key, v if os.path.isabs(v) else os.path.abspath(os.path.join(base, v)))
+    return cfg
+
+
+def save(cfg: Config, path) -> None:
+    """Write ``cfg`` as UTF-8 TOML to ``path`` (the config a run directory records)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(dumps(cfg))
+
+
+def dumps(cfg: Config) -> str:
+    """The config as TOML text (the resolved config written next to the results)."""
+    lines = []
+    for sname, sec in cfg.to_dict().items():
+        if sname == "wells":
+            for w in sec:
+                lines.append("[[wells]]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in w.items()]
+                lines.append("")
+            continue
+        lines.append(f"[{sname}]")
+        for k, v in sec.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(k) -> str:
+    k = str(k)
+    return k if _BARE_KEY.match(k) else _toml_value(k)
+
+
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}
+
+
+def _escape(c: str) -> str:
+    """One character of a TOML basic string: quote, backslash and every control character
+    (U+0000-U+001F, U+007F, which TOML forbids raw) escaped, so a path holding them reloads."""
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    return f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + "".join(_escape(c) for c in v) + '"'
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()
+                               if x is not None) + "}"
+    return str(v)
