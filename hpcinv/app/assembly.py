@@ -14,7 +14,7 @@ one way::
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
@@ -222,8 +222,7 @@ def build(cfg, comm=None, backend: Backend | None = None, progress=None,
     forward_start, adjoint_start = warm_starts(
         i.warm_start, i.adjoint_memory, i.forward_memory, f,
         lambda: make_predictor(cfg, f, grid, base.comm, bk, fwd, opts))
-    # The objective changes its problem's K only: its own K, the true Qf shared (read-only)
-    objective = AdjointGradient(replace(true, K=true.K.copy()), obs, bk, fwd, adj, tikhonov,
+    objective = AdjointGradient(true.copy(qf=False), obs, bk, fwd, adj, tikhonov,  # K only
                                 forward_start=forward_start, adjoint_start=adjoint_start, **opts)
     settings = optimiser_settings(cfg)
     precondition = smoother

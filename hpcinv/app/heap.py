@@ -4,8 +4,9 @@ glibc serves an allocation above its mmap threshold (128 KiB at start) with its 
 unmapped when freed; but each such free raises the threshold to that block's size (up to
 32 MiB), so from the first freed field on, fields (NumPy temporaries, downloads, the arrays of
 the host backend) come from the heap, and a freed field inside the heap stays resident. In
-issue 20's case (geothermal3d 96^3, 1 rank, host backend) that retention was 2 fields of the
-peak RSS (60.1 -> 58.1 field-equivalents above the interpreter with a fixed threshold).
+issue 20's case (geothermal3d 96^3, 1 rank, host backend) that retention was about 2 fields
+of the peak RSS (60.14 -> 58.45 field-equivalents above the interpreter with this threshold;
+58.13 with glibc's initial 128 KiB; ``benchmarks/memory_peak.py``).
 
 :func:`fix_mmap_threshold` sets the threshold to :data:`THRESHOLD` once (``mallopt``, which also
 stops its adjustment): an allocation of 1 MiB or more is mapped and returned on free; smaller

@@ -46,7 +46,7 @@ def make_inversion(cfg, setup, run_dir, reporter, restart: bool = False):
     """The run of a config: :class:`LevelledInversion` when ``inversion.levels`` has more than
     one level, else :class:`~hpcinv.app.run.Inversion` (both: ``run()``, ``history``). The
     levels are the resolved config's (``setup.config``: ``"auto"`` replaced by factors)."""
-    cfg = getattr(setup, "config", None) or cfg
+    cfg = setup.config or cfg
     if len(cfg.inversion.level_factors()) > 1:
         return LevelledInversion(cfg, setup, run_dir, reporter, restart=restart)
     return Inversion(setup, run_dir, reporter, restart=restart)

@@ -47,11 +47,13 @@ class Problem:
     wells: list[Well] = field(default_factory=list)
     fixed_pressure: dict = field(default_factory=dict)
 
-    def copy(self) -> "Problem":
+    def copy(self, qf: bool = True) -> "Problem":
         """An independent copy (own ``K`` and ``Qf`` arrays; grid and wells shared, immutable):
-        what an objective may modify while the true problem stays as it was."""
-        return Problem(self.name, self.grid, self.K.copy(), self.Qf.copy(), list(self.wells),
-                       dict(self.fixed_pressure))
+        what an objective may modify while the true problem stays as it was. ``qf=False``
+        shares ``Qf`` instead (one host field less), for a user that changes ``K`` only:
+        nothing writes a problem's ``Qf`` once it is built (solvers upload their own copy)."""
+        return Problem(self.name, self.grid, self.K.copy(), self.Qf.copy() if qf else self.Qf,
+                       list(self.wells), dict(self.fixed_pressure))
 
     @property
     def gauge_free(self) -> bool:
