@@ -152,14 +152,16 @@ def test_forward_3d_shapes(tmp_path):
 def test_forward_from_config_file_with_cli_overrides(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text('[problem]\nname = "geothermal2d"\n[grid]\nnx = 99\nny = 99\n'
-                   '[solver]\ntol = 1e-5\nncheck = 50\n[output]\ndir = "ignored"\n')
+                   '[solver]\ntol = 1e-5\nncheck = 50\nfirst_check = 50\n[output]\n'
+                   'dir = "ignored"\n')
     out = tmp_path / "o"
     assert main(["forward", str(cfg), "--nx", "15", "--ny", "9", "-q", "-o", str(out)]) == 0
     data, attrs = read_fields(out / "fields.h5")
     assert data["Pf"].shape == (15, 9)
     assert int(attrs["iterations"]) % 50 == 0
     used = config_mod.load(out / "config.toml")
-    assert (used.grid.nx, used.grid.ny, used.solver.ncheck) == (15, 9, 50)
+    assert (used.grid.nx, used.grid.ny, used.solver.ncheck, used.solver.first_check) == (
+        15, 9, 50, 50)
     assert used.output.dir == str(out)
 
 

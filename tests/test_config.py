@@ -38,9 +38,10 @@ def non_default_dicts():
     a = {
         "problem": {"name": "geothermal3d", "k_background": 2.5, "k_barrier": 3e-5},
         "grid": {"nx": 11, "ny": 7, "nz": 5},
-        "solver": {"method": "petsc", "cfl": 0.5, "re": 2.5, "tol": 1e-6, "maxiter": 1234, "ncheck": 7,
-                   "dtype": "float32"},
-        "adjoint": {"cfl": 0.45, "re": 3.5, "tol": 1e-7, "maxiter": 4321, "ncheck": 9},
+        "solver": {"method": "petsc", "cfl": 0.5, "re": 2.5, "tol": 1e-6, "maxiter": 1234,
+                   "ncheck": 7, "first_check": 3, "dtype": "float32"},
+        "adjoint": {"cfl": 0.45, "re": 3.5, "tol": 1e-7, "maxiter": 4321, "ncheck": 9,
+                    "first_check": 5},
         # every side fixed (the problem is 3D); an integer pressure stays an integer
         "boundary": {"x_lo": 1.5, "x_hi": -2.0, "y_lo": 0.0, "y_hi": 3.25, "z_lo": 1e-3,
                      "z_hi": 7},
@@ -268,6 +269,7 @@ def test_section_must_be_a_table():
     ("solver", "re", -1.0, "solver.re"), ("solver", "re", math.inf, "solver.re"),
     ("solver", "tol", 0.0, "solver.tol"), ("solver", "tol", 1.0, "solver.tol"),
     ("solver", "maxiter", 0, "solver.maxiter"), ("solver", "ncheck", 0, "solver.ncheck"),
+    ("adjoint", "first_check", 0, "adjoint.first_check"),
     ("solver", "dtype", "float16", "solver.dtype"), ("solver", "method", "cg", "solver.method"),
     ("parallel", "backend", "cuda", "parallel.backend"),
     ("parallel", "backend", "hots", "did you mean 'host'"),

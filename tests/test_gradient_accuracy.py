@@ -51,10 +51,10 @@ def test_refine_gradient_is_the_tight_gradient(backend, warm_start):
     g, info = G.refine_gradient(1e-8)
     assert _relative(backend, g, g_ref) < 1e-5 < _relative(backend, g_loose, g_ref)
     assert info["adjoint_converged"] and info["adjoint_residual"] < 1e-8
-    # continued from the kept solution: a further refinement to the same tolerance is done at
-    # its first residual check (from zero it would take thousands of iterations again)
+    # continued from the kept solution: a further refinement to the same tolerance is done
+    # within the longest gap between checks (from zero it takes thousands of iterations again)
     g_again, info = G.refine_gradient(1e-8)
-    assert (info["adjoint_iterations"] == NCHECK) == warm_start
+    assert (info["adjoint_iterations"] <= NCHECK) == warm_start
     assert _relative(backend, g_again, g_ref) < 1e-5
     if warm_start:      # the adjoint subspace keeps the refined solution, not the loose one
         start = G.adjoint_start
@@ -110,11 +110,12 @@ def test_adaptive_gradients_are_checked_to_the_bound(tmp_path, accuracy):
 
 def test_the_check_costs_only_where_needed(tmp_path):
     """The check's adjoint solves cost more than the one-stage rule's, but its extra decades
-    are taken only where the estimate asks: most gradients keep the loose tolerance."""
-    checked, plain = _history(tmp_path, 0.1)[1], _history(tmp_path, 0.0)[1]
+    are taken only where the estimate asks: most gradients stay above the tolerance floor."""
+    cfg, checked = _history(tmp_path, 0.1)
+    plain = _history(tmp_path, 0.0)[1]
     cost = [sum(r["adjoint_iterations"] for r in h) for h in (checked, plain)]
     assert cost[0] > cost[1]
-    loose = [r for r in checked[1:] if r["adjoint_tol"] >= 1e-3 * (1 - 1e-12)]
+    loose = [r for r in checked[1:] if r["adjoint_tol"] > cfg.adjoint.tol * (1 + 1e-12)]
     assert len(loose) >= len(checked[1:]) // 2, [r["adjoint_tol"] for r in checked]
 
 

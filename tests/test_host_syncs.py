@@ -16,7 +16,6 @@ uploads its geometry: one host sync). Expected numbers, from the code's structur
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -29,19 +28,24 @@ from hpcinv.model.problems import geothermal2d
 from hpcinv.model.problems import periodic_block as periodic_problem
 from hpcinv.physics.darcy import apt_step_kernel
 from hpcinv.solvers import DarcySolver, PTParams, solve_forward
+from hpcinv.solvers.apt import next_check
 
 PARAMS = PTParams(tol=1e-6, ncheck=10)
 
 
 def _checks(iterations: int, ncheck: int) -> int:
-    """Residual checks of a solve (every ``ncheck`` iterations; the last one is a check)."""
-    return math.ceil(iterations / ncheck)
+    """Residual checks of a solve of ``iterations`` (at :func:`next_check`'s iterations; the
+    last one is a check)."""
+    n, due = 1, next_check(0, ncheck, PARAMS.first_check)
+    while due < iterations:
+        n, due = n + 1, next_check(due, ncheck, PARAMS.first_check)
+    return n
 
 
 @pytest.mark.parametrize("periodic", [True, False], ids=["halo", "no-halo"])
 def test_syncs_per_iteration_block(periodic):
-    """A solve: ``ncheck + 1`` syncs per block with a halo exchange each iteration (a periodic
-    self-neighbour on one rank), 1 per block without."""
+    """A solve: one sync per iteration with a halo exchange (a periodic self-neighbour on one
+    rank), none without, and one per residual check."""
     bk = HostBackend(threads=1)
     problem = periodic_problem((12, 9)) if periodic else geothermal2d((12, 9),
                                                                       comm=MPI.COMM_SELF)

@@ -17,7 +17,8 @@ from hpcinv.backend.kernel import Kernel
 from hpcinv.errors import BackendError
 from hpcinv.errors import SolverDivergedError
 from hpcinv.model.problems import geothermal2d, geothermal3d
-from hpcinv.solvers import PTParams, solve_forward
+from hpcinv.solvers import DarcySolver, PTParams, solve_forward
+from hpcinv.solvers.apt import next_check
 from hpcinv.solvers.overlap import owned_box, shell_and_interior
 
 # Writes a value identifying the cell (from ix, iy, iz) plus an offset, into the box only.
@@ -224,7 +225,7 @@ def test_divergence_is_reported(make, shape, cfl, ncheck, nonfinite, backend):
     p = make(shape, comm=MPI.COMM_SELF)
     with pytest.raises(SolverDivergedError) as exc:
         solve_forward(p, backend, PTParams(cfl=cfl, re=2 * math.pi, tol=1e-8, ncheck=ncheck,
-                                           maxiter=100000))
+                                           first_check=ncheck, maxiter=100000))
     msg = str(exc.value)
     m = re.search(r"iteration (\d+)", msg)
     assert m, msg
@@ -243,3 +244,27 @@ def test_stable_cfl_does_not_diverge(backend):
     p = geothermal3d((12, 10, 9), comm=MPI.COMM_SELF)
     s = solve_forward(p, backend, PTParams(tol=1e-8, ncheck=10))
     assert s.result.converged and np.all(np.isfinite(s.Pf))
+
+
+# --- residual checks ---------------------------------------------------------------------------
+def test_checks_follow_the_schedule_and_leave_the_iterates_alone(backend):
+    """Checks come at first_check, then a quarter of the iterations done later (at most
+    ncheck); the solve stops at the first check below tol; and a check (the step kernel with the
+    residual written) changes no iterate: 300 iterations checked at every one or every 100 give
+    the same bits."""
+    p = geothermal2d((24, 12), comm=MPI.COMM_SELF)
+    res = solve_forward(p, backend, PTParams(tol=1e-8, ncheck=50, first_check=8)).result
+    due = [next_check(0, 50, 8)]
+    while due[-1] < res.iterations:
+        due.append(next_check(due[-1], 50, 8))
+    assert due[:6] == [8, 16, 24, 32, 40, 50] and next_check(400, 50, 8) == 450
+    assert [it for it, _ in res.history] == due
+    assert res.converged and all(r >= 1e-8 for _, r in res.history[:-1])
+    P = []
+    for ncheck in (1, 100):
+        s = DarcySolver(p.copy(), backend, PTParams(tol=1e-30, maxiter=300, ncheck=ncheck,
+                                                    first_check=ncheck))
+        st = s.solve()
+        assert st.result.iterations == 300 and len(st.result.history) == 300 // ncheck
+        P.append(backend.to_host(st.Pf).copy())
+    np.testing.assert_array_equal(P[0], P[1])

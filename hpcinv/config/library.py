@@ -7,7 +7,7 @@ import re
 from ..errors import ConfigError
 
 #: Library parameter names that are keys of a config section, for error messages.
-PT_KEYS = ("cfl", "re", "tol", "maxiter", "ncheck")
+PT_KEYS = ("cfl", "re", "tol", "maxiter", "ncheck", "first_check")
 OPTIMISER_KEYS = ("method", "dgamma", "logK_min", "logK_max", "lbfgs_memory",
                   "gradient_accuracy")
 
@@ -34,11 +34,11 @@ class library_names:
 
 def pt_params(section):
     """The :class:`~hpcinv.solvers.PTParams` of ``[solver]`` or ``[adjoint]`` (the section's
-    ``cfl``, ``re``, ``tol``, ``maxiter``, ``ncheck``; ``None`` left for the solver's own
+    ``cfl``, ``re``, ``tol``, ``maxiter``, ``ncheck``, ``first_check``; ``None`` left for the solver's own
     default)."""
     from ..solvers import PTParams
     return PTParams(cfl=section.cfl, re=section.re, tol=section.tol, maxiter=section.maxiter,
-                    ncheck=section.ncheck)
+                    ncheck=section.ncheck, first_check=section.first_check)
 
 
 def check_optimiser_settings(v):

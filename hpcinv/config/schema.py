@@ -51,6 +51,7 @@ class SolverConfig:
     tol: float = 1e-8
     maxiter: int | None = None
     ncheck: int = 100
+    first_check: int = 8
     dtype: str = "float64"
 
 
@@ -62,6 +63,7 @@ class AdjointConfig:
     tol: float = 1e-8
     maxiter: int | None = None
     ncheck: int = 100
+    first_check: int = 8
 
 
 SIDES = ("x_lo", "x_hi", "y_lo", "y_hi", "z_lo", "z_hi")
