@@ -149,7 +149,11 @@ def _check_model_files(out):
         fields, attrs = _datasets(out / name)
         K = np.exp(fields["logK"])
         err = _pressure_error(fields["Pf"], K, problem, Qf)
-        assert err < PRESSURE_BOUND, (name, err)
+        # model_latest.h5 holds the latest forward solve, at the run's current loose tolerance:
+        # its error may be 100x the residual its solve stopped at (measured: 19x at 1e-4)
+        loose = float(attrs["pressure_residual"]) if name == "model_latest.h5" else 0.0
+        assert err < max(PRESSURE_BOUND, 100 * loose) < 0.1, (name, err, loose)
+        assert loose < 1e-3 and (loose > 0) == (name == "model_latest.h5")
         if name == "model_final.h5":
             assert int(attrs["iteration"]) == 3
             S = _sampling(cfg, grid, setup["obs_points"])
@@ -159,7 +163,8 @@ def _check_model_files(out):
             assert float(attrs["misfit"]) == pytest.approx(J, rel=1e-3)
     # the checkpoint's forward state (the warm start a restart continues from) is the pressure
     # of the checkpoint's model
+    # (the solve model_latest.h5 was written from, at the same checkpoint)
     ckpt, _ = _datasets(out / "checkpoint.h5")
     err = _pressure_error(ckpt["objective.forward_Pf"], np.exp(ckpt["optimiser.x"]), problem,
                           Qf)
-    assert err < PRESSURE_BOUND, ("checkpoint.h5", err)
+    assert err < max(PRESSURE_BOUND, 100 * loose) < 0.1, ("checkpoint.h5", err, loose)

@@ -252,8 +252,10 @@ class Inversion:
         x = self.opt.arrays["x"]
         Pf = self.G.pressure_at(x)
         if Pf is not None:
+            # its solve's tolerance is the run's current (loose) one: the file says how loose
             write_model_file(self.dir / "model_latest.h5", self.grid, x, Pf,
-                             {"iteration": self.iteration, "pressure_of": "logK (this file)"},
+                             {"iteration": self.iteration, "pressure_of": "logK (this file)",
+                              "pressure_residual": self.G.latest_forward_residual()},
                              self.bk.to_host)
 
     def load_checkpoint(self):

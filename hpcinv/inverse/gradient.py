@@ -308,6 +308,11 @@ class AdjointGradient:
         same = self.problem.grid.comm.allreduce(int(here), op=MPI.MIN)
         return self.Pf_forward if same else None
 
+    def latest_forward_residual(self) -> float | None:
+        """The scaled residual (``max|RPf| / max|Qf|``) at which the latest forward solve
+        stopped (at most its tolerance when converged), ``None`` before the first."""
+        return None if self._latest is None else float(self._latest.result.residual)
+
     def restore_forward(self, logK, Pf, result: PTResult | None = None) -> ForwardSolution:
         """Make an earlier forward solution current again (its model ``logK`` and pressure
         ``Pf``, e.g. kept by a tape) without solving; returns its new handle."""
