@@ -294,3 +294,17 @@ def test_levels_are_not_tuned_to_the_barrier(tmp_path, truth):
     e1, e2 = (np.abs(_final(tmp_path / r) - true).mean() for r in ("one", "two"))
     assert J2 <= 1.5 * J1, (J1, J2)
     assert e2 <= 1.1 * e1, (e1, e2)
+
+
+def test_unconverged_solves_end_a_coarse_level_not_the_run(tmp_path):
+    """A coarse level whose inner solves stop at maxiter ends (the next level starts from its
+    model); on the finest level the run's policy stops after three such iterations in a row."""
+    cfg = _config(tmp_path, levels=[2, 1], level_iterations=[4, 4],
+                  extra="[adjoint]\nmaxiter = 30\n")
+    p = _run("invert", cfg, "-q", "-o", tmp_path / "r")
+    assert p.returncode == 1, p.stderr
+    h = _history(tmp_path / "r")
+    assert [r["level"] for r in h] == [0, 1, 1, 1], [r["level"] for r in h]
+    assert all(r["unconverged_solves"] > 0 for r in h)
+    assert "warning: level 0: 3 inner solve(s) did not converge at iteration 0" in p.stderr
+    assert "did not converge in 3 consecutive iterations" in p.stderr

@@ -174,6 +174,22 @@ class LevelledInversion:
             return f"level {level}: max|dlogK| {rec['max_dlogK']:.3e} below {tol:g}"
         return ""
 
+    def _unconverged_ends(self, inv, level, rec) -> str:
+        """Inner solves that did not converge on a coarse level end that level (one warning
+        line; the next level starts from its model: a coarse level only prepares a start, and
+        its solves can stall where the fine grid's need not, e.g. at a sharper contrast than
+        the fine grid would fit); on the finest level the run's policy applies
+        (:class:`~hpcinv.app.convergence.InnerSolvePolicy`). Returns the reason, or ``""``."""
+        n = int(rec.get("unconverged_solves", 0) or 0)
+        if level == len(self.factors) - 1 or not n:
+            inv.inner.check(rec)
+            return ""
+        reason = (f"level {level}: {n} inner solve(s) did not converge at iteration "
+                  f"{rec['iteration']}")
+        self.reporter.warn(f"hpcinv: warning: {reason}; the next level starts from this "
+                           "level's model")
+        return reason
+
     @staticmethod
     def _start_level(inv, logK, J0=None):
         """Start a level's optimiser at the model ``logK`` (padded host array on its grid); its
@@ -219,7 +235,7 @@ class LevelledInversion:
             rec = self._record(0, 0, rec, t0, wall0)
             history.append(rec)
             self.reporter.iteration(rec, self.total)
-            inv.inner.check(rec)
+            done = bool(self._unconverged_ends(inv, 0, rec))
         stop = ""
         # What checkpoint.h5 holds: written once (checkpoint.prev.h5 must stay older)
         saved = ((iteration, self._attrs(level, first, done))
@@ -249,9 +265,9 @@ class LevelledInversion:
                 history.append(rec)
                 self.reporter.iteration(rec, self.total)
                 rundir.heartbeat()
-                inv.inner.check(rec)
-                reason = (self._level_stop(inv, level, rec, first, history)
-                          if iteration > first else "")
+                reason = self._unconverged_ends(inv, level, rec)
+                if not reason and iteration > first:
+                    reason = self._level_stop(inv, level, rec, first, history)
                 if reason:
                     if level == last:
                         stop = reason
