@@ -30,10 +30,10 @@ time and the final J/J0 recomputed by cold solves at 1e-8 (:func:`inversion_cost
 Usage::
 
     OMP_NUM_THREADS=1 HPCINV_NUM_THREADS=1 python benchmarks/other_truths.py \\
-        --out benchmarks/results/other_truths_table.jsonl
+        --out benchmarks/results/other_truths_checks.jsonl
     python benchmarks/other_truths.py --runs blobs2d:lbfgs:25 --settings new \\
         --set inversion.gradient_accuracy=0.1
-    python benchmarks/other_truths.py --table benchmarks/results/other_truths_table.jsonl
+    python benchmarks/other_truths.py --table benchmarks/results/other_truths_checks.jsonl
 """
 from __future__ import annotations
 
