@@ -118,11 +118,15 @@ def log10_field(name, X) -> np.ndarray:
     raise ValueError(f"unknown truth {name!r}")
 
 
+#: Cells per axis of the 3D truths (``--cells3d``).
+CELLS_3D = 32
+
+
 def truth(name, workdir) -> dict:
     """The config sections of truth ``name`` (a field is written to ``workdir``)."""
     import h5py
     three = "3d" in name
-    shape = (32, 32, 32) if three else (127, 63)
+    shape = (CELLS_3D,) * 3 if three else (127, 63)
     extent = [[0.0, 1.0]] * 3 if three else [[0.0, 2.0], [0.0, 1.0]]
     if name == "layered2d":
         perm = {"type": "layered", "value": 1.0, "layers": [
@@ -175,7 +179,8 @@ def run(name, method, iterations, setting, overrides, workdir) -> dict:
     levels = (getattr(setup, "config", None) or cfg).inversion.level_factors()
     per_level = [sum(1 for r in hist if r.get("level", 0) == k) for k in range(len(levels))]
     return {"truth": name, "method": method, "iterations": iterations, "setting": setting,
-            "overrides": overrides, "work_units": units, "cpu_time": cpu,
+            "overrides": overrides, "grid": list(setup.grid.shape), "work_units": units,
+            "cpu_time": cpu,
             "misfit_ratio_tight": ratio, "levels": list(levels), "lines_per_level": per_level,
             "machine": machine()}
 
@@ -236,8 +241,11 @@ def main(argv=None):
                     help="config override of the 'new' and 'auto' runs (TOML value)")
     ap.add_argument("--out")
     ap.add_argument("--workdir", help="keep the run directories here (default: a temporary one)")
+    ap.add_argument("--cells3d", type=int, default=CELLS_3D,
+                    help="cells per axis of the 3D truths (default %(default)s: the table's)")
     ap.add_argument("--table", metavar="FILE", help="print the markdown table of FILE, run none")
     a = ap.parse_args(argv)
+    globals()["CELLS_3D"] = a.cells3d
     from hpcinv.errors import HpcinvError
     if a.table:
         print(table(a.table))
