@@ -188,11 +188,13 @@ def run(name, method, iterations, setting, overrides, workdir) -> dict:
 def table(path) -> str:
     """The markdown table (one row per truth and method; a J/J0 more than 1.1x the fixed
     tolerances' in bold) and the ratios' median and minimum of the JSON lines in ``path`` (the
-    last line of each truth, method, setting wins)."""
+    last line of each truth, method, setting wins; lines of runs with ``--set`` overrides are
+    experiments beside the table and left out)."""
     recs = {}
     for line in Path(path).read_text().splitlines():
         r = json.loads(line)
-        recs[r["truth"], r["method"], r["setting"]] = r
+        if not r.get("overrides"):
+            recs[r["truth"], r["method"], r["setting"]] = r
     rows = ["| truth | dim | method | iterations | work units: fixed / defaults / auto | "
             "ratio vs fixed: defaults / auto | auto levels (lines per level) | "
             "J/J0 at 1e-8: fixed / defaults / auto |", "|---" * 8 + "|"]
