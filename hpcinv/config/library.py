@@ -34,8 +34,8 @@ class library_names:
 
 def pt_params(section):
     """The :class:`~hpcinv.solvers.PTParams` of ``[solver]`` or ``[adjoint]`` (the section's
-    ``cfl``, ``re``, ``tol``, ``maxiter``, ``ncheck``, ``first_check``; ``None`` left for the solver's own
-    default)."""
+    ``cfl``, ``re``, ``tol``, ``maxiter``, ``ncheck``, ``first_check``; ``None`` left for the
+    solver's own default)."""
     from ..solvers import PTParams
     return PTParams(cfl=section.cfl, re=section.re, tol=section.tol, maxiter=section.maxiter,
                     ncheck=section.ncheck, first_check=section.first_check)
