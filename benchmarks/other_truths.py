@@ -122,11 +122,12 @@ def log10_field(name, X) -> np.ndarray:
 CELLS_3D = 32
 
 
-def truth(name, workdir) -> dict:
-    """The config sections of truth ``name`` (a field is written to ``workdir``)."""
+def truth(name, workdir, cells3d=CELLS_3D) -> dict:
+    """The config sections of truth ``name`` (a field is written to ``workdir``; the 3D truths
+    on ``cells3d`` cells per axis)."""
     import h5py
     three = "3d" in name
-    shape = (CELLS_3D,) * 3 if three else (127, 63)
+    shape = (cells3d,) * 3 if three else (127, 63)
     extent = [[0.0, 1.0]] * 3 if three else [[0.0, 2.0], [0.0, 1.0]]
     if name == "layered2d":
         perm = {"type": "layered", "value": 1.0, "layers": [
@@ -154,7 +155,7 @@ def truth(name, workdir) -> dict:
             "observations": {"points": "grid", "method": "linear", "grid": {"x": x, "y": y}}}
 
 
-def run(name, method, iterations, setting, overrides, workdir) -> dict:
+def run(name, method, iterations, setting, overrides, workdir, cells3d=CELLS_3D) -> dict:
     """One inversion of truth ``name`` under ``setting`` (a key of :data:`SETTINGS`)."""
     from mpi4py import MPI
 
@@ -163,7 +164,7 @@ def run(name, method, iterations, setting, overrides, workdir) -> dict:
     from hpcinv.app.levels import make_inversion
     from hpcinv.app.run import Reporter, RunDirectory
     data = merge({"parallel": {"threads": 1}, "output": {"figures": False}},
-                 truth(name, workdir), SETTINGS[setting], overrides,
+                 truth(name, workdir, cells3d), SETTINGS[setting], overrides,
                  {"inversion": {"method": method, "iterations": iterations}})
     cfg = config_mod.from_dict(data)
     comm = MPI.COMM_WORLD
@@ -247,7 +248,6 @@ def main(argv=None):
                     help="cells per axis of the 3D truths (default %(default)s: the table's)")
     ap.add_argument("--table", metavar="FILE", help="print the markdown table of FILE, run none")
     a = ap.parse_args(argv)
-    globals()["CELLS_3D"] = a.cells3d
     from hpcinv.errors import HpcinvError
     if a.table:
         print(table(a.table))
@@ -259,7 +259,7 @@ def main(argv=None):
             for setting in a.settings.split(","):
                 over = parse_set(a.sets) if setting != "today" else {}
                 try:
-                    rec = run(name, method, int(iterations), setting, over, work)
+                    rec = run(name, method, int(iterations), setting, over, work, a.cells3d)
                 except HpcinvError as exc:     # a run that fails is a row of the table too
                     rec = {"truth": name, "method": method, "iterations": int(iterations),
                            "setting": setting, "overrides": over,
