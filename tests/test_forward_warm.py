@@ -93,7 +93,9 @@ def test_guard_keeps_the_plain_start_when_the_mix_is_worse(backend, monkeypatch)
     assert sub.counts["used"] == 1
     P0 = backend.clone(s.Pf)                     # any plain start will do: this one
     q0 = [backend.clone(a) for a in s.q]
-    monkeypatch.setattr(sub, "coefficients", lambda P: [40.0, -25.0])
+    galerkin = sub.coefficients                  # fills r_0, which the guard reads
+    monkeypatch.setattr(sub, "coefficients", lambda P, r0, work: galerkin(P, r0, work) and
+                        [40.0, -25.0])
     assert sub.start(P0, q0) is None
     assert sub.counts == {"fits": 2, "used": 1, "guarded": 1}
     np.testing.assert_array_equal(backend.to_host(s.Pf), backend.to_host(P0))

@@ -66,7 +66,7 @@ def test_tight_budgets_give_up_the_forward_subspace_first_then_the_adjoint_one()
     cfg = _cfg()
     steps = mb.ladder(cfg)
     assert steps[:4] == [(6, 3, True), (6, 2, True), (6, 1, True), (6, 0, True)]
-    assert steps[4:] == [(a, 0, True) for a in range(5, -1, -1)] + [(0, 0, False)]
+    assert steps[4:] == [(a, 0, True) for a in range(5, 0, -1)] + [(0, 0, False)]
     needs = [_need(cfg, *s) for s in steps]
     assert needs == sorted(needs, reverse=True) and len(set(needs)) == len(needs)
     for k, s in enumerate(steps):          # a budget just below a step's need gives the next
@@ -112,10 +112,11 @@ def _final(out):
 def test_a_run_at_the_edge_completes_with_plain_warm_starts_and_says_why(tmp_path, capsys):
     cfg = _cfg()
     base = _need(cfg, 0, 0, True)                      # the base fields and the two copies
+    assert _need(cfg, 1, 0, True) == base              # an adjoint subspace of one: that copy
     code, out = _run(tmp_path, "edge", memory=base)
     assert code == 0
     head = _header(capsys)
-    assert "memory budget: adjoint_memory 0, forward_memory 0 (inversion.memory = " in head
+    assert "memory budget: adjoint_memory 1, forward_memory 0 (inversion.memory = " in head
     assert "the largest warm starts that fit" in head
     assert (out / "model_final.h5").exists()
 

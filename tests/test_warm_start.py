@@ -19,8 +19,8 @@ from hpcinv.solvers import DarcySolver, PTParams
 def test_choice_and_memory_fields():
     fs, ad = warm_starts(True, adjoint_memory=6, forward_memory=3)
     assert type(fs) is SubspaceForwardStart and type(ad) is SubspaceAdjointStart
-    assert ad.memory_fields(2) == 7 * 2           # the kept one and 6 more: P, 2 float32 q
-    assert fs.memory_fields(2, f64=2) == 4 * 3 + 1 + 3 * 2     # float32 solver: 3 fields each
+    assert ad.memory_fields(2) == 6 * 2           # 6, the newest the kept one: P, 2 float32 q
+    assert fs.memory_fields(2, f64=2) == 4 * 3    # the kept one and 3 more; float32 solver: 3
     assert fs.off().memory_fields(2) == ad.off().memory_fields(2) == 0
     fs, ad = warm_starts(True)
     assert type(fs) is PreviousSolution and type(ad) is RescaledAdjointStart

@@ -151,20 +151,27 @@ def estimate(cfg, shape, size: int = 1, kind: str = "inversion", adjoint_memory:
         host = HOST_FIELDS_INVERSION
         items["forward pressure (gradient)"] = 1
         if inv.warm_start:          # the kept forward and adjoint solutions (issue 20: each a
-            items["warm-start copies"] = 2 * kept   # pressure and float32 fluxes)
-        if reg.smoothing_steps > 0:
-            items["smoother buffers"] = 2
+            # pressure and float32 fluxes); the adjoint subspace's newest is the adjoint one
+            items["warm-start copies"] = (1 if adjoint_memory else 2) * kept
+        # the backend's scratch pools (backend/scratch.py): the most fields lent at once, per
+        # pool; the float64 pool is the solver-dtype one unless the solver runs in float32
+        own, double = 0, 0
+        if reg.smoothing_steps > 0:              # ping-pong buffers
+            own = 2
             exchanges += 1
-        if reg.tikhonov > 0:
-            items["Tikhonov buffers"] = 2
+        if reg.tikhonov > 0:                     # the model with ghosts, the energies
+            own = 2
             exchanges += 1
         full = kind == "inversion"                 # one gradient stores one adjoint solution
         if adjoint_memory:
             items["adjoint subspace"] = (adjoint_memory if full else 1) * kept
-        if forward_memory:                # solutions, a residual, the Galerkin sums' arrays
-            items["forward subspace"] = (forward_memory * kept if full else 0) + 1 + 3 * f64
+        if forward_memory and full:      # the solutions; r_0, a product, the sum's work (f64)
+            items["forward subspace"] = forward_memory * kept
+            double = 3
         if full and adaptive(cfg) and inv.warm_start:    # the misfit error's float64 sum
-            items["misfit error sum"] = f64
+            double = max(double, 1)
+        if own or double:
+            items["scratch (shared)"] = max(own, double) if f64 == 1 else own + double * f64
         if not full:
             work = WORKING_SET["gradient"]
         elif inv.method == "lbfgs":

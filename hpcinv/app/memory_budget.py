@@ -81,7 +81,9 @@ def with_sizes(cfg, adjoint_memory: int, forward_memory: int, warm_start: bool =
 def ladder(cfg) -> list[tuple[int, int, bool]]:
     """The candidates ``(adjoint_memory, forward_memory, warm_start)``, most memory first: the
     forward subspace shrinks first, then the adjoint one, then the warm starts go; sizes the
-    user set (other than :func:`defaults`) stay."""
+    user set (other than :func:`defaults`) stay. The adjoint subspace stops at one solution:
+    that is the kept adjoint solution (its newest is), so it costs what the rescaled previous
+    solution (``adjoint_memory = 0``) costs, and its fit of one solution is that rescaling."""
     i = cfg.inversion
     am, fm = i.adjoint_memory, i.forward_memory
     if not i.warm_start:
@@ -90,7 +92,7 @@ def ladder(cfg) -> list[tuple[int, int, bool]]:
     fixed_a, fixed_f = am != da, fm != df
     out = [(am, f, True) for f in range(fm, (fm if fixed_f else 0) - 1, -1)]
     f_min = out[-1][1]
-    out += [(a, f_min, True) for a in range(am - 1, (am if fixed_a else 0) - 1, -1)]
+    out += [(a, f_min, True) for a in range(am - 1, (am if fixed_a else 1) - 1, -1)]
     if not (fixed_a or fixed_f):
         out.append((0, 0, False))
     return out

@@ -38,6 +38,7 @@ import numpy as np
 
 from .kernel import Kernel
 from .memory_count import MemoryCounter
+from .scratch import ScratchPool
 
 STREAMS = ("compute", "boundary", "interior")
 
@@ -92,6 +93,7 @@ class Backend:
         self.streams = {n: self._make_stream(n) for n in STREAMS}
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.memory = MemoryCounter()
+        self.scratch_pools = {}       # (shape, dtype) -> ScratchPool (:meth:`scratch`)
 
     # --- streams and events -----------------------------------------------------------------
     def _make_stream(self, name: str) -> Stream:
@@ -188,6 +190,14 @@ class Backend:
 
     def _empty(self, shape, dtype):
         return self.xp.empty(shape, dtype=dtype)
+
+    def scratch(self, shape, dtype, n: int):
+        """``with backend.scratch(shape, dtype, n) as fields:`` ``n`` fields lent for the
+        block from the backend's shared pool (contents undefined; :mod:`.scratch`)."""
+        key = (tuple(int(k) for k in shape), np.dtype(dtype).str)
+        if key not in self.scratch_pools:
+            self.scratch_pools[key] = ScratchPool(self, shape, dtype)
+        return self.scratch_pools[key].borrow(n)
 
     def pinned(self, shape, dtype):
         """A host buffer for staging device data to MPI (page-locked on GPUs), counted in

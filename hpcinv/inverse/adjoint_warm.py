@@ -72,12 +72,13 @@ class AdjointSubspace(SolutionSubspace):
         """The kept solutions' source weights (``np.ndarray (nobs,)``), oldest first."""
         return self.keys
 
-    def start(self, w, P, q) -> list[float] | None:
-        """Write ``sum_i c_i psi_i`` (``c``: the fit of ``w``) into ``P``, ``q``; returns ``c``,
-        or ``None`` (nothing written) when the subspace is empty or ``w`` has another length."""
+    def start(self, w, P, q, flux_dtype=None) -> list[float] | None:
+        """Write ``sum_i c_i psi_i`` (``c``: the fit of ``w``) into ``P``, ``q`` (the flux sums
+        formed in ``flux_dtype``: :meth:`~.subspace.SolutionSubspace.mix`); returns ``c``, or
+        ``None`` (nothing written) when the subspace is empty or ``w`` has another length."""
         w = np.asarray(w, dtype=float)
         if not self.weights or any(wi.shape != w.shape for wi in self.weights):
             return None
         c = least_squares(self.weights, w)
-        self.mix(c, P, q)
+        self.mix(c, P, q, flux_dtype=flux_dtype)
         return c

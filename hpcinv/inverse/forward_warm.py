@@ -30,8 +30,10 @@ P.A P - f.P``, ``delta = P - P_0``, zero on fixed-pressure sides: an affine comb
 boundary values). The Galerkin choice makes that ``-1/2 c.G c <= 0`` in exact arithmetic; it is
 checked after the fact (one more launch and sum), and the plain start is used where rounding or
 dropped columns made the fitted start worse. Memory: ``m`` cell fields of the solver dtype and
-``m ndim`` float32 face fields (the kept solutions, :mod:`.subspace`), one more cell field, and
-three float64 cell fields (``r_0``, a product and the reproducible sum's work array).
+``m ndim`` float32 face fields (the kept solutions, :mod:`.subspace`); the residuals go into the
+solver's residual field (free between solves), and ``r_0``, a product and the reproducible
+sum's work array are three float64 fields lent by the backend's scratch pool for the start
+(:mod:`hpcinv.backend.scratch`).
 """
 from __future__ import annotations
 
@@ -93,10 +95,6 @@ class ForwardSubspace(SolutionSubspace):
         self.solver = solver
         self.has_last = False     # a forward solution is the plain warm start
         self.serial = 0           # forward solves seen
-        self._r = bk.zeros(self.shape, self.dtype)
-        self._r0 = bk.zeros(self.shape, np.float64)
-        self._prod = bk.zeros(self.shape, np.float64)
-        self._work = bk.zeros(self.shape, np.float64)
         self._n = math.prod(solver.grid.shape)
         self._res = bk.kernel(reduced_residual_kernel(nd), nd, solver.dtype)
         self._box = ((1,) * nd, tuple(n + 1 for n in solver.last))
@@ -105,7 +103,8 @@ class ForwardSubspace(SolutionSubspace):
         self.counts = {"fits": 0, "used": 0, "guarded": 0}
 
     def _residual(self, P=None):
-        """``f - A P`` (the solver's K and Qf) into a scratch field; ``P`` (default: the
+        """``f - A P`` (the solver's K and Qf) into the solver's residual field ``R`` (free
+        between solves; returned); ``P`` (default: the
         solver's current pressure) is first made the solver's state, so that its ghosts are
         valid whatever their source (kept solutions read back from a checkpoint written on
         another decomposition have stale ghost layers)."""
@@ -114,25 +113,28 @@ class ForwardSubspace(SolutionSubspace):
             s.set_state(P)
         bound = self._bound.get(id(s.Pf))
         if bound is None:                          # one binding per ping-pong parity
-            bound = self._bound[id(s.Pf)] = self._res.bind(Pf=s.Pf, K=s.K, Qf=s.Qf, E=self._r,
+            bound = self._bound[id(s.Pf)] = self._res.bind(Pf=s.Pf, K=s.K, Qf=s.Qf, E=s.R,
                                                            **s.geometry)
         self.bk.launch(bound, self._box)
-        return self._r
+        return s.R
 
-    def _dot(self, fn, *arrays) -> float:
+    def _dot(self, work, fn, *arrays) -> float:
+        """The reproducible sum of ``fn(xp, *arrays)`` over the owned cells; ``work``: two
+        float64 scratch fields."""
         s = self.solver
-        self.bk.elementwise(fn, *arrays, out=self._prod)
-        return reproducible_sum(self.bk, s.decomp.comm, self._prod, self._n, s.decomp.owned(),
-                                self._work)
+        self.bk.elementwise(fn, *arrays, out=work[0])
+        return reproducible_sum(self.bk, s.decomp.comm, work[0], self._n, s.decomp.owned(),
+                                work[1])
 
-    def coefficients(self, P0) -> list[float]:
+    def coefficients(self, P0, r0, work) -> list[float]:
         """The Galerkin ``c`` for the start ``P0 + sum_i c_i (P_i - P0)`` at the solver's
-        current K and source (collective; ``[]`` when nothing is kept)."""
+        current K and source (collective; ``[]`` when nothing is kept). ``r0``: a float64
+        scratch field (``f - A P0`` on return), ``work``: two more."""
         n = len(self)
         if n == 0:
             return []
         bk = self.bk
-        bk.elementwise(lambda xp, r: r.astype(xp.float64), self._residual(P0), out=self._r0)
+        bk.elementwise(lambda xp, r: r.astype(xp.float64), self._residual(P0), out=r0)
         Ps = [f[0] for f in self.fields]
         G = [[0.0] * n for _ in range(n)]
         b = [0.0] * n
@@ -140,10 +142,10 @@ class ForwardSubspace(SolutionSubspace):
             rj = self._residual(Ps[j])                          # A D_j = r_0 - r_j
             for i in range(j + 1):
                 G[i][j] = G[j][i] = self._dot(
-                    lambda xp, pi, p0, r0, rj: (pi.astype(xp.float64) - p0) * (r0 - rj),
-                    Ps[i], P0, self._r0, rj)
-            b[j] = self._dot(lambda xp, pj, p0, r0: (pj.astype(xp.float64) - p0) * r0,
-                             Ps[j], P0, self._r0)
+                    work, lambda xp, pi, p0, r0, rj: (pi.astype(xp.float64) - p0) * (r0 - rj),
+                    Ps[i], P0, r0, rj)
+            b[j] = self._dot(work, lambda xp, pj, p0, r0: (pj.astype(xp.float64) - p0) * r0,
+                             Ps[j], P0, r0)
         order = list(range(n - 1, -1, -1))      # newest first: kept when others depend on it
         c = gram_solve([[G[i][j] for j in order] for i in order], [b[i] for i in order])
         out = [0.0] * n
@@ -155,8 +157,12 @@ class ForwardSubspace(SolutionSubspace):
         """Set the solver's state for its next solve (its K and source set): the fitted start,
         or the plain warm start ``(P0, q0)`` when nothing is kept, every ``c_i`` is 0 or the
         guard rejects it. Returns ``c`` when the fitted start is used. Collective."""
-        s, bk = self.solver, self.bk
-        c = self.coefficients(P0)
+        with self.bk.scratch(self.shape, np.float64, 3) as (r0, *work):
+            return self._start(P0, q0, r0, work)
+
+    def _start(self, P0, q0, r0, work):
+        s = self.solver
+        c = self.coefficients(P0, r0, work)
         s.set_state(P0, q0)
         if not any(c):
             return None
@@ -165,8 +171,8 @@ class ForwardSubspace(SolutionSubspace):
         self.mix(c, P, q, base=(P0, q0))
         s.set_state(P, q)
         # energy change -1/2 delta . (r_0 + r): the fitted start must lower it
-        gain = self._dot(lambda xp, p, p0, r0, r: (p.astype(xp.float64) - p0) * (r0 + r),
-                         s.Pf, P0, self._r0, self._residual())
+        gain = self._dot(work, lambda xp, p, p0, r0, r: (p.astype(xp.float64) - p0) * (r0 + r),
+                         s.Pf, P0, r0, self._residual())
         if not gain > 0:
             self.counts["guarded"] += 1
             s.set_state(P0, q0)

@@ -56,14 +56,14 @@ class WeightedResidual:
     """``psi . (Qf - A Pf)`` over the grid for a solver's current pressure ``Pf`` (its source
     ``Qf`` and permeability ``K``): one launch of the weighted reduced residual kernel into the
     solver's residual scratch ``R`` (free between solves: the next check step overwrites it) and
-    a reproducible sum (its terms rounded in a float64 cell field of this object's). Reads the
-    solver's iteration fields only; every rank gets the same bits."""
+    a reproducible sum (its terms rounded in a float64 field lent by the backend's scratch pool,
+    :mod:`hpcinv.backend.scratch`). Reads the solver's iteration fields only; every rank gets
+    the same bits."""
 
     def __init__(self, solver):
         bk, nd, dt = solver.backend, solver.grid.ndim, solver.dtype
         self.solver, self.backend = solver, bk
         self._kernel = bk.kernel(weighted_reduced_residual_kernel(nd), nd, dt)
-        self._work = bk.zeros(solver.K.shape, np.float64)
         self._n = math.prod(solver.grid.shape)
         self._box = ((1,) * nd, tuple(n + 1 for n in solver.last))
         self._bound = {}
@@ -76,8 +76,9 @@ class WeightedResidual:
             bound = self._bound[key] = self._kernel.bind(Pf=s.Pf, K=s.K, Qf=s.Qf, psi=psi,
                                                          E=s.R, **s.geometry)
         self.backend.launch(bound, self._box)
-        return reproducible_sum(self.backend, s.decomp.comm, s.R, self._n, s.decomp.owned(),
-                                self._work)
+        with self.backend.scratch(s.R.shape, np.float64, 1) as (work,):
+            return reproducible_sum(self.backend, s.decomp.comm, s.R, self._n, s.decomp.owned(),
+                                    work)
 
 
 class MisfitError:

@@ -85,40 +85,42 @@ class GradientSmoother:
         self._b = _Base(grid, backend, dtype)
         self._fwd = self._b._kernel(smooth_kernel(grid.ndim))
         self._adj = self._b._kernel(smooth_transpose_kernel(grid.ndim))
-        shape = grid.decomp.padded_shape
-        self._buf = [backend.zeros(shape, self._b.dtype), backend.zeros(shape, self._b.dtype)]
-        # Both kernels bound by name for both ping-pong directions (buffer 0 -> 1, 1 -> 0).
-        ints = self._b.ints
-        self._fwd_bound = [self._fwd.bind(A=self._buf[i], A2=self._buf[1 - i], coef=self.coef,
-                                          **ints) for i in (0, 1)]
-        self._adj_bound = [self._adj.bind(y=self._buf[i], y2=self._buf[1 - i], coef=self.coef,
-                                          **ints) for i in (0, 1)]
+        self._bound = {}              # (kernel, buffer pair) -> the kernel bound to it
 
-    def _run(self, bound, a, out):
+    def _step(self, kernel, names, src, dst):
+        """``kernel`` bound with ``names = (src, dst)`` (bound once per scratch pair)."""
+        key = (names, id(src), id(dst))
+        if key not in self._bound:
+            self._bound[key] = kernel.bind(**{names[0]: src, names[1]: dst}, coef=self.coef,
+                                           **self._b.ints)
+        return self._bound[key]
+
+    def _run(self, kernel, names, a, out):
         b = self._b
         bk = b.backend
-        cur = 0                           # the buffer holding the current iterate
-        b._load(self._buf[cur], a, "field to smooth")
-        for _ in range(self.steps):
-            b.halo.exchange(self._buf[cur])   # one exchange per step
-            bk.launch(bound[cur], b.box)
-            cur = 1 - cur
-        if out is None:
-            out = bk.zeros(b.decomp.padded_shape, b.dtype)
-        else:
-            b._check(out, "out")
-        bk.copy(out, self._buf[cur], region=b.decomp.owned())
+        with bk.scratch(b.decomp.padded_shape, b.dtype, 2) as buf:   # ping-pong, lent
+            cur = 0                           # the buffer holding the current iterate
+            b._load(buf[cur], a, "field to smooth")
+            for _ in range(self.steps):
+                b.halo.exchange(buf[cur])     # one exchange per step
+                bk.launch(self._step(kernel, names, buf[cur], buf[1 - cur]), b.box)
+                cur = 1 - cur
+            if out is None:
+                out = bk.zeros(b.decomp.padded_shape, b.dtype)
+            else:
+                b._check(out, "out")
+            bk.copy(out, buf[cur], region=b.decomp.owned())
         return out
 
     def apply(self, a, out=None):
         """``S^n a`` (owned cells of a new array, or of ``out``; ``out`` may be ``a``)."""
-        return self._run(self._fwd_bound, a, out)
+        return self._run(self._fwd, ("A", "A2"), a, out)
 
     __call__ = apply
 
     def apply_transpose(self, a, out=None):
         """``(S^n)^T a = (S^T)^n a``."""
-        return self._run(self._adj_bound, a, out)
+        return self._run(self._adj, ("y", "y2"), a, out)
 
 
 class Tikhonov:
@@ -143,35 +145,35 @@ class Tikhonov:
         self._k = self._b._kernel(tikhonov_kernel(grid.ndim))
         self.volume = float(np.prod(grid.spacing))
         self._inv_d2 = tuple(1.0 / h**2 for h in grid.spacing)
-        shape = grid.decomp.padded_shape
-        self._m = backend.zeros(shape, self._b.dtype)
-        self._E = backend.zeros(shape, self._b.dtype)
-        self._bound = None            # the kernel bound to the last ``out`` (see _bind)
+        self._bound = None            # the kernel bound to the last arrays (see _bind)
 
-    def _bind(self, out):
-        """The kernel bound by name with ``G = out`` (rebound only when ``out`` changes)."""
-        if self._bound is None or self._bound.values["G"] is not out:
-            self._bound = self._k.bind(m=self._m, G=out, E=self._E, inv_d2=self._inv_d2,
+    def _bind(self, m, out, E):
+        """The kernel bound by name to ``m``, ``G = out``, ``E`` (rebound when one changes)."""
+        v = None if self._bound is None else self._bound.values
+        if v is None or v["m"] is not m or v["G"] is not out or v["E"] is not E:
+            self._bound = self._k.bind(m=m, G=out, E=E, inv_d2=self._inv_d2,
                                        scale=self.alpha * self.volume, **self._b.ints)
         return self._bound
 
     def value_and_gradient(self, m, out=None, accumulate: bool = False):
         """``(J_reg, g)``: ``g = alpha V (-Lap_N m)`` on owned cells. With ``accumulate`` the
         gradient is added to ``out`` (e.g. the misfit gradient), else ``out`` (or a new array) is
-        overwritten. ``J_reg`` is the same on every rank (one MPI SUM allreduce)."""
+        overwritten. ``J_reg`` is the same on every rank (one MPI SUM allreduce). The copy of
+        ``m`` (with ghosts) and the per-cell energies are two lent scratch fields."""
         b = self._b
         bk = b.backend
-        b._load(self._m, m, "logK")
-        b.halo.exchange(self._m)
-        if out is None:
-            out = bk.zeros(b.decomp.padded_shape, b.dtype)
-        else:
-            b._check(out, "out")
-            if not accumulate:
-                bk.fill(out, 0)
+        with bk.scratch(b.decomp.padded_shape, b.dtype, 2) as (mg, E):
+            b._load(mg, m, "logK")
+            b.halo.exchange(mg)
+            if out is None:
+                out = bk.zeros(b.decomp.padded_shape, b.dtype)
+            else:
+                b._check(out, "out")
+                if not accumulate:
+                    bk.fill(out, 0)
+            bk.launch(self._bind(mg, out, E), b.box)
+            local = bk.sum(E, region=b.decomp.owned())
         scale = self.alpha * self.volume
-        bk.launch(self._bind(out), b.box)
-        local = bk.sum(self._E, region=b.decomp.owned())
         J = 0.5 * scale * b.decomp.comm.allreduce(local, op=MPI.SUM)
         return J, out
 

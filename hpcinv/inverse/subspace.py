@@ -102,17 +102,20 @@ class SolutionSubspace:
         for a, b in zip(bufs[1], q):
             self.bk.copy(a, b)
 
-    def mix(self, c, P, q, base=None):
+    def mix(self, c, P, q, base=None, flux_dtype=None):
         """Write ``sum_i c_i psi_i`` into ``P``, ``q`` (``psi_i`` the kept solutions); with
         ``base = (P_b, q_b)``: ``P_b + sum_i c_i (psi_i - P_b)`` (an affine combination: it keeps
         the boundary values the solutions share). The sums are formed in the outputs' dtype
-        (the solver's), the float32 fluxes converted exactly."""
+        (the solver's), the float32 fluxes converted exactly; ``flux_dtype``: the flux sums are
+        rounded to that dtype instead, each partial sum as it is stored: the same values as
+        outputs of that dtype would hold)."""
         bk = self.bk
         for k, out in enumerate((P, *q)):
             srcs = [f[0] if k == 0 else f[1][k - 1] for f in self.fields]
-            dt = out.dtype
+            dt = out.dtype if k == 0 or flux_dtype is None else np.dtype(flux_dtype)
             if base is None:
-                bk.elementwise(lambda xp, a, c0=c[0], dt=dt: _as(a, dt) * c0, srcs[0], out=out)
+                bk.elementwise(lambda xp, a, c0=c[0], dt=dt: _as(_as(a, dt) * c0, dt),
+                               srcs[0], out=out)
                 terms = list(zip(c[1:], srcs[1:]))
             else:
                 b = base[0] if k == 0 else base[1][k - 1]
@@ -120,11 +123,12 @@ class SolutionSubspace:
                 terms = list(zip(c, srcs))
             for ci, s in terms:
                 if base is None:
-                    bk.elementwise(lambda xp, o, s, ci=ci, dt=dt: o + ci * _as(s, dt), out, s,
-                                   out=out)
+                    bk.elementwise(lambda xp, o, s, ci=ci, dt=dt:
+                                   _as(_as(o, dt) + ci * _as(s, dt), dt), out, s, out=out)
                 else:
                     bk.elementwise(lambda xp, o, s, b, ci=ci, dt=dt:
-                                   o + ci * (_as(s, dt) - _as(b, dt)), out, s, b, out=out)
+                                   _as(_as(o, dt) + ci * (_as(s, dt) - _as(b, dt)), dt),
+                                   out, s, b, out=out)
 
     def clear(self):
         self.fields, self.keys = [], []

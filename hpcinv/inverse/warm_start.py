@@ -38,7 +38,7 @@ from ..errors import ConfigError
 from .adjoint_warm import AdjointSubspace
 from .forward_warm import ForwardSubspace
 from .state import StateField
-from .subspace import flux_copies, kept_fields
+from .subspace import FLUX_DTYPE, flux_copies, kept_fields
 
 __all__ = ["ForwardStart", "PreviousSolution", "SubspaceForwardStart", "PredictedForwardStart",
            "AdjointStart", "RescaledAdjointStart", "SubspaceAdjointStart", "warm_starts",
@@ -173,7 +173,7 @@ class SubspaceForwardStart(PreviousSolution):
         self.subspace = ForwardSubspace(solver, self.m)
 
     def memory_fields(self, ndim: int, f64: int = 1) -> float:
-        return (self.m + 1) * kept_fields(ndim, f64) + 1 + 3 * f64
+        return (self.m + 1) * kept_fields(ndim, f64)      # its sums' fields are lent scratch
 
     def _start_warm(self, solver, logK):
         self.subspace.start(self.solution.P, self.solution.q)
@@ -344,36 +344,83 @@ class RescaledAdjointStart(AdjointStart):
         self.w_old = None
 
 
+class NewestSolution:
+    """The newest solution of an :class:`~.adjoint_warm.AdjointSubspace`, standing in for a
+    :class:`KeptSolution` (the same ``P``, ``q``, checkpoint names and loading): the subspace
+    keeps the latest adjoint solution anyway, so a second copy would be ``1 + ndim / 2`` fields
+    of nothing new (issue 20). A solve of a source without weights is kept as the subspace's
+    only solution, under an empty key (:data:`NO_WEIGHTS`), which no start mixes."""
+
+    def __init__(self, subspace, kind: str = "adjoint"):
+        self.subspace, self.kind, self.bk = subspace, kind, subspace.bk
+
+    P = property(lambda self: self.subspace.fields[-1][0])
+    q = property(lambda self: self.subspace.fields[-1][1])
+
+    def keep(self, solver):
+        """Nothing to copy: the strategy pushes the solve into the subspace."""
+
+    state = KeptSolution.state
+
+    def load_state(self, fields: dict):
+        """Nothing to load: the strategy restores the subspace (:meth:`SubspaceAdjointStart.
+        load_state`)."""
+
+
+#: The key of an adjoint solution whose source came without observation weights.
+NO_WEIGHTS = np.zeros(0)
+
+
 class SubspaceAdjointStart(AdjointStart):
     """The least-squares mix of the last ``m`` adjoint solutions
-    (:class:`~.adjoint_warm.AdjointSubspace`; ``m`` kept solutions more)."""
+    (:class:`~.adjoint_warm.AdjointSubspace`), the newest of which is also the kept solution
+    (:class:`NewestSolution`: ``m`` kept solutions in all)."""
 
     def __init__(self, m: int):
         self.m = m
 
     def attach(self, solver):
-        self.solution = KeptSolution(solver, "adjoint")
         self.subspace = AdjointSubspace(solver.backend, solver.K.shape, solver.dtype,
                                         solver.grid.ndim, self.m)
+        self.solution = NewestSolution(self.subspace)
 
     def memory_fields(self, ndim: int, f64: int = 1) -> float:
-        return (self.m + 1) * kept_fields(ndim, f64)
+        return self.m * kept_fields(ndim, f64)
 
-    def _prepare(self, w) -> bool:
-        return w is None or self.subspace.start(w, self.solution.P, self.solution.q) is None
+    def start(self, solver, w):
+        """The mix of the kept solutions fitting ``w``, written into the solver's free
+        ping-pong buffers (the fluxes summed in :data:`~.subspace.FLUX_DTYPE`, as their copies
+        hold them), or zero (no weights, no fit)."""
+        sub = self.subspace
+        if (self.ready and w is not None and
+                sub.start(w, solver.Pf_new, solver.q_new, FLUX_DTYPE) is not None):
+            solver.set_state(solver.Pf_new, solver.q_new, homogeneous=True)
+        else:
+            solver.set_state(homogeneous=True)
 
     def solved(self, solver, w):
         super().solved(solver, w)
-        if w is None:
-            self.subspace.clear()
-        else:
-            self.subspace.push(w, solver.Pf, solver.q)
+        sub = self.subspace
+        if w is None or (len(sub) and sub.keys[-1].size == 0):
+            sub.clear()                         # no fit mixes a solve without weights
+        sub.push(NO_WEIGHTS if w is None else w, solver.Pf, solver.q)
 
     def continued(self, solver):
-        super().continued(solver)
-        if len(self.subspace) and self.psi_w is not None:
+        if len(self.subspace):
             self.subspace.replace_last(solver.Pf, solver.q)
 
+    def state(self) -> dict:
+        out = super().state()
+        if self.ready and self.subspace.keys[-1].size == 0:    # a cleared subspace: its
+            out = {k: v for k, v in out.items()                  # solution is adjoint_Pf's
+                   if not k.startswith(self.subspace.prefix)}
+        return out
+
+    def load_state(self, fields: dict):
+        super().load_state(fields)
+        if fields and not len(self.subspace):     # the last source had no weights
+            q = [fields[f"adjoint_q{'xyz'[a]}"] for a in range(self.subspace.ndim)]
+            self.subspace.push(NO_WEIGHTS, fields["adjoint_Pf"], q)
 
 
 def warm_starts(warm_start: bool, adjoint_memory: int = 0, forward_memory: int = 0,
