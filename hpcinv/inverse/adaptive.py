@@ -169,15 +169,17 @@ class AdaptiveTolerance(FixedTolerance):
             self._extra.update(adjoint_tol=tol)
             return self._adjoint_stage(opt.f.gradient(opt.progress), pts)
         opt.f.set_tolerances(adjoint=min(tol * P.s.refine, 0.5))
-        g = self._adjoint_stage(opt.f.gradient(opt.progress), pts)
-        a = opt.precondition(g)
+        # only the preconditioned stages are compared: no gradient is held while the next is
+        # computed, and their difference overwrites the older (fields at the high-water mark)
+        a = opt.precondition(self._adjoint_stage(opt.f.gradient(opt.progress), pts))
         while True:
             g = self._adjoint_stage(opt.f.refine_gradient(tol, opt.progress), pts)
             a_next = opt.precondition(g)
-            err = P.gradient_error(opt.max_abs(opt.sub(a, a_next)), opt.max_abs(a_next))
+            err = P.gradient_error(opt.max_abs(opt.sub(a, a_next, out=a)),   # a: done with
+                                   opt.max_abs(a_next))
             if P.gradient_accurate(err) or P.adjoint_at_tol_floor(tol):
                 break
-            a, tol = a_next, P.tighter_adjoint(tol)
+            a, tol, g = a_next, P.tighter_adjoint(tol), None
         st["adjoint_tol"] = tol
         self._extra.update(adjoint_tol=tol, gradient_error=err)
         opt._checked = (g, a_next)

@@ -152,9 +152,9 @@ class Optimiser:
         """A new array ``x + alpha * y``."""
         return self.bk.elementwise(lambda xp, x, y, alpha=alpha: x + alpha * y, x, y)
 
-    def sub(self, x, y):
-        """A new array ``x - y``."""
-        return self.bk.elementwise(lambda xp, x, y: x - y, x, y)
+    def sub(self, x, y, out=None):
+        """``x - y``: a new array, or into ``out`` (which may be ``x``)."""
+        return self.bk.elementwise(lambda xp, x, y: x - y, x, y, out=out)
 
     def neg(self, x):
         """A new array ``-x``."""

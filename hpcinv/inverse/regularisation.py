@@ -145,16 +145,6 @@ class Tikhonov:
         self._k = self._b._kernel(tikhonov_kernel(grid.ndim))
         self.volume = float(np.prod(grid.spacing))
         self._inv_d2 = tuple(1.0 / h**2 for h in grid.spacing)
-        self._bound = None            # the kernel bound to the last arrays (see _bind)
-
-    def _bind(self, m, out, E):
-        """The kernel bound by name to ``m``, ``G = out``, ``E`` (rebound when one changes)."""
-        v = None if self._bound is None else self._bound.values
-        if v is None or v["m"] is not m or v["G"] is not out or v["E"] is not E:
-            self._bound = self._k.bind(m=m, G=out, E=E, inv_d2=self._inv_d2,
-                                       scale=self.alpha * self.volume, **self._b.ints)
-        return self._bound
-
     def value_and_gradient(self, m, out=None, accumulate: bool = False):
         """``(J_reg, g)``: ``g = alpha V (-Lap_N m)`` on owned cells. With ``accumulate`` the
         gradient is added to ``out`` (e.g. the misfit gradient), else ``out`` (or a new array) is
@@ -171,7 +161,10 @@ class Tikhonov:
                 b._check(out, "out")
                 if not accumulate:
                     bk.fill(out, 0)
-            bk.launch(self._bind(mg, out, E), b.box)
+            # bound for this call only: a kept binding would keep the caller's ``out`` (a
+            # gradient) alive after the caller let it go
+            bk.launch(self._k.bind(m=mg, G=out, E=E, inv_d2=self._inv_d2,
+                                   scale=self.alpha * self.volume, **b.ints), b.box)
             local = bk.sum(E, region=b.decomp.owned())
         scale = self.alpha * self.volume
         J = 0.5 * scale * b.decomp.comm.allreduce(local, op=MPI.SUM)
