@@ -8,8 +8,11 @@
 #   HPCINV_CHECK_RANKS="2 3"  rank counts of the stream-checker stage (default "2 4"; "" skips)
 #   PYTHON, MPIEXEC           see tests/stages.sh
 # The stream checker (HPCINV_STREAM_CHECK=1) is the host backend with CUDA's stream semantics,
-# checked (docs/architecture.md); the whole suite passes under it
-# (HPCINV_STREAM_CHECK=1 bash tests/run_all.sh; same for run_slow.sh).
+# checked (docs/architecture.md); the suite passes under it (HPCINV_STREAM_CHECK=1 bash
+# tests/run_all.sh; same for run_slow.sh) but for the tests that compare the memory counter
+# with exact byte counts or the host-memory budget (test_memory_count.py,
+# test_memory_budget.py): the checker keeps arrays alive in its access records and its arrays
+# count as device memory.
 # The CuPy backend's own code on the CPU stand-in of tests/cupy_standin (issue 19) needs no stage
 # of its own: tests/test_cupy_standin.py installs it itself (serial stage; its mpi-marked tests
 # in the 2/3/4-rank stages), and tests/test_cupy_standin_cli.py runs the CLI under it

@@ -175,3 +175,45 @@ def test_info_grid_sizes_a_job_for_a_gpu_that_is_not_here(capsys):
     assert f"largest block      {n}x{n}x{n} cells per rank (cubic; the grid above does NOT fit" \
         in out
     assert main(["info", "--grid", "5"]) == 2
+
+
+# --- the shared scratch pool ------------------------------------------------------------------
+def test_scratch_pool_lends_distinct_fields_while_nested_and_reuses_them():
+    bk = make_backend("host", threads=1)
+    shape = (6, 5)
+    with bk.scratch(shape, np.float64, 2) as (a, b):
+        assert a is not b and a.shape == shape and a.dtype == np.float64
+        with bk.scratch(shape, np.float64, 1) as (c,):
+            assert c is not a and c is not b                 # nested: another field
+        with bk.scratch(shape, np.float32, 1) as (d,):
+            assert d.dtype == np.float32                     # one pool per dtype
+    held = bk.memory.snapshot()["current_bytes"]
+    with bk.scratch(shape, np.float64, 3) as again:          # the same three, nothing new
+        assert {id(x) for x in again} == {id(a), id(b), id(c)}
+    assert bk.memory.snapshot()["current_bytes"] == held
+    pool = bk.scratch_pools[(shape, np.dtype(np.float64).str)]
+    assert pool.most == 3 and pool.lent == 0
+
+
+def test_scratch_returned_out_of_order_is_an_error():
+    bk = make_backend("host", threads=1)
+    outer = bk.scratch((4, 4), np.float64, 1)
+    inner = bk.scratch((4, 4), np.float64, 1)
+    outer.__enter__()
+    inner.__enter__()
+    with pytest.raises(RuntimeError, match="out of order"):
+        outer.__exit__(None, None, None)
+
+
+def test_the_regularisation_and_the_sums_share_one_pool():
+    """A 3D GD run with smoothing, Tikhonov, subspaces and adaptive tolerances: the smoother's,
+    the Tikhonov term's, the Galerkin sums' and the misfit error's fields are three in all."""
+    cfg = _config(3, "gd", SUBSPACES)
+    setup = assembly.build(cfg, MPI.COMM_SELF)
+    opt = setup.optimiser
+    opt.start(setup.logK0)
+    for _ in range(3):
+        opt.step()
+    pools = setup.backend.scratch_pools
+    assert [p.most for p in pools.values()] == [3] and all(p.lent == 0 for p in pools.values())
+    assert setup.memory.items["scratch (shared)"] == 3
