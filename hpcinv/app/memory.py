@@ -171,7 +171,8 @@ def estimate(cfg, shape, size: int = 1, kind: str = "inversion", adjoint_memory:
             double = 3
         if full and adaptive(cfg) and inv.warm_start:    # the misfit error's float64 sum
             double = max(double, 1)
-        if own or double:
+        if (own or double) and full:    # one gradient lends them only after its adjoint
+            # solve, in the place of the adjoint source and the reduction temporary
             items["scratch (shared)"] = max(own, double) if f64 == 1 else own + double * f64
         if not full:
             work = WORKING_SET["gradient"]

@@ -199,8 +199,7 @@ class AdjointGradient:
         if self.tikhonov is None:
             return None
         bk = self.backend
-        J_reg = self.tikhonov.value_and_gradient(bk.upload(self.logK, dtype=self.dtype), out=g,
-                                                 accumulate=True)[0]
+        J_reg = self.tikhonov.value_and_gradient(self.logK, out=g, accumulate=True)[0]
         bk.sync()
         return J_reg
 
@@ -224,7 +223,7 @@ class AdjointGradient:
         s, bk = self.solver, self.backend
         J, _, self._w = self.obs.misfit_from_values(self.obs.sample(s.Pf, bk))
         if self.tikhonov is not None:
-            J += self.tikhonov.value(bk.upload(self.logK, dtype=s.dtype))
+            J += self.tikhonov.value(self.logK)         # the host model: no field uploaded
         return J
 
     @property

@@ -46,9 +46,13 @@ class _Base:
                               f"{self.decomp.padded_shape}, got {tuple(a.shape)}")
 
     def _load(self, buf, a, what):
-        """Owned cells of ``a`` into ``buf`` (ghosts of ``buf`` then refreshed by the caller)."""
+        """Owned cells of ``a`` into ``buf`` (ghosts of ``buf`` then refreshed by the caller;
+        the kernels never use a physical side's ghosts). A host array ``a`` (with a GPU
+        backend) is copied whole: one transfer into ``buf``, without the device temporary a
+        strided region would need, so a caller need not upload it into a field of its own."""
         self._check(a, what)
-        self.backend.copy(buf, a, region=self.decomp.owned())
+        bk = self.backend
+        bk.copy(buf, a, region=None if not bk._is_device(a) else self.decomp.owned())
 
 
 def default_smoothing_coefficient(ndim: int) -> float:
