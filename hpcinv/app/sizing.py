@@ -83,10 +83,11 @@ def sizing_lines(args, backend, ranks: int, node_ranks: int = 1) -> list[str]:
             + (f", lbfgs_memory {cfg.inversion.lbfgs_memory}" if method == "lbfgs" else ""))
     items = ", ".join(f"{k} {v:.3g}" for k, v in est.items.items())
     lines = [f"sizing             {'x'.join(map(str, shape))} on {ranks} rank(s): {what}",
-             f"need per rank      {est.fields:.4g} fields per cell x {est.cells} cells = "
-             f"{_fmt(need)} " + (f"of device memory; host {_fmt(est.host_bytes)}" if device
-                                 else f"of host memory ({est.host_fields} float64 host "
-                                      f"fields per cell included)"),
+             f"need per rank      {est.fields:.4g} {cfg.solver.dtype} fields per cell x "
+             f"{est.cells} cells = {_fmt(est.device_bytes)} of backend arrays"
+             + (f" (device memory); host {_fmt(est.host_bytes)}" if device
+                else f"; with {est.host_fields} float64 host fields per cell, "
+                     f"{_fmt(need)} of host memory in all"),
              f"fields per cell    {items}"]
     if avail is None:
         lines.append(f"largest block      unknown ({where} unknown; say --memory SIZE)")
