@@ -56,10 +56,43 @@ def test_refine_gradient_is_the_tight_gradient(backend, warm_start):
     g_again, info = G.refine_gradient(1e-8)
     assert (info["adjoint_iterations"] <= NCHECK) == warm_start
     assert _relative(backend, g_again, g_ref) < 1e-5
-    if warm_start:      # the adjoint subspace keeps the refined solution, not the loose one
+    if warm_start:      # the kept solution is the subspace's newest (one copy, refined)
         start = G.adjoint_start
-        np.testing.assert_array_equal(backend.to_host(start.subspace.fields[-1][0]),
-                                      backend.to_host(start.solution.P))
+        assert start.solution.P is start.subspace.fields[-1][0]
+        assert start.solution.q is start.subspace.fields[-1][1]
+
+
+def test_a_source_without_weights_is_kept_for_refining_but_never_mixed(backend):
+    """An adjoint source given without its observation weights (``w = None``) starts from
+    zero, is kept as the subspace's only solution (so refining continues from it) under an
+    empty key, survives a checkpoint round trip as the plain kept solution, and is dropped by
+    the next weighted solve, which starts from zero too."""
+    from hpcinv.inverse.warm_start import NO_WEIGHTS
+    G = _objective(backend, True, 1e-8)
+    logK = np.zeros(G.decomp.padded_shape)
+    G(logK)                                             # a weighted gradient: kept, keyed
+    start = G.adjoint_start
+    assert len(start.subspace) == 1 and start.subspace.keys[0].size > 0
+    J, _, w = G.obs.misfit_from_values(G.obs.sample(G.Pf_forward, backend))
+    source = G.obs.spread(w, backend, dtype=G.dtype)
+    _, res = G.adjoint_gradient(G._latest, source)       # no weights: from zero
+    assert res.iterations > NCHECK
+    assert len(start.subspace) == 1 and start.subspace.keys[0].size == 0
+    assert start.kept() is None                          # no weights: no misfit estimate
+    _, info = G.refine_gradient(1e-8)                   # continues from the kept solution
+    assert info["adjoint_iterations"] <= NCHECK
+    saved = {k: (backend.to_host(v.array) if hasattr(v.array, "shape") else v.array)
+             for k, v in start.state().items()}
+    assert "adjoint_Pf" in saved and not any(k.startswith("adjoint_basis") for k in saved)
+    P_kept = backend.to_host(start.solution.P)
+    start.reset()
+    start.load_state(saved)
+    np.testing.assert_array_equal(backend.to_host(start.solution.P), P_kept)
+    assert start.subspace.keys[-1].size == 0 and start.ready
+    _, res = G.adjoint_gradient(G._latest, source, w)   # weighted: the weightless one goes
+    assert res.iterations > NCHECK
+    assert len(start.subspace) == 1 and np.array_equal(start.subspace.keys[0], w)
+    assert NO_WEIGHTS.size == 0
 
 
 def test_refine_gradient_needs_the_gradients_adjoint(backend):

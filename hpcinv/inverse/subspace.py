@@ -8,7 +8,8 @@ keyed by their source's observation weights) and the forward's
 buffers), mix them linearly into a start, and save and restore themselves for checkpoints.
 :class:`SolutionSubspace` is that shared part; a subclass says how its key is stored.
 
-A kept solution (here and in :mod:`.warm_start`) holds its pressure in the solver dtype and its
+A kept solution (the subspaces' and :class:`KeptSolution`, the latest one a warm-start strategy
+of :mod:`.warm_start` keeps) holds its pressure in the solver dtype and its
 fluxes in float32 (:data:`FLUX_DTYPE`): ``1 + ndim / 2`` float64 fields instead of ``ndim + 1``.
 The pressure stays exact (the misfit error estimate reads the kept adjoint pressure, and a
 start's pressure error is amplified by the operator); the fluxes only seed the next solve, whose
@@ -38,6 +39,35 @@ def kept_fields(ndim: int, f64: float = 1) -> float:
 def flux_copies(backend, shape, ndim: int) -> list:
     """``ndim`` zero face fields of :data:`FLUX_DTYPE` (a kept solution's fluxes)."""
     return [backend.zeros(shape, FLUX_DTYPE) for _ in range(ndim)]
+
+
+class KeptSolution:
+    """A copy ``(P, [q...])`` of a solver's latest solution of one kind (``"forward"`` or
+    ``"adjoint"``: the checkpoint names ``{kind}_Pf``, ``{kind}_q{x}``); padded local fields,
+    ``P`` of the solver dtype, ``q`` of :data:`FLUX_DTYPE` (float32)."""
+
+    def __init__(self, solver, kind: str):
+        bk, shape = solver.backend, solver.K.shape
+        self.bk, self.kind = bk, kind
+        self.P = bk.zeros(shape, solver.dtype)
+        self.q = flux_copies(bk, shape, solver.grid.ndim)
+
+    def keep(self, solver):
+        """Copy the solver's current ``Pf``, ``q`` (the fluxes rounded to float32)."""
+        self.bk.copy(self.P, solver.Pf)
+        for qa, sa in zip(self.q, solver.q):
+            self.bk.copy(qa, sa)
+
+    def state(self) -> dict:
+        out = {f"{self.kind}_Pf": StateField(self.P, "cell")}
+        for a, qa in enumerate(self.q):
+            out[f"{self.kind}_q{'xyz'[a]}"] = StateField(qa, "face", a)
+        return out
+
+    def load_state(self, fields: dict):
+        self.bk.copy(self.P, fields[f"{self.kind}_Pf"])
+        for a, qa in enumerate(self.q):
+            self.bk.copy(qa, fields[f"{self.kind}_q{'xyz'[a]}"])
 
 
 def _as(a, dtype):

@@ -38,40 +38,11 @@ from ..errors import ConfigError
 from .adjoint_warm import AdjointSubspace
 from .forward_warm import ForwardSubspace
 from .state import StateField
-from .subspace import FLUX_DTYPE, flux_copies, kept_fields
+from .subspace import FLUX_DTYPE, KeptSolution, kept_fields
 
 __all__ = ["ForwardStart", "PreviousSolution", "SubspaceForwardStart", "PredictedForwardStart",
            "AdjointStart", "RescaledAdjointStart", "SubspaceAdjointStart", "warm_starts",
            "attached"]
-
-
-class KeptSolution:
-    """A copy ``(P, [q...])`` of a solver's latest solution of one kind (``"forward"`` or
-    ``"adjoint"``: the checkpoint names ``{kind}_Pf``, ``{kind}_q{x}``); padded local fields,
-    ``P`` of the solver dtype, ``q`` of :data:`~.subspace.FLUX_DTYPE` (float32)."""
-
-    def __init__(self, solver, kind: str):
-        bk, shape = solver.backend, solver.K.shape
-        self.bk, self.kind = bk, kind
-        self.P = bk.zeros(shape, solver.dtype)
-        self.q = flux_copies(bk, shape, solver.grid.ndim)
-
-    def keep(self, solver):
-        """Copy the solver's current ``Pf``, ``q`` (the fluxes rounded to float32)."""
-        self.bk.copy(self.P, solver.Pf)
-        for qa, sa in zip(self.q, solver.q):
-            self.bk.copy(qa, sa)
-
-    def state(self) -> dict:
-        out = {f"{self.kind}_Pf": StateField(self.P, "cell")}
-        for a, qa in enumerate(self.q):
-            out[f"{self.kind}_q{'xyz'[a]}"] = StateField(qa, "face", a)
-        return out
-
-    def load_state(self, fields: dict):
-        self.bk.copy(self.P, fields[f"{self.kind}_Pf"])
-        for a, qa in enumerate(self.q):
-            self.bk.copy(qa, fields[f"{self.kind}_q{'xyz'[a]}"])
 
 
 class _Strategy:
