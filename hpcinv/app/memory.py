@@ -38,11 +38,11 @@ KINDS = ("forward", "gradient", "inversion")
 #: Fields the optimiser and the gradient hold besides the solver, the warm starts and the
 #: regularisation, at their high-water mark (measured by the backend's counter): the gradient
 #: command holds the gradient and the adjoint source; gradient descent the model, the trial
-#: model, the direction, the new gradient and its smoothed copy; with adaptive tolerances (the
-#: gradient check) the model, the trial, the direction, two smoothed check stages and the
-#: gradient with the uploaded model of the Tikhonov term; L-BFGS ``2 (lbfgs_memory + 1)`` pair
-#: fields (the new pair before the oldest goes) and 9 (z, x, trials, gradients, directions).
-WORKING_SET = {"gradient": 2, "gd": 5, "gd_adaptive": 6, "lbfgs": 11}
+#: model, the direction, the new gradient (smoothed in place) and one more: the gradient
+#: check's previous stage with adaptive tolerances, the step's ``x_t - x`` without; L-BFGS
+#: ``2 (lbfgs_memory + 1)`` pair fields (the new pair before the oldest goes) and 9 (z, x,
+#: trials, gradients, directions).
+WORKING_SET = {"gradient": 2, "gd": 5, "gd_adaptive": 5, "lbfgs": 11}
 
 
 def _fmt(nbytes: float) -> str:

@@ -145,9 +145,6 @@ class Optimiser:
                                 x, out=x)
         return x
 
-    def smooth(self, g):
-        return self.S.apply(g) if self.S is not None else self.bk.clone(g)
-
     def axpy(self, x, alpha, y):
         """A new array ``x + alpha * y``."""
         return self.bk.elementwise(lambda xp, x, y, alpha=alpha: x + alpha * y, x, y)
@@ -201,7 +198,8 @@ class Optimiser:
         return self.precondition(g)
 
     def precondition(self, g):
-        """The gradient as the step uses it (a new array)."""
+        """The gradient as the step uses it (a new array, or ``g`` itself, overwritten, where
+        the optimiser reads nothing else of ``g``)."""
         raise NotImplementedError
 
     def reject(self, J_trial, step, max_grad, pts, note) -> dict:
@@ -232,8 +230,10 @@ class GradientDescent(Optimiser):
         return self.record(J, 0.0, self.scalars["max_grad"], 0.0, pts)
 
     def precondition(self, g):
-        """The gradient as the step uses it: smoothed (a new array)."""
-        return self.smooth(g)
+        """The gradient as the step uses it: smoothed, in place (the step reads only the
+        smoothed gradient and its max-norm, so ``g`` itself need not survive: one field less at
+        the run's high-water mark, where the gradient check holds two smoothed stages)."""
+        return self.S.apply(g, out=g) if self.S is not None else g
 
     def _direction(self, g):
         d = self.preconditioned(g)
