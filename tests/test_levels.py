@@ -308,3 +308,23 @@ def test_unconverged_solves_end_a_coarse_level_not_the_run(tmp_path):
     assert all(r["unconverged_solves"] > 0 for r in h)
     assert "warning: level 0: 3 inner solve(s) did not converge at iteration 0" in p.stderr
     assert "did not converge in 3 consecutive iterations" in p.stderr
+
+
+def test_a_finished_levels_scratch_fields_are_released(tmp_path, monkeypatch):
+    """The backend's scratch pools (smoother, Tikhonov, Galerkin sums, misfit error) are per
+    grid shape: a level's go when the next level starts, not at the end of the run."""
+    from hpcinv.app.cli import main
+    from hpcinv.backend.base import Backend
+    seen = []
+    release = Backend.release_scratch
+
+    def recording(self):
+        before = {k[0] for k in self.scratch_pools}
+        release(self)
+        seen.append((before, {k[0] for k in self.scratch_pools}))
+    monkeypatch.setattr(Backend, "release_scratch", recording)
+    path = _config(tmp_path, extra="[regularisation]\ntikhonov = 1e-3\n")
+    assert main(["invert", str(path), "-q", "-o", str(tmp_path / "r")]) == 0
+    assert len(seen) == 2                                  # two level changes
+    assert {(18, 10)} <= seen[0][0] and {(34, 18)} <= seen[1][0]   # the padded coarse grids
+    assert all(after == set() for _, after in seen)

@@ -193,6 +193,12 @@ def test_scratch_pool_lends_distinct_fields_while_nested_and_reuses_them():
     assert bk.memory.snapshot()["current_bytes"] == held
     pool = bk.scratch_pools[(shape, np.dtype(np.float64).str)]
     assert pool.most == 3 and pool.lent == 0
+    with bk.scratch(shape, np.float32, 1):
+        bk.release_scratch()                                 # keeps the pool that lends now
+        assert list(bk.scratch_pools) == [(shape, np.dtype(np.float32).str)]
+    del a, b, c, d, again, pool                              # nothing else holds them
+    bk.release_scratch()
+    assert bk.scratch_pools == {} and bk.memory.snapshot()["current_bytes"] < held
 
 
 def test_scratch_returned_out_of_order_is_an_error():

@@ -251,6 +251,7 @@ class LevelledInversion:
                     nxt = self._inversion(level + 1)
                     logK = GridTransfer(nxt.decomp, inv.decomp).prolong(x)
                     inv, x = nxt, None
+                    inv.bk.release_scratch()      # the old grid's scratch fields too
                     level, iteration, done = level + 1, iteration + 1, False
                     first = iteration
                     rec = self._start_level(inv, logK, J0)

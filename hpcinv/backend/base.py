@@ -199,6 +199,11 @@ class Backend:
             self.scratch_pools[key] = ScratchPool(self, shape, dtype)
         return self.scratch_pools[key].borrow(n)
 
+    def release_scratch(self):
+        """Drop the scratch pools that lend nothing now (their fields go when nothing else
+        holds them), e.g. a coarse level's once the next level starts."""
+        self.scratch_pools = {k: p for k, p in self.scratch_pools.items() if p.lent}
+
     def pinned(self, shape, dtype):
         """A host buffer for staging device data to MPI (page-locked on GPUs), counted in
         :attr:`memory`."""

@@ -14,7 +14,9 @@ their contents undefined on entry, and given back at its end; nested borrows get
 (last in, first out): giving back any but the newest is a bug and raises.
 
 The fields stay allocated (and counted by :attr:`~hpcinv.backend.Backend.memory`) until the
-backend goes, so the counter's high-water mark is the pool's size, not its churn. Every use of
+backend goes or :meth:`~hpcinv.backend.Backend.release_scratch` drops the pools that lend
+nothing (a levelled run, at each level change: the pools are per grid shape), so the counter's
+high-water mark is the pool's size, not its churn. Every use of
 a lent field is an ordinary backend operation on its stream, so a field's next borrower is
 ordered after its last one like any other reuse of an array.
 """
