@@ -254,6 +254,10 @@ def main(argv=None):
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = a.workdir or tmp
+        try:
+            Path(work).mkdir(parents=True, exist_ok=True)     # a new --workdir is made
+        except OSError as exc:
+            raise SystemExit(f"error: --workdir {work}: {exc.strerror or exc}") from None
         for spec in a.runs.split(","):
             name, method, iterations = spec.split(":")
             for setting in a.settings.split(","):
