@@ -8,7 +8,8 @@ rank may use (:func:`budget_bytes`: a size, a fraction of the memory available p
 ``"auto"``, :data:`AUTO_FRACTION` of it; the device's free memory with a GPU backend, the
 node's available host memory per rank with the host backend), :func:`choose` keeps the
 largest warm starts that fit by :mod:`hpcinv.app.memory`'s itemised estimate, giving up the
-forward subspace first, then the adjoint subspace (down to the plain warm starts, both 0),
+forward subspace first, then the adjoint subspace (down to one solution: the plain warm
+starts' memory, :func:`ladder`),
 then the warm-start copies themselves (``warm_start = false``), so that a run at the edge of
 the memory completes; when not even that fits, one line (:class:`~hpcinv.errors.ConfigError`,
 exit 2, as the memory check says it). A size the user gave (a value other than the default of
