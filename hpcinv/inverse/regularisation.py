@@ -46,13 +46,12 @@ class _Base:
                               f"{self.decomp.padded_shape}, got {tuple(a.shape)}")
 
     def _load(self, buf, a, what):
-        """Owned cells of ``a`` into ``buf`` (ghosts of ``buf`` then refreshed by the caller;
-        the kernels never use a physical side's ghosts). A host array ``a`` (with a GPU
-        backend) is copied whole: one transfer into ``buf``, without the device temporary a
-        strided region would need, so a caller need not upload it into a field of its own."""
+        """``a`` (backend or host array) into ``buf``, whole: its owned cells are what counts
+        (the caller then refreshes the ghosts facing other ranks, and the kernels read a
+        physical side's ghosts only behind a select). One contiguous copy; a host ``a`` goes to
+        the device in one transfer, so a caller need not upload it into a field of its own."""
         self._check(a, what)
-        bk = self.backend
-        bk.copy(buf, a, region=None if not bk._is_device(a) else self.decomp.owned())
+        self.backend.copy(buf, a)
 
 
 def default_smoothing_coefficient(ndim: int) -> float:
